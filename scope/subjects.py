@@ -166,17 +166,32 @@ def _resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
 
 
 def _load_hf(spec: Subject, source: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Tokenizer and HF model from a hub id or a local checkpoint folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = isinstance(source, Path) or Path(str(source)).exists()
+    if local:
+        _check_checkpoint_folder(spec, Path(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
-    except OSError as err:
-        if isinstance(source, Path) or Path(str(source)).exists():
+    except (OSError, ValueError) as err:
+        if local:
             raise ValueError(f"Could not load {spec.name} weights from {source}: {err}") from err
+        if isinstance(err, ValueError):
+            raise
         raise ModelUnavailableError(_unavailable_message(spec, err)) from err
     hf_model.eval()
     return tokenizer, hf_model
+
+
+def _check_checkpoint_folder(spec: Subject, folder: Path) -> None:
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ValueError(
+            f"weights={str(folder)!r} is not a Hugging Face checkpoint folder for {spec.name}: it needs "
+            "config.json, the weights (*.safetensors) and the tokenizer files, as written by "
+            "save_pretrained() or downloaded with `hf download " + (spec.hub_id or "<repo>") + "`."
+        )
 
 
 def _unavailable_message(spec: Subject, err: BaseException) -> str:
