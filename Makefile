@@ -1,0 +1,33 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch 2.13.0 lies in the local wheel folder of the project's machines;
+# installing it first stops pip from fetching a multi-GB CUDA build. Override on a GPU box:
+#   make setup TORCH="torch"
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/scope demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python scripts/bench_generate.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

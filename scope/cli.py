@@ -1,0 +1,103 @@
+"""The ``scope`` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+
+DEMO_PROMPT = "The Golden Gate Bridge is"
+DEMO_SENTENCE = "The Golden Gate Bridge spans the strait between San Francisco and Marin."
+
+
+def _table(frame: pd.DataFrame) -> str:
+    with pd.option_context("display.max_rows", 500, "display.max_colwidth", 60, "display.width", 160):
+        return frame.to_string(index=False)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    import scope
+
+    table = scope.list_models()
+    table["gemma_scope_releases"] = table["gemma_scope_releases"].map(_short_release_list)
+    print(_table(table))
+
+
+def _short_release_list(releases: list[str]) -> str:
+    """Canonical releases where there are some, else those that are not per-layer '-all' sets."""
+    shown = [r for r in releases if "canonical" in r or "demo" in r]
+    shown = shown if len(shown) > 1 else shown + [r for r in releases if r not in shown and not r.endswith("-all")]
+    return ", ".join(shown) or "-"
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import scope
+
+    model = scope.load_model(args.model)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    text = scope.generate(model, prompt, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    print(text)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import scope
+    from scope.residuals import residual_norms
+
+    started = time.perf_counter()
+    model = scope.load_model("gemma-3-270m")
+    print(f"Loaded the bundled Gemma 3 270M ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}) "
+          f"in {time.perf_counter() - started:.1f} s\n")
+
+    started = time.perf_counter()
+    continuation = scope.generate(model, DEMO_PROMPT, max_new_tokens=args.max_new_tokens)
+    elapsed = time.perf_counter() - started
+    print(f"Greedy continuation ({elapsed:.1f} s):\n  {DEMO_PROMPT}{continuation}\n")
+
+    norms = residual_norms(model, DEMO_SENTENCE)
+    summary = (norms.assign(is_bos=norms["position"] == 0)
+               .pivot_table(index="layer", columns="is_bos", values="norm", aggfunc="mean")
+               .rename(columns={True: "norm at BOS", False: "mean norm elsewhere"})
+               .reset_index())
+    summary.columns.name = None
+    print(f"Residual stream (blocks.L.hook_resid_post) on: {DEMO_SENTENCE!r}")
+    print(_table(summary.round(1)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scope", description="Interpretability toolkit for Gemma 2.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("models", help="list the models scope can load").set_defaults(run=cmd_models)
+
+    generate = commands.add_parser("generate", help="generate a continuation (or a chat reply)")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", default="gemma-3-270m")
+    generate.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.set_defaults(run=cmd_generate)
+
+    demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
+    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, RuntimeError) as err:  # user errors: one clear line, no traceback
+        print(f"scope: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

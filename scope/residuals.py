@@ -1,0 +1,32 @@
+"""Residual-stream summaries: how large the stream is at each layer and position."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from scope.generation import PromptOrMessages, tokenize_prompt
+
+
+def token_strings(model, tokens: torch.Tensor) -> list[str]:
+    """One display string per token of ``tokens`` ``[1, pos]`` (special tokens kept)."""
+    return [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
+
+
+def residual_norms(model, prompt_or_messages: PromptOrMessages) -> pd.DataFrame:
+    """L2 norm of ``blocks.L.hook_resid_post`` for every layer and position.
+
+    Returns a long DataFrame with columns layer, position, token, norm. Gemma's BOS
+    position carries a residual far larger than every other: a reason SAEs skip it.
+    """
+    tokens = tokenize_prompt(model, prompt_or_messages)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            tokens, names_filter=lambda name: name.endswith("hook_resid_post"), return_type=None)
+    strings = token_strings(model, tokens)
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        norms = cache[f"blocks.{layer}.hook_resid_post"][0].float().norm(dim=-1).tolist()
+        rows.extend({"layer": layer, "position": p, "token": strings[p], "norm": n}
+                    for p, n in enumerate(norms))
+    return pd.DataFrame(rows)

@@ -1,0 +1,136 @@
+"""Generation speed: scope.generate against transformers' generate, measured in one run.
+
+    python scripts/bench_generate.py                 # the bundled Gemma 3 270M (real weights)
+    python scripts/bench_generate.py --gemma2-2b     # plus a full-size Gemma 2 2B, random weights
+    python scripts/bench_generate.py --stock         # plus transformer-lens' own generate, with
+                                                     # its default and with scope's weight layout
+
+Prints tokens/s for each and the ratio scope / transformers (median over repetitions,
+alternating the two so that machine noise hits both alike). Greedy decoding, KV cache on
+both sides, the same prompt tokens, EOS ignored so that every run makes the same number of
+tokens. Speed does not depend on weight values, so random weights are an honest stand-in
+for Gemma 2 2B's size; they are random on both sides (two fp32 copies do not fit in 24 GB
+together, so each side is built, timed and freed in turn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+
+import scope
+
+PROMPT = "The history of the Roman Empire began when"
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def hf_generate(hf_model, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        out = hf_model.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n,
+                                min_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, tokens.shape[1]:]
+
+
+def scope_generate(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    return scope.generate_tokens(model, tokens, max_new_tokens=n, stop_at_eos=False)
+
+
+def tl_generate(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    return model.generate(tokens, max_new_tokens=n, do_sample=False, stop_at_eos=False, verbose=False)
+
+
+def report(name: str, n: int, hf_times: list[float], scope_times: list[float], extra: str = "") -> None:
+    hf_rate = n / statistics.median(hf_times)
+    scope_rate = n / statistics.median(scope_times)
+    ratios = [h / s for h, s in zip(hf_times, scope_times)]
+    print(f"{name}: transformers {hf_rate:.2f} tok/s, scope {scope_rate:.2f} tok/s, "
+          f"ratio scope/transformers {statistics.median(ratios):.2f} "
+          f"(per repetition: {', '.join(f'{r:.2f}' for r in ratios)}){extra}")
+
+
+def bench_bundled(n: int, reps: int, stock: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from scope.bundled import ensure_bundled_checkpoint
+
+    model = scope.load_model("gemma-3-270m")
+    hf_model = AutoModelForCausalLM.from_pretrained(str(ensure_bundled_checkpoint()), dtype=torch.float32).eval()
+    tokens = scope.tokenize_prompt(model, PROMPT)
+    same = torch.equal(hf_generate(hf_model, tokens, n), scope_generate(model, tokens, n))  # also warms up
+    hf_times, scope_times = [], []
+    for _ in range(reps):
+        hf_times.append(timed(lambda: hf_generate(hf_model, tokens, n)))
+        scope_times.append(timed(lambda: scope_generate(model, tokens, n)))
+    report(f"Gemma 3 270M (bundled, fp32, CPU, {n} tokens)", n, hf_times, scope_times,
+           f"; greedy tokens identical: {same}")
+    if stock:
+        relaid_time = timed(lambda: tl_generate(model, tokens, n))
+        for param in model.parameters():  # back to transformer-lens' default layout
+            param.data = param.data.contiguous()
+        stock_time = timed(lambda: tl_generate(model, tokens, n))
+        print(f"  transformer-lens' own generate: {n / stock_time:.2f} tok/s with its default weight layout, "
+              f"{n / relaid_time:.2f} tok/s with scope's layout (transformers {n / statistics.median(hf_times):.2f})")
+
+
+def gemma2_2b_hf_config():
+    from transformers import Gemma2Config
+
+    return Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+
+
+def random_gemma2_2b_hooked():
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from sae_lens import HookedSAETransformer
+
+    from scope.layout import relayout_for_speed
+
+    cfg = tl_loading.get_pretrained_model_config("google/gemma-2-2b", dtype=torch.float32, device="cpu")
+    cfg.tokenizer_name = None  # no hub: do not fetch a tokenizer
+    model = HookedSAETransformer(cfg)
+    model.init_weights()
+    return relayout_for_speed(model.eval())
+
+
+def bench_gemma2_2b(n: int, reps: int) -> None:
+    from transformers import Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    tokens = torch.randint(3, 256000, (1, 12))
+    tokens[0, 0] = 2
+    hf_model = Gemma2ForCausalLM(gemma2_2b_hf_config()).eval()
+    hf_generate(hf_model, tokens, 2)
+    hf_times = [timed(lambda: hf_generate(hf_model, tokens, n)) for _ in range(reps)]
+    del hf_model
+    gc.collect()
+    model = random_gemma2_2b_hooked()
+    scope_generate(model, tokens, 2)
+    scope_times = [timed(lambda: scope_generate(model, tokens, n)) for _ in range(reps)]
+    report(f"Gemma 2 2B (full size, random weights, fp32, CPU, {n} tokens)", n, hf_times, scope_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--gemma2-2b", action="store_true", help="also a full-size random Gemma 2 2B (~13 GB)")
+    parser.add_argument("--stock", action="store_true", help="also time transformer-lens' own generate")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    bench_bundled(args.tokens, args.reps, args.stock)
+    if args.gemma2_2b:
+        bench_gemma2_2b(max(args.tokens // 4, 4), args.reps)
+
+
+if __name__ == "__main__":
+    main()
