@@ -148,8 +148,7 @@ def load_model(
     else:
         source = weights if weights is not None else spec.hub_id
     tokenizer, hf_model = _load_hf(spec, source, dtype)
-    model = hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device)
-    del hf_model  # the transformer-lens copy is all we keep
+    model = hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device, consume_hf=True)
     model.scope_subject = spec  # lets chat/shield helpers know what they talk to
     return model
 
@@ -223,30 +222,42 @@ def _exception_chain(err: BaseException) -> list[BaseException]:
     return chain
 
 
-def hooked_from_hf(template: str, hf_model: Any, tokenizer: Any, *, dtype: torch.dtype, device: str):
+def hooked_from_hf(template: str, hf_model: Any, tokenizer: Any, *, dtype: torch.dtype, device: str,
+                   consume_hf: bool = False):
     """Build a ``HookedSAETransformer`` from a HF model with transformer-lens' official config.
 
     ``template`` names the official architecture (e.g. ``google/gemma-2-2b``). Sizes are read
     from the HF model's own config, so the same path serves the real weights (where they equal
     the template's) and small models of the same architecture used in tests.
+
+    With ``consume_hf`` the HF model's weights are released as they are converted (it is left
+    on the meta device), so that loading holds about one copy of the weights, not two or three.
     """
     import transformer_lens.loading_from_pretrained as tl_loading
     from sae_lens import HookedSAETransformer
 
     cfg = tl_loading.get_pretrained_model_config(template, dtype=dtype, device=device, fold_ln=False)
     cfg = _with_sizes_of(cfg, hf_model.config)
-    state_dict = tl_loading.get_pretrained_state_dict(template, cfg, hf_model, dtype=dtype)
-    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)
+    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)  # weights allocated lazily
     with contextlib.redirect_stdout(io.StringIO()):  # transformer-lens prints on load
+        # Passed without keeping a reference: transformer-lens loads the state dict key by key and
+        # deletes each entry once copied, so converted weights are freed as the model fills up.
         model.load_and_process_state_dict(
-            state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+            _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf),
+            fold_ln=False, center_writing_weights=False, center_unembed=False,
             fold_value_biases=False, refactor_factored_attn_matrices=False,
         )
-    del state_dict
     model.move_model_modules_to_device()
     relayout_for_speed(model)  # same values, strides that spare a weight copy per matmul
     model.eval()
     return model
+
+
+def _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf: bool) -> dict:
+    state_dict = tl_loading.get_pretrained_state_dict(template, cfg, hf_model, dtype=dtype)
+    if consume_hf:
+        hf_model.to("meta")  # from here on the state dict holds the only reference to each weight
+    return state_dict
 
 
 def _with_sizes_of(cfg, hf_config):

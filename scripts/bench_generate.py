@@ -9,16 +9,20 @@ Prints tokens/s for each and the ratio scope / transformers (median over repetit
 alternating the two so that machine noise hits both alike). Greedy decoding, KV cache on
 both sides, the same prompt tokens, EOS ignored so that every run makes the same number of
 tokens. Speed does not depend on weight values, so random weights are an honest stand-in
-for Gemma 2 2B's size; they are random on both sides (two fp32 copies do not fit in 24 GB
-together, so each side is built, timed and freed in turn).
+for Gemma 2 2B's size. The 2B checkpoint is saved once (~10 GB under the scope cache) and each
+side loads it in its own process (two fp32 copies do not fit in 24 GB together), which also
+gives each side's peak memory and lets the script compare their greedy tokens.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -86,37 +90,60 @@ def gemma2_2b_hf_config():
 
     return Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
-                        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+                        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2)
 
 
-def random_gemma2_2b_hooked():
-    import transformer_lens.loading_from_pretrained as tl_loading
-    from sae_lens import HookedSAETransformer
+def random_gemma2_2b_checkpoint() -> Path:
+    """A full-size Gemma 2 2B with random weights saved as a HF checkpoint (made once, ~10 GB)."""
+    from transformers import AutoTokenizer, Gemma2ForCausalLM
 
-    from scope.layout import relayout_for_speed
+    from scope.bundled import cache_root, ensure_bundled_checkpoint
 
-    cfg = tl_loading.get_pretrained_model_config("google/gemma-2-2b", dtype=torch.float32, device="cpu")
-    cfg.tokenizer_name = None  # no hub: do not fetch a tokenizer
-    model = HookedSAETransformer(cfg)
-    model.init_weights()
-    return relayout_for_speed(model.eval())
+    folder = cache_root() / "bench" / "gemma-2-2b-random"
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(gemma2_2b_hf_config()).save_pretrained(folder)
+    # Any Gemma tokenizer will do for timing: the bundled one (its ids overlap Gemma 2's).
+    AutoTokenizer.from_pretrained(str(ensure_bundled_checkpoint())).save_pretrained(folder)
+    return folder
+
+
+def run_2b_side(side: str, n: int, reps: int) -> None:
+    """One side of the 2B comparison, in its own process so that its peak memory is its own."""
+    import resource
+
+    from transformers import AutoModelForCausalLM
+
+    folder = random_gemma2_2b_checkpoint()
+    tokens = torch.tensor([[2, 651, 4281, 576, 573, 11344, 20936, 6343, 1185, 573, 1370, 576]])
+    started = time.perf_counter()
+    if side == "transformers":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        run = lambda: hf_generate(model, tokens, n)  # noqa: E731
+    else:
+        model = scope.load_model("gemma-2-2b", weights=folder, device="cpu", dtype=torch.float32)
+        run = lambda: scope_generate(model, tokens, n)  # noqa: E731
+    load_s = time.perf_counter() - started
+    generated = run()
+    times = [timed(run) for _ in range(reps)]
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"times": times, "tokens": generated.tolist(), "load_s": load_s, "peak_gb": peak_gb}))
 
 
 def bench_gemma2_2b(n: int, reps: int) -> None:
-    from transformers import Gemma2ForCausalLM
-
-    torch.manual_seed(0)
-    tokens = torch.randint(3, 256000, (1, 12))
-    tokens[0, 0] = 2
-    hf_model = Gemma2ForCausalLM(gemma2_2b_hf_config()).eval()
-    hf_generate(hf_model, tokens, 2)
-    hf_times = [timed(lambda: hf_generate(hf_model, tokens, n)) for _ in range(reps)]
-    del hf_model
-    gc.collect()
-    model = random_gemma2_2b_hooked()
-    scope_generate(model, tokens, 2)
-    scope_times = [timed(lambda: scope_generate(model, tokens, n)) for _ in range(reps)]
-    report(f"Gemma 2 2B (full size, random weights, fp32, CPU, {n} tokens)", n, hf_times, scope_times)
+    random_gemma2_2b_checkpoint()
+    results = {}
+    for side in ("transformers", "scope"):
+        out = subprocess.run([sys.executable, __file__, "--side", side, "--tokens", str(n), "--reps", str(reps)],
+                             check=True, capture_output=True, text=True).stdout
+        results[side] = json.loads(out.strip().splitlines()[-1])
+    same = results["transformers"]["tokens"] == results["scope"]["tokens"]
+    report(f"Gemma 2 2B (full size, random weights, fp32, CPU, {n} tokens)", n,
+           results["transformers"]["times"], results["scope"]["times"], f"; greedy tokens identical: {same}")
+    for side, r in results.items():
+        print(f"  {side}: load {r['load_s']:.0f} s, peak RSS {r['peak_gb']:.1f} GB")
 
 
 def main() -> None:
@@ -125,11 +152,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--gemma2-2b", action="store_true", help="also a full-size random Gemma 2 2B (~13 GB)")
     parser.add_argument("--stock", action="store_true", help="also time transformer-lens' own generate")
+    parser.add_argument("--side", choices=["transformers", "scope"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:
+        return run_2b_side(args.side, args.tokens, args.reps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bench_bundled(args.tokens, args.reps, args.stock)
     if args.gemma2_2b:
-        bench_gemma2_2b(max(args.tokens // 4, 4), args.reps)
+        bench_gemma2_2b(max(args.tokens // 2, 4), args.reps)
 
 
 if __name__ == "__main__":
