@@ -1,0 +1,28 @@
+import torch
+
+from scope.plots import residual_norms_figure
+from scope.residuals import residual_norms
+
+TEXT = "Paris is the capital of France."
+
+
+def test_residual_norms_match_the_cache(tiny_model):
+    table = residual_norms(tiny_model, TEXT)
+    tokens = tiny_model.to_tokens(TEXT)
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(tokens)
+    n_layers, n_pos = tiny_model.cfg.n_layers, tokens.shape[1]
+    assert list(table.columns) == ["layer", "position", "token", "norm"]
+    assert len(table) == n_layers * n_pos
+    row = table[(table.layer == 2) & (table.position == 3)].iloc[0]
+    expected = cache["blocks.2.hook_resid_post"][0, 3].norm().item()
+    assert abs(row["norm"] - expected) < 1e-4 * expected
+    assert table[table.position == 0]["token"].unique().tolist() == ["<bos>"]
+
+
+def test_residual_norms_figure_is_layers_by_positions(tiny_model):
+    table = residual_norms(tiny_model, TEXT)
+    figure = residual_norms_figure(table)
+    heatmap = figure.data[0]
+    assert len(heatmap.y) == tiny_model.cfg.n_layers and len(heatmap.x) == table.position.nunique()
+    assert heatmap.x[0].startswith("0: '<bos>'")
