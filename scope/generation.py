@@ -11,6 +11,7 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
@@ -156,6 +157,9 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stop_at_eos: bool = True,
+    sae=None,
+    steering=(),
+    positions="all",
 ) -> str:
     """Generate a continuation of a prompt or a chat; returns only the new text.
 
@@ -169,8 +173,31 @@ def generate(
             probability reaches top_p.
         seed: makes sampling reproducible (without it, torch's global RNG is used).
         stop_at_eos: stop at ``<eos>`` or ``<end_of_turn>`` (not included in the text).
+        sae, steering, positions: steer while generating (see :func:`scope.steer`): interventions
+            such as ``scope.Clamp(f, 10, unit="max")`` on ``sae``, or ``(sae, intervention)`` pairs;
+            ``positions`` is ``"all"`` (prompt and generated tokens, never BOS), ``"prompt"``,
+            ``"generated"`` or token indices.
     """
     tokens = tokenize_prompt(model, prompt_or_messages)
-    new = generate_tokens(model, tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
+    with steered(model, sae, steering, positions, prompt_length=tokens.shape[1]):
+        new = generate_tokens(model, tokens, max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
     return model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def steered(model, sae, steering, positions, *, prompt_length: int):
+    """``scope.steer`` for a generation whose prompt has ``prompt_length`` tokens (no-op without steering)."""
+    from scope.steering import as_list, steer
+
+    interventions = as_list(steering)
+    if not interventions:
+        if sae is not None:  # an SAE alone still has to fit the model
+            from scope.saes import check_compatible
+
+            check_compatible(model, sae)
+        yield None
+        return
+    with steer(model, sae, *interventions, positions=positions) as state:
+        state.prompt_length = prompt_length
+        yield state

@@ -28,3 +28,20 @@ def residual_norms_figure(norms: pd.DataFrame, *, log_scale: bool = True) -> go.
     figure.update_layout(title="Residual stream norm (hook_resid_post)", xaxis_title="position: token",
                          yaxis_title="layer", yaxis_autorange="reversed")
     return figure
+
+
+def steering_tradeoff_figure(results: pd.DataFrame) -> go.Figure:
+    """Concept vs fluency over steering strengths, from :func:`scope.sweep` (means over prompts).
+
+    Up is more of the concept in the text, right is more fluent: a good strength sits up and right.
+    """
+    means = results.groupby("value", sort=True)[["concept", "fluency"]].mean().reset_index()
+    figure = go.Figure(go.Scatter(
+        x=means["fluency"], y=means["concept"], mode="lines+markers+text",
+        text=[f"{v:g}" for v in means["value"]], textposition="top center",
+        hovertemplate="strength %{text}<br>fluency %{x:.2f}<br>concept %{y:.2f}<extra></extra>",
+    ))
+    figure.update_layout(title="Steering trade-off: concept vs fluency by strength",
+                         xaxis_title="fluency (mean log-prob of generated tokens, unsteered model)",
+                         yaxis_title="concept (feature's mean activation on the generated text)")
+    return figure

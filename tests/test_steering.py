@@ -1,0 +1,226 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import scope
+from scope.generation import generate_tokens, steered, tokenize_prompt
+from scope.plots import steering_tradeoff_figure
+from scope.steering import Scale, set_max_activations
+from tests.sae_util import jumprelu, random_params, write_params
+
+HOOK = "blocks.1.hook_resid_post"
+NEXT = "blocks.2.hook_resid_pre"  # what block 1 passes on: the steered stream
+PROMPT = "Paris is the capital of France, and the quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params(64, 48, seed=3, threshold_scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def sae(tmp_path_factory, params):
+    path = write_params(tmp_path_factory.mktemp("sae") / "params.npz", params)
+    return scope.load_sae(path, hook=HOOK, device="cpu")
+
+
+def streams(model, tokens, *ctx_args, **ctx_kwargs):
+    """(clean stream at HOOK, stream passed on after steering), and the logits."""
+    with torch.no_grad():
+        if ctx_args:
+            with scope.steer(model, *ctx_args, **ctx_kwargs):
+                logits, cache = model.run_with_cache(tokens, names_filter=[HOOK, NEXT])
+        else:
+            logits, cache = model.run_with_cache(tokens, names_filter=[HOOK, NEXT])
+    return cache[HOOK][0].double(), cache[NEXT][0].double(), logits
+
+
+def test_clamp_is_the_golden_gate_formula_and_bos_is_untouched(tiny_model, sae, params):
+    tokens = tiny_model.to_tokens(PROMPT)
+    clean, _, _ = streams(tiny_model, tokens)
+    feature, value = 7, 4.5
+    _, steered_stream, _ = streams(tiny_model, tokens, sae, scope.Clamp(feature, value))
+    acts, _ = jumprelu(clean, params)
+    w_dec = torch.from_numpy(params["W_dec"]).double()
+    expected = clean + (value - acts[:, feature])[:, None] * w_dec[feature]
+    expected[0] = clean[0]  # BOS is never steered
+    assert torch.allclose(steered_stream, expected, atol=1e-4)
+    assert torch.equal(steered_stream[0], clean[0])
+    # Re-encoding the steered stream shows the feature at the clamped value (error term kept).
+    reencoded, _ = jumprelu(steered_stream, params)
+    assert torch.allclose(reencoded[1:, feature], torch.full_like(reencoded[1:, feature], value), atol=1e-3)
+
+
+def test_add_scale_ablate_at_explicit_positions(tiny_model, sae, params):
+    tokens = tiny_model.to_tokens(PROMPT)
+    clean, _, _ = streams(tiny_model, tokens)
+    acts, _ = jumprelu(clean, params)
+    w_dec = torch.from_numpy(params["W_dec"]).double()
+    live = int((acts[1:] > 0).sum(0).argmax())  # a feature that fires somewhere
+    positions = [0, 2, 5]  # 0 is BOS: stays untouched even when asked for
+    _, out, _ = streams(tiny_model, tokens, sae, scope.Add(3, 2.0), Scale(live, 3.0), scope.Ablate(11),
+                        positions=positions)
+    expected = clean.clone()
+    for p in (2, 5):
+        expected[p] += 2.0 * w_dec[3] + 2.0 * acts[p, live] * w_dec[live] - acts[p, 11] * w_dec[11]
+    assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_several_saes_at_different_layers(tiny_model, sae, params, tmp_path):
+    other = scope.load_sae(write_params(tmp_path / "p.npz", random_params(64, 16, seed=9)),
+                           hook="blocks.2.hook_resid_post", device="cpu")
+    tokens = tiny_model.to_tokens(PROMPT)
+    with torch.no_grad():
+        with scope.steer(tiny_model, None, (sae, scope.Add(1, 3.0)), (other, scope.Add(2, -1.0))):
+            _, cache = tiny_model.run_with_cache(tokens, names_filter=[NEXT, "blocks.3.hook_resid_pre"])
+        with scope.steer(tiny_model, sae, scope.Add(1, 3.0)):
+            _, only_first = tiny_model.run_with_cache(tokens, names_filter=["blocks.3.hook_resid_pre"])
+    assert not torch.allclose(cache[NEXT], _clean_next(tiny_model, tokens))
+    delta = cache["blocks.3.hook_resid_pre"] - only_first["blocks.3.hook_resid_pre"]
+    expected = -1.0 * other.W_dec[2]
+    assert torch.allclose(delta[0, 1:], expected.expand_as(delta[0, 1:]), atol=1e-4)
+    assert torch.equal(delta[0, 0], torch.zeros_like(delta[0, 0]))
+
+
+def _clean_next(model, tokens):
+    with torch.no_grad():
+        return model.run_with_cache(tokens, names_filter=NEXT)[1][NEXT]
+
+
+def test_nested_contexts_add_up(tiny_model, sae):
+    tokens = tiny_model.to_tokens(PROMPT)
+    with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(5, 1.5)), scope.steer(tiny_model, sae, scope.Add(5, 2.0)):
+        nested = tiny_model(tokens)
+    with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(5, 3.5)):
+        single = tiny_model(tokens)
+    assert torch.allclose(nested, single, atol=1e-4)
+
+
+def no_hooks_left(model):
+    return all(not hp.fwd_hooks for hp in model.hook_dict.values()) and not model._forward_pre_hooks
+
+
+def test_exception_inside_steer_removes_everything(tiny_model, sae):
+    tokens = tiny_model.to_tokens(PROMPT)
+    with torch.no_grad():
+        before = tiny_model(tokens)
+        with pytest.raises(RuntimeError, match="boom"):
+            with scope.steer(tiny_model, sae, scope.Clamp(1, 50.0)):
+                assert not torch.allclose(tiny_model(tokens), before)
+                raise RuntimeError("boom")
+        after = tiny_model(tokens)
+    assert torch.equal(before, after) and no_hooks_left(tiny_model)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", [3, 20, 21]])
+def test_steered_generation_with_cache_equals_without(tiny_model, sae, positions):
+    tokens = tokenize_prompt(tiny_model, PROMPT)
+    intervention = scope.Clamp(7, 12.0)
+    with steered(tiny_model, sae, intervention, positions, prompt_length=tokens.shape[1]):
+        cached = generate_tokens(tiny_model, tokens, max_new_tokens=10, stop_at_eos=False).tolist()
+        # Reference: recompute the whole sequence each step (steering the same absolute positions).
+        sequence, reference = tokens, []
+        with torch.no_grad():
+            for _ in range(10):
+                nxt = tiny_model(sequence)[0, -1].argmax().item()
+                reference.append(nxt)
+                sequence = torch.cat([sequence, torch.tensor([[nxt]])], dim=1)
+    assert cached == reference
+    plain = generate_tokens(tiny_model, tokens, max_new_tokens=10, stop_at_eos=False).tolist()
+    assert cached != plain  # the clamp did something
+    assert no_hooks_left(tiny_model)
+
+
+def test_positions_semantics_during_generation(tiny_model, sae):
+    seen = []
+
+    def record(resid, hook):
+        seen.append(resid[0].clone())
+
+    tokens = tokenize_prompt(tiny_model, PROMPT)
+    n = tokens.shape[1]
+
+    def run(positions):
+        seen.clear()
+        with tiny_model.hooks(fwd_hooks=[(NEXT, record)]):
+            with steered(tiny_model, sae, scope.Add(4, 5.0), positions, prompt_length=n):
+                generate_tokens(tiny_model, tokens, max_new_tokens=3, stop_at_eos=False)
+        return list(seen)
+
+    plain = run([])  # indices that never occur: nothing steered
+    prompt_only, generated_only = run("prompt"), run("generated")
+    assert torch.allclose(prompt_only[0][1:], plain[0][1:] + 5.0 * sae.W_dec[4], atol=1e-4)
+    assert torch.equal(prompt_only[0][0], plain[0][0])  # BOS
+    assert torch.equal(generated_only[0], plain[0])  # prefill untouched
+    assert not torch.allclose(generated_only[1], plain[1])  # first generated token steered
+
+
+def test_unit_max_uses_recorded_max_activations(tiny_model, sae, params):
+    tokens = tiny_model.to_tokens(PROMPT)
+    with pytest.raises(ValueError, match="max activations"):
+        with scope.steer(tiny_model, sae, scope.Clamp(2, 10.0, unit="max")):
+            pass
+    assert no_hooks_left(tiny_model)
+    set_max_activations(sae, torch.arange(48, dtype=torch.float32) / 10)
+    try:
+        _, by_max, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 10.0, unit="max"))
+        _, by_act, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 2.0))  # 10 x 0.2
+    finally:
+        del sae.scope_max_activations
+    assert torch.allclose(by_max, by_act, atol=1e-6)
+
+
+@pytest.mark.parametrize("interventions, fragment", [
+    ((scope.Add(48, 1.0),), "Feature index 48 is out of range: this SAE has 48 features"),
+    ((scope.Clamp(-1, 1.0),), "Feature index -1"),
+    ((scope.Add(1, float("nan")),), "finite"),
+    ((scope.Clamp(1, float("inf")),), "finite"),
+    ((scope.Clamp(1, 1.0, unit="percent"),), "unit"),
+])
+def test_validation_errors_attach_nothing(tiny_model, sae, interventions, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        with scope.steer(tiny_model, sae, *interventions):
+            pass
+    assert no_hooks_left(tiny_model)
+
+
+def test_sae_that_does_not_fit_the_model(tiny_model, tmp_path):
+    wrong_hook = scope.load_sae(write_params(tmp_path / "a.npz", random_params(64, 8)),
+                                hook="blocks.9.hook_resid_post", device="cpu")
+    wrong_width = scope.load_sae(write_params(tmp_path / "b.npz", random_params(32, 8)), hook=HOOK, device="cpu")
+    with pytest.raises(ValueError, match="blocks.9.hook_resid_post"):
+        with scope.steer(tiny_model, wrong_hook, scope.Add(0, 1.0)):
+            pass
+    with pytest.raises(ValueError, match="d_in is 32"):
+        scope.generate(tiny_model, PROMPT, sae=wrong_width, steering=scope.Add(0, 1.0))
+    with pytest.raises(ValueError, match="positions"):
+        scope.generate(tiny_model, PROMPT, sae=wrong_width, steering=scope.Add(0, 1.0), positions="middle")
+    assert no_hooks_left(tiny_model)
+
+
+def test_sampled_steering_is_reproducible(tiny_model, sae):
+    kwargs = dict(sae=sae, steering=[scope.Add(3, 4.0)], max_new_tokens=12, temperature=1.2, stop_at_eos=False)
+    assert scope.generate(tiny_model, PROMPT, seed=5, **kwargs) == scope.generate(tiny_model, PROMPT, seed=5, **kwargs)
+
+
+def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
+    results = scope.sweep(tiny_model, sae, lambda v: scope.Clamp(7, v), [0.0, 8.0], [PROMPT, "knock knock"],
+                          max_new_tokens=5, stop_at_eos=False, progress=False)
+    assert list(results.columns) == ["prompt", "value", "text", "concept", "fluency"]
+    assert len(results) == 4 and (results["fluency"] <= 0).all()
+    row = results.iloc[1]  # value 0.0, "knock knock"
+    # Independent re-read: regenerate with the clamp, then encode the unsteered stream by hand.
+    tokens = tokenize_prompt(tiny_model, row["prompt"])
+    with steered(tiny_model, sae, scope.Clamp(7, 0.0), "all", prompt_length=tokens.shape[1]):
+        new = generate_tokens(tiny_model, tokens, max_new_tokens=5, stop_at_eos=False)
+    full = torch.cat([tokens, new[None]], dim=1)
+    clean, _, logits = streams(tiny_model, full)
+    acts, _ = jumprelu(clean[tokens.shape[1]:], params)
+    assert math.isclose(row["concept"], acts[:, 7].mean().item(), rel_tol=1e-4, abs_tol=1e-5)
+    log_probs = logits[0, tokens.shape[1] - 1:-1].log_softmax(-1).gather(-1, new[:, None])
+    assert math.isclose(row["fluency"], log_probs.mean().item(), rel_tol=1e-4)
+    figure = steering_tradeoff_figure(results)
+    assert list(figure.data[0].text) == ["0", "8"]
+    assert isinstance(results, pd.DataFrame)
