@@ -5,7 +5,9 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 """
 
 from scope import chat
+from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
 from scope.generation import generate, generate_tokens, tokenize_prompt
+from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
 from scope.subjects import ModelUnavailableError, list_models, load_model
 
 __all__ = [
@@ -16,5 +18,15 @@ __all__ = [
     "load_model",
     "ModelUnavailableError",
     "tokenize_prompt",
+    "load_sae",
+    "load_saes",
+    "gemma_scope_id",
+    "check_compatible",
+    "encode",
+    "top_features",
+    "feature_logits",
+    "trace",
+    "FeatureActs",
+    "features_table",
 ]
 __version__ = "0.1.0"
