@@ -226,14 +226,20 @@ def trace(model, saes: Mapping[int, Any] | Sequence[Any], text: str, k: int = 5,
 
 def _by_layer(saes: Mapping[int, Any] | Sequence[Any]) -> dict[int, Any]:
     if isinstance(saes, Mapping):
-        return {int(layer): saes[layer] for layer in saes}
+        by_layer = {int(layer): saes[layer] for layer in saes}
+        for layer, sae in by_layer.items():
+            if hook_layer(sae_hook(sae)) not in (layer, None):
+                raise ValueError(f"The SAE under key {layer} reads {sae_hook(sae)!r}, another layer; "
+                                 "key each SAE by the layer of its hook.")
+        return by_layer
     by_layer: dict[int, Any] = {}
     for sae in saes:
         layer = hook_layer(sae_hook(sae))
         if layer is None:
             raise ValueError(f"Cannot tell the layer of an SAE at {sae_hook(sae)!r}; pass a {{layer: sae}} dict.")
         if layer in by_layer:
-            raise ValueError(f"Two SAEs for layer {layer}; pass a {{layer: sae}} dict with one per key.")
+            raise ValueError(f"Two SAEs for layer {layer} ({sae_hook(by_layer[layer])!r} and {sae_hook(sae)!r}); "
+                             "a trace holds one SAE per layer: trace the other site separately.")
         by_layer[layer] = sae
     return by_layer
 
