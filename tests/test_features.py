@@ -303,3 +303,37 @@ def test_features_table_defaults_to_the_demo_sae(tiny_model, tmp_path, monkeypat
     monkeypatch.setattr(scope.saes, "DEMO_SAE_DIR", tmp_path / "data" / "demo_sae")
     with pytest.raises(FileNotFoundError, match="train_demo_sae.py"):
         scope.features_table(None, None, TEXT, 5)
+
+
+# ----------------------------------------------------------------------------- the real bundled model
+
+
+@pytest.mark.slow
+def test_bundled_model_encode_trace_and_logit_lens(bundled_model, tmp_path):
+    model = bundled_model
+    text = "The Golden Gate Bridge spans the strait in San Francisco."
+    saes, params = {}, {}
+    for layer in (3, 6):
+        hook = f"blocks.{layer}.hook_resid_post"
+        p = random_params(model.cfg.d_model, 4096, seed=layer)
+        _, pre = jumprelu(_resid(model, hook, text), p)
+        # thresholds in the range the real activations reach, so the jump matters
+        p["threshold"] = np.quantile(pre[1:].numpy(), np.random.default_rng(layer).uniform(0.5, 0.99, 4096),
+                                     axis=None).astype(np.float32)
+        params[layer] = p
+        saes[layer] = scope.load_sae(write_params(tmp_path / str(layer) / "params.npz", p), hook=hook, device="cpu")
+        expected, pre = jumprelu(_resid(model, hook, text), p)
+        assert ((pre > 0) & (pre <= torch.from_numpy(p["threshold"]).double())).sum() > 100
+        acts = scope.encode(model, saes[layer], text)
+        torch.testing.assert_close(acts.values.double(), expected, atol=1e-3, rtol=1e-4)
+    table = scope.trace(model, saes, text, k=5)
+    for layer, sae in saes.items():
+        alone = scope.top_features(model, sae, text, k=5)
+        got = table[table.layer == layer].reset_index(drop=True)
+        assert list(got.feature) == list(alone.feature)
+        np.testing.assert_allclose(got.activation, alone.activation, rtol=1e-3)
+    assert model.acts_to_saes == {}
+    logits = torch.from_numpy(params[6]["W_dec"][11]).double() @ model.W_U.detach().double()
+    lens = scope.feature_logits(model, saes[6], 11, k=5)
+    top = torch.topk(logits, 5).indices.tolist()
+    assert list(lens[lens.direction == "promoted"].token) == [model.tokenizer.decode([t]) for t in top]
