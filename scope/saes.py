@@ -357,7 +357,7 @@ def _load_registry_or_fail(text: str, device: str, dtype: str):
     directory = get_pretrained_saes_directory()
     release, sae_id = _split_registry_spec(text, directory)
     if release is None:
-        if text.endswith((".npz", ".json", ".safetensors")) or os.sep in text and "gemma-scope" not in text:
+        if text.startswith(("/", ".", "~")) or text.endswith((".npz", ".json", ".safetensors")):
             raise FileNotFoundError(f"No such SAE file or folder: {text}")
         close = difflib.get_close_matches(text.split("/")[0], list(directory), n=3)
         raise ValueError(

@@ -340,3 +340,10 @@ def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, tmp_pat
     with pytest.raises(ValueError, match="SAE d_in is 2304 but"):
         saes[1]
     assert saes.loaded == []
+
+
+def test_unknown_specs_say_what_a_spec_can_be():
+    with pytest.raises(FileNotFoundError, match="No such SAE file or folder: ./saes/params.npz"):
+        scope.load_sae("./saes/params.npz", hook=HOOK)
+    with pytest.raises(ValueError, match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo'"):
+        scope.load_sae("my-release/blocks.8")
