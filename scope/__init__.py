@@ -5,7 +5,10 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 """
 
 from scope import chat
+from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
 from scope.generation import generate, generate_tokens, tokenize_prompt
+from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
+from scope.steering import Ablate, Add, Clamp, Scale, steer, sweep
 from scope.subjects import ModelUnavailableError, list_models, load_model
 
 __all__ = [
@@ -16,5 +19,21 @@ __all__ = [
     "load_model",
     "ModelUnavailableError",
     "tokenize_prompt",
+    "load_sae",
+    "load_saes",
+    "gemma_scope_id",
+    "check_compatible",
+    "encode",
+    "top_features",
+    "feature_logits",
+    "trace",
+    "FeatureActs",
+    "features_table",
+    "Add",
+    "Clamp",
+    "Ablate",
+    "Scale",
+    "steer",
+    "sweep",
 ]
 __version__ = "0.1.0"

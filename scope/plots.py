@@ -1,7 +1,8 @@
-"""Plotly figures shared by the rest of scope."""
+"""Plotly figures shared by scope's analyses."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -17,8 +18,6 @@ def residual_norms_figure(norms: pd.DataFrame, *, log_scale: bool = True) -> go.
     values = grid.values
     colorbar = "norm"
     if log_scale:  # BOS dwarfs everything else; a log scale keeps the rest readable
-        import numpy as np
-
         values = np.log10(values)
         colorbar = "log10 norm"
     figure = go.Figure(go.Heatmap(
@@ -45,3 +44,51 @@ def steering_tradeoff_figure(results: pd.DataFrame) -> go.Figure:
                          xaxis_title="fluency (mean log-prob of generated tokens, unsteered model)",
                          yaxis_title="concept (feature's mean activation on the generated text)")
     return figure
+
+
+
+def trace_heatmap(trace: pd.DataFrame, feature: int | None = None, title: str | None = None):
+    """Layers x token positions heatmap of a :func:`scope.trace` table.
+
+    With ``feature=None`` each cell is the strongest activation at that layer and position and
+    the hover names its feature. With ``feature=f`` each cell is feature f's activation, blank
+    where f is not among the trace's top-k there (trace with a larger k to see more of it).
+    Hovers carry the Neuronpedia link when the trace has a ``url`` column.
+    """
+    _check_trace(trace)
+    rows = trace if feature is None else trace[trace["feature"] == feature]
+    best = rows.sort_values("activation", ascending=False).drop_duplicates(["layer", "position"])
+    layers = sorted(trace["layer"].unique())
+    positions = sorted(trace["position"].unique())
+    z = _grid(best, layers, positions, "activation", np.nan)
+    features = _grid(best, layers, positions, "feature", None)
+    urls = _grid(best, layers, positions, "url", "") if "url" in best else None
+    tokens = trace.drop_duplicates("position").set_index("position")["token"]
+    labels = [f"{p}: {tokens[p]!r}" for p in positions]
+    custom = np.dstack([features, urls]) if urls is not None else features[..., None]
+    hover = "layer %{y}<br>%{x}<br>feature %{customdata[0]}<br>activation %{z:.3g}"
+    if urls is not None:
+        hover += "<br>%{customdata[1]}"
+    figure = go.Figure(go.Heatmap(z=z, x=labels, y=[str(layer) for layer in layers], customdata=custom,
+                                  hovertemplate=hover + "<extra></extra>", colorscale="Viridis",
+                                  colorbar={"title": "activation"}))
+    default = "Top SAE feature per token and layer" if feature is None else f"Feature {feature} across layers"
+    figure.update_layout(title=title or default, xaxis_title="token", yaxis_title="layer")
+    return figure
+
+
+def _check_trace(trace: pd.DataFrame) -> None:
+    missing = {"layer", "position", "token", "feature", "activation"} - set(trace.columns)
+    if missing:
+        raise ValueError(f"Not a scope.trace table: missing column(s) {', '.join(sorted(missing))}.")
+    if trace.empty:
+        raise ValueError("The trace is empty (no feature fired at any traced layer); nothing to plot.")
+
+
+def _grid(frame: pd.DataFrame, layers: list, positions: list, column: str, fill) -> np.ndarray:
+    grid = np.full((len(layers), len(positions)), fill, dtype=object if fill is None or fill == "" else float)
+    row = {layer: i for i, layer in enumerate(layers)}
+    col = {position: j for j, position in enumerate(positions)}
+    for layer, position, value in zip(frame["layer"], frame["position"], frame[column]):
+        grid[row[layer], col[position]] = value
+    return grid

@@ -1,0 +1,34 @@
+"""Random Gemma Scope-format SAEs for tests, and an independent JumpReLU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def random_params(d_in: int, d_sae: int, seed: int = 0, threshold_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Gemma Scope params with thresholds in the range of the pre-activations, so that some
+    units are positive but below threshold (a plain ReLU would keep them; JumpReLU must not)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": (rng.normal(size=(d_in, d_sae)) / np.sqrt(d_in)).astype(np.float32),
+        "W_dec": rng.normal(size=(d_sae, d_in)).astype(np.float32),
+        "b_enc": (rng.normal(size=d_sae) * 0.1).astype(np.float32),
+        "b_dec": (rng.normal(size=d_in) * 0.1).astype(np.float32),
+        "threshold": (rng.uniform(0.0, 2.0, size=d_sae) * threshold_scale).astype(np.float32),
+    }
+
+
+def write_params(path: Path, params: dict[str, np.ndarray]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **params)
+    return path
+
+
+def jumprelu(x: torch.Tensor, params: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma Scope's JumpReLU written out: pre = x W_enc + b_enc; acts = relu(pre) * (pre > threshold)."""
+    p = {k: torch.from_numpy(v).double() for k, v in params.items()}
+    pre = x.double() @ p["W_enc"] + p["b_enc"]
+    return torch.relu(pre) * (pre > p["threshold"]), pre
