@@ -48,9 +48,6 @@ def test_clamp_is_the_golden_gate_formula_and_bos_is_untouched(tiny_model, sae, 
     expected[0] = clean[0]  # BOS is never steered
     assert torch.allclose(steered_stream, expected, atol=1e-4)
     assert torch.equal(steered_stream[0], clean[0])
-    # Re-encoding the steered stream shows the feature at the clamped value (error term kept).
-    reencoded, _ = jumprelu(steered_stream, params)
-    assert torch.allclose(reencoded[1:, feature], torch.full_like(reencoded[1:, feature], value), atol=1e-3)
 
 
 def test_add_scale_ablate_at_explicit_positions(tiny_model, sae, params):
