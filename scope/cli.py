@@ -43,6 +43,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(text)
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from scope.features import features_table
+
+    print(_table(features_table(args.model, args.sae, args.text, k=args.k)))
+
+
+def cmd_steer(args: argparse.Namespace) -> None:
+    import scope
+
+    model = scope.load_model(args.model)
+    sae = scope.load_sae(args.sae, hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
+    if args.mode == "add":
+        intervention = scope.Add(args.feature, args.value)
+    else:
+        intervention = scope.Clamp(args.feature, args.value, unit=args.unit)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    steered = scope.generate(model, prompt, sae=sae, steering=[intervention], positions=args.positions, **kwargs)
+    plain = scope.generate(model, prompt, **kwargs)
+    from scope.steering import describe
+
+    print(_table(pd.DataFrame({"": ["unsteered", describe([intervention])], "continuation": [plain, steered]})))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     import scope
     from scope.residuals import residual_norms
@@ -83,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(run=cmd_generate)
 
+    features = commands.add_parser("features", help="top SAE features per token of a text")
+    features.add_argument("text")
+    features.add_argument("--model", default=None, help="default: the bundled gemma-3-270m")
+    features.add_argument("--sae", default=None, help="any scope.load_sae spec; default: the bundled demo SAE")
+    features.add_argument("--k", type=int, default=5)
+    features.set_defaults(run=cmd_features)
+
+    steer = commands.add_parser("steer", help="unsteered vs steered continuation of a prompt")
+    steer.add_argument("prompt")
+    steer.add_argument("--feature", type=int, required=True)
+    steer.add_argument("--value", type=float, required=True, help="clamp value, or add coefficient")
+    steer.add_argument("--mode", choices=["clamp", "add"], default="clamp")
+    steer.add_argument("--unit", choices=["act", "max"], default="act", help="clamp unit (max: x max activation)")
+    steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
+    steer.add_argument("--model", default="gemma-3-270m")
+    steer.add_argument("--sae", default="demo")
+    steer.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
+    steer.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
+    steer.add_argument("--max-new-tokens", type=int, default=40)
+    steer.add_argument("--temperature", type=float, default=0.0)
+    steer.add_argument("--seed", type=int, default=None)
+    steer.set_defaults(run=cmd_steer)
+
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
     demo.add_argument("--max-new-tokens", type=int, default=24)
     demo.set_defaults(run=cmd_demo)
@@ -93,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError) as err:  # user errors: one clear line, no traceback
+    except (ValueError, RuntimeError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
         print(f"scope: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -48,6 +48,30 @@ def scope_generate(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
     return scope.generate_tokens(model, tokens, max_new_tokens=n, stop_at_eos=False)
 
 
+def steering_sae(model, width: int = 16384):
+    """A random Gemma Scope-format JumpReLU SAE at layer 6 (steering cost does not depend on its values)."""
+    import tempfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d_in = model.cfg.d_model
+    params = {"W_enc": rng.normal(size=(d_in, width)).astype(np.float32) / np.sqrt(d_in),
+              "W_dec": rng.normal(size=(width, d_in)).astype(np.float32) / np.sqrt(d_in),
+              "b_enc": np.zeros(width, np.float32), "b_dec": np.zeros(d_in, np.float32),
+              "threshold": np.full(width, 0.5, np.float32)}
+    path = Path(tempfile.mkdtemp()) / "params.npz"
+    np.savez(path, **params)
+    return scope.load_sae(path, hook="blocks.6.hook_resid_post", device="cpu")
+
+
+def steered_generate(model, sae, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    from scope.generation import steered
+
+    with steered(model, sae, [scope.Clamp(123, 50.0)], "all", prompt_length=tokens.shape[1]):
+        return scope.generate_tokens(model, tokens, max_new_tokens=n, stop_at_eos=False)
+
+
 def tl_generate(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
     return model.generate(tokens, max_new_tokens=n, do_sample=False, stop_at_eos=False, verbose=False)
 
@@ -70,12 +94,18 @@ def bench_bundled(n: int, reps: int, stock: bool) -> None:
     hf_model = AutoModelForCausalLM.from_pretrained(str(ensure_bundled_checkpoint()), dtype=torch.float32).eval()
     tokens = scope.tokenize_prompt(model, PROMPT)
     same = torch.equal(hf_generate(hf_model, tokens, n), scope_generate(model, tokens, n))  # also warms up
-    hf_times, scope_times = [], []
+    sae = steering_sae(model)
+    steered_run = lambda: steered_generate(model, sae, tokens, n)  # noqa: E731
+    steered_run()
+    hf_times, scope_times, steered_times = [], [], []
     for _ in range(reps):
         hf_times.append(timed(lambda: hf_generate(hf_model, tokens, n)))
         scope_times.append(timed(lambda: scope_generate(model, tokens, n)))
+        steered_times.append(timed(steered_run))
     report(f"Gemma 3 270M (bundled, fp32, CPU, {n} tokens)", n, hf_times, scope_times,
            f"; greedy tokens identical: {same}")
+    report(f"  steered (Clamp on a {sae.cfg.d_sae}-wide JumpReLU SAE at {sae.cfg.metadata.hook_name}, "
+           "every position) vs unsteered transformers", n, hf_times, steered_times)
     if stock:
         relaid_time = timed(lambda: tl_generate(model, tokens, n))
         for param in model.parameters():  # back to transformer-lens' default layout
