@@ -8,6 +8,7 @@ Results are DataFrames with the column names of the public contract.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,7 @@ def top_features(model, sae, text: str, k: int = 5, include_bos: bool = False) -
     """
     _check_k(k)
     acts = encode(model, sae, text)
-    skip = _bos_positions(model, text) if not include_bos else set()
+    skip = _bos_positions(model, acts.tokens) if not include_bos else set()
     rows = _top_rows(acts, k, skip)
     return _with_urls(pd.DataFrame(rows, columns=["position", "token", "rank", "feature", "activation"]), sae)
 
@@ -118,9 +119,8 @@ def _top_rows(acts: FeatureActs, k: int, skip: set[int]) -> list[tuple]:
     return rows
 
 
-def _bos_positions(model, text: str) -> set[int]:
-    tokens = tokenize_prompt(model, text)[0].tolist()
-    bos = model.tokenizer.bos_token_id
+def _bos_positions(model, tokens: list[str]) -> set[int]:
+    bos = model.tokenizer.bos_token
     return {i for i, token in enumerate(tokens) if token == bos}
 
 
@@ -136,8 +136,9 @@ def _check_k(k: Any) -> None:
 
 
 def _check_feature(sae, feature: Any) -> int:
-    if isinstance(feature, bool) or not isinstance(feature, int) and not (
-            isinstance(feature, torch.Tensor) and feature.numel() == 1):
+    if isinstance(feature, torch.Tensor) and feature.numel() == 1 and not feature.is_floating_point():
+        feature = feature.item()
+    if isinstance(feature, bool) or not isinstance(feature, numbers.Integral):
         raise ValueError(f"feature must be an integer index, got {feature!r}.")
     feature = int(feature)
     if not 0 <= feature < sae.cfg.d_sae:
@@ -212,8 +213,8 @@ def trace(model, saes: Mapping[int, Any] | Sequence[Any], text: str, k: int = 5,
     hooks = _check_trace_saes(model, by_layer)
     tokens = tokenize_prompt(model, text)
     acts = _run_with_saes(model, by_layer, hooks, tokens)
-    skip = _bos_positions(model, text) if not include_bos else set()
     token_strs = str_tokens(model, tokens[0])
+    skip = _bos_positions(model, token_strs) if not include_bos else set()
     frames = []
     for layer, sae in by_layer.items():
         rows = _top_rows(FeatureActs(token_strs, acts[sae_hook(sae)]), k, skip)

@@ -170,11 +170,19 @@ def test_feature_logits_of_an_attention_sae_go_through_w_o(tiny_model, make_sae)
     np.testing.assert_allclose(table[table.direction == "promoted"].logit, torch.topk(logits, 2).values.numpy(), rtol=1e-4)
 
 
-@pytest.mark.parametrize("feature", [48, 10_000, -1])
+@pytest.mark.parametrize("feature", [48, 10_000, -1, np.int64(48), torch.tensor(48)])
 def test_feature_index_out_of_range_names_index_and_width(tiny_model, make_sae, feature):
     sae, _ = make_sae()
-    with pytest.raises(ValueError, match=rf"Feature {feature} is out of range: this SAE has 48 features \(valid indices 0\.\.47\)"):
+    with pytest.raises(ValueError, match=rf"Feature {int(feature)} is out of range: this SAE has 48 features \(valid indices 0\.\.47\)"):
         scope.feature_logits(tiny_model, sae, feature)
+
+
+@pytest.mark.parametrize("feature", [1.5, "3", None, True])
+def test_feature_index_must_be_an_integer(tiny_model, make_sae, feature):
+    sae, _ = make_sae()
+    with pytest.raises(ValueError, match="feature must be an integer index"):
+        scope.feature_logits(tiny_model, sae, feature)
+    assert len(scope.feature_logits(tiny_model, sae, np.int64(3), k=2)) == 4
 
 
 # ----------------------------------------------------------------------------- trace
