@@ -1,4 +1,4 @@
-"""Throughput of scope.encode on the bundled Gemma 3 270M, from one run.
+"""Throughput of scope.encode, from one run (the bundled Gemma 3 270M by default).
 
 A random JumpReLU SAE (16k wide by default) reads blocks.6.hook_resid_post (d_in 640).
 Timed, interleaved round by round so that machine noise hits every variant alike:
@@ -15,6 +15,8 @@ Prints tokens/s of each and the ratios, from the fastest round of each variant (
 on a shared machine other processes only ever add time), with the medians alongside.
 
     python scripts/bench_encode.py [--layer 6] [--width 16384] [--tokens 128] [--rounds 7]
+    python scripts/bench_encode.py --model gemma-2-2b --weights ~/.cache/scope/bench/gemma-2-2b-random \
+        --layer 20 --rounds 3 --repeats 1       # full-size Gemma 2 2B, random weights
 """
 
 from __future__ import annotations
@@ -55,11 +57,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="calls per variant per round")
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--weights", default=None,
+                        help="a local checkpoint folder for --model, e.g. the random full-size Gemma 2 2B "
+                             "that scripts/bench_generate.py --gemma2-2b saves under the scope cache")
     args = parser.parse_args()
 
     import tempfile
 
-    model = scope.load_model("gemma-3-270m", device="cpu")
+    model = scope.load_model(args.model, device="cpu", dtype=torch.float32, weights=args.weights)
     hook = f"blocks.{args.layer}.hook_resid_post"
     with tempfile.TemporaryDirectory() as tmp:
         sae = random_sae(model.cfg.d_model, args.width, hook, f"{tmp}/params.npz")
@@ -93,7 +99,7 @@ def main() -> None:
 
     best = {name: min(values) for name, values in times.items()}
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"bundled gemma-3-270m, float32, cpu ({torch.get_num_threads()} threads); SAE {hook}, "
+    print(f"{args.model}{' (' + args.weights + ')' if args.weights else ''}, float32, cpu ({torch.get_num_threads()} threads); SAE {hook}, "
           f"d_in {model.cfg.d_model}, width {args.width}; {n_tokens} tokens per call; "
           f"{args.rounds} rounds x {args.repeats} calls")
     for name in variants:
