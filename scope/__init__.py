@@ -5,11 +5,13 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 """
 
 from scope import chat
+from scope import shield
 from scope.generation import generate, generate_tokens, tokenize_prompt
 from scope.subjects import ModelUnavailableError, list_models, load_model
 
 __all__ = [
     "chat",
+    "shield",
     "generate",
     "generate_tokens",
     "list_models",
