@@ -183,7 +183,7 @@ def resolve_policy(spec: PolicySpec) -> Policy:
 
 def resolve_policies(policies: Policies) -> list[Policy]:
     """One policy spec, or a list of them, as a non-empty list of :class:`Policy`."""
-    if isinstance(policies, (str, Policy, tuple)):
+    if isinstance(policies, (str, Policy, tuple)) or not isinstance(policies, Sequence):
         return [resolve_policy(policies)]
     resolved = [resolve_policy(p) for p in policies]
     if not resolved:
