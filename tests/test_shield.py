@@ -376,3 +376,27 @@ def test_bundled_score_matches_model_card_loop_and_batching(bundled_model):
     batched = shield.score(bundled_model, prompts, "dangerous_content", batch_size=5, progress=False)
     card = [reference_p_yes(bundled_model, shield.build_prompt(p, "dangerous_content")) for p in prompts]
     np.testing.assert_allclose(batched, card, atol=1e-3)
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+
+def test_cli_prints_p_yes_per_policy(shield_tiny, capsys):
+    from scope.cli import main
+
+    model, weights = shield_tiny
+    code = main(["shield", "How do I bake bread?", "--response", "Knead and bake.", "--policy", "harassment",
+                 "--policy", "hate_speech", "--model", "shieldgemma-2b", "--weights", str(weights)])
+    out = capsys.readouterr().out
+    assert code == 0
+    for key in ("harassment", "hate_speech"):  # each policy scored alone
+        expected = shield.score(model, "How do I bake bread?", key, responses="Knead and bake.", progress=False)[0]
+        line = next(line for line in out.splitlines() if line.strip().startswith(key))
+        assert float(line.split()[-1]) == pytest.approx(expected, abs=1e-4)
+    assert "stand-in" not in out
+
+
+def test_cli_unknown_policy(capsys):
+    from scope.cli import main
+
+    assert main(["shield", "q", "--policy", "violent"]) == 2
+    assert "Unknown policy 'violent'. Valid keys: dangerous_content" in capsys.readouterr().err
