@@ -30,6 +30,8 @@ from typing import Union
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 
@@ -288,26 +290,74 @@ def _check_lengths(model, sequences: list[torch.Tensor]) -> None:
                          f"{model.cfg.n_ctx}; shorten the user prompt or response.")
 
 
-def score_tokens(model, sequences: list[torch.Tensor], batch_size: int = 8,
-                 progress: bool = True) -> np.ndarray:
+def has_interventions(model) -> bool:
+    """True when hooks or SAEs are attached: they must see whole sequences in one forward pass."""
+    hooked = any(hp._forward_hooks or hp._backward_hooks for hp in model.hook_dict.values())
+    return hooked or bool(getattr(model, "acts_to_saes", None))
+
+
+def shared_prefix_length(model, sequences: list[torch.Tensor]) -> int:
+    """How many leading tokens all ``sequences`` share and may compute once (0: do not share).
+
+    Every ShieldGemma prompt starts with the same preamble (about a fifth of a short prompt).
+    Its keys and values are computed once and reused for each batch; the rest is left padded
+    after it. Not shared when hooks or SAEs are attached (they would see the prefix in a
+    separate pass), or when the padded sequence could exceed a sliding-attention window
+    (the padding gap would then shift which real tokens fall inside the window).
+    """
+    if len(sequences) < 2 or model.cfg.positional_embedding_type != "rotary" or has_interventions(model):
+        return 0
+    local = model.cfg.attn_types is not None and "local" in model.cfg.attn_types
+    if local and max(len(s) for s in sequences) > model.cfg.window_size:
+        return 0
+    first, shortest = sequences[0], min(len(s) for s in sequences)
+    length = 0
+    while length < shortest - 1 and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length if length >= 2 else 0
+
+
+def _prefix_cache(model, prefix: torch.Tensor) -> TransformerLensKeyValueCache:
+    """Keys and values of ``prefix`` (batch 1), frozen so that later passes read but never extend it."""
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=1)
+    model(prefix[None].to(model.cfg.device), past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+    cache.freeze()
+    return cache
+
+
+def _expanded(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
+    """The batch-1 prefix cache viewed as ``batch`` rows (no copy)."""
+    entries = [TransformerLensKeyValueCacheEntry(past_keys=e.past_keys.expand(batch, -1, -1, -1),
+                                                 past_values=e.past_values.expand(batch, -1, -1, -1),
+                                                 frozen=True) for e in cache.entries]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(batch, -1), frozen=True)
+
+
+def score_tokens(model, sequences: list[torch.Tensor], batch_size: int = 8, *,
+                 progress: bool = True, share_prefix: bool = True) -> np.ndarray:
     """P(Yes) for already tokenized prompts (1-D tensors, BOS included), in the given order.
 
-    Prompts are batched in order of length (less padding), left padded, run to the
-    end of the last block only, and read at the last position.
+    Prompts are batched in order of length (less padding), left padded, run to the end
+    of the last block only, and read at the last position. With ``share_prefix`` the
+    tokens every prompt starts with are computed once (see :func:`shared_prefix_length`);
+    the result is the same up to float rounding.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     _check_lengths(model, sequences)
     yes, no = yes_no_ids(model)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    device = model.cfg.device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     result = np.empty(len(sequences), dtype=np.float64)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.no_grad():
+        shared = shared_prefix_length(model, sequences) if share_prefix else 0
+        prefix = _prefix_cache(model, sequences[0][:shared]) if shared else None
         for batch in tqdm(batches, desc="ShieldGemma P(Yes)", unit="batch", disable=not progress):
-            tokens, mask = left_padded([sequences[i] for i in batch], pad_id)
-            device = model.cfg.device
-            residual = model(tokens.to(device), attention_mask=mask.to(device),
+            tokens, mask = left_padded([sequences[i][shared:] for i in batch], pad_id)
+            cache = _expanded(prefix, len(batch)) if prefix is not None else None
+            residual = model(tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache,
                              stop_at_layer=model.cfg.n_layers)
             logits = yes_no_logits(model, residual[:, -1, :], yes, no).float()
             result[batch] = logits.softmax(dim=-1)[:, 0].cpu().numpy()
@@ -322,6 +372,7 @@ def score(
     batch_size: int = 8,
     *,
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> np.ndarray:
     """P(Yes) -- the probability that each input violates ``policies`` -- as a float array.
 
@@ -336,6 +387,8 @@ def score(
             (prompt-response use case).
         batch_size: prompts per forward pass; memory grows with it.
         progress: show a tqdm progress bar over batches (on stderr).
+        share_prefix: compute the tokens all prompts start with once (the preamble); it is
+            skipped automatically while hooks or SAEs are attached, so they see whole sequences.
 
     Any hooks on the model apply, so steering or ablations change the verdicts.
     """
@@ -344,7 +397,7 @@ def score(
         return np.empty(0, dtype=np.float64)
     # Exactly one BOS, as the model card's tokenizer call adds; no silent truncation at n_ctx.
     sequences = [model.to_tokens(p, prepend_bos=True, truncate=False)[0].cpu() for p in prompts]
-    return score_tokens(model, sequences, batch_size=batch_size, progress=progress)
+    return score_tokens(model, sequences, batch_size=batch_size, progress=progress, share_prefix=share_prefix)
 
 
 def _binary_labels(labels, n: int) -> np.ndarray:

@@ -259,6 +259,44 @@ def test_score_errors(shield_tiny):
     assert shield.score(model, [], "harassment", progress=False).shape == (0,)
 
 
+@pytest.fixture(scope="module")
+def wide_tiny(tmp_path_factory):
+    """Like ``shield_tiny`` but with a sliding window wider than any prompt, so the shared preamble
+    is computed once (with the 8-token window that is unsafe and therefore skipped)."""
+    path = save_tiny_gemma2(tmp_path_factory.mktemp("tiny-wide"), max_position_embeddings=2048,
+                            sliding_window=2048)
+    return scope.load_model("shieldgemma-2b", weights=path, device="cpu")
+
+
+def test_shared_preamble_is_computed_once_and_changes_nothing(wide_tiny):
+    model = wide_tiny
+    texts = [shield.build_prompt(p, "hate_speech") for p in PROMPTS_OF_MANY_LENGTHS]
+    sequences = [model.to_tokens(t)[0] for t in texts]
+    preamble = shield.build_prompt("", "hate_speech").split("Human Question:")[0]
+    shared = shield.shared_prefix_length(model, sequences)
+    assert shared >= len(model.to_tokens(preamble)[0]) - 1  # at least the preamble (BOS included)
+    assert torch.equal(sequences[0][:shared], sequences[-1][:shared])
+    once = shield.score(model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False)
+    whole = shield.score(model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False,
+                         share_prefix=False)
+    reference = [reference_p_yes(model, t) for t in texts]
+    np.testing.assert_allclose(once, whole, atol=1e-5)
+    np.testing.assert_allclose(once, reference, atol=1e-5)
+
+
+def test_preamble_not_shared_when_unsafe_or_hooked(shield_tiny, wide_tiny):
+    narrow, _ = shield_tiny
+    texts = [shield.build_prompt(p, "harassment") for p in PROMPTS_OF_MANY_LENGTHS[:2]]
+    assert shield.shared_prefix_length(narrow, [narrow.to_tokens(t)[0] for t in texts]) == 0  # 8-token window
+    sequences = [wide_tiny.to_tokens(t)[0] for t in texts]
+    seen = []
+    with wide_tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda resid, hook: seen.append(resid.shape))]):
+        assert shield.shared_prefix_length(wide_tiny, sequences) == 0
+        shield.score(wide_tiny, PROMPTS_OF_MANY_LENGTHS[:2], "harassment", progress=False)
+    assert seen == [torch.Size([2, max(len(s) for s in sequences), wide_tiny.cfg.d_model])]  # whole sequences
+    assert shield.shared_prefix_length(wide_tiny, sequences) > 0  # hooks removed: shared again
+
+
 # ---- metrics -----------------------------------------------------------------------------------
 
 def test_evaluate_against_hand_computed_values():
