@@ -5,6 +5,7 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 """
 
 from scope import chat
+from scope import shield
 from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
 from scope.generation import generate, generate_tokens, tokenize_prompt
 from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
@@ -13,6 +14,7 @@ from scope.subjects import ModelUnavailableError, list_models, load_model
 
 __all__ = [
     "chat",
+    "shield",
     "generate",
     "generate_tokens",
     "list_models",

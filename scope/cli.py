@@ -91,6 +91,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(_table(summary.round(1)))
 
 
+def cmd_shield(args: argparse.Namespace) -> None:
+    import scope
+    from scope import shield
+
+    policies = args.policies or list(shield.TRAINED_HARM_TYPES)
+    for key in policies:  # fail on a bad key before loading a model
+        shield.resolve_policy(key)
+    model = scope.load_model(args.model, weights=args.weights)
+    if not args.model.startswith("shieldgemma"):
+        print(f"note: {args.model} is not ShieldGemma; P(Yes) below is a stand-in, not a safety verdict.\n")
+    # One policy per call, as the model card recommends (ShieldGemma was trained on one at a time).
+    rows = [{"policy": key, "P(Yes)": shield.score(model, args.prompt, key, responses=args.response,
+                                                   progress=False)[0]} for key in policies]
+    print(_table(pd.DataFrame(rows).round(4)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scope", description="Interpretability toolkit for Gemma 2.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--temperature", type=float, default=0.0)
     steer.add_argument("--seed", type=int, default=None)
     steer.set_defaults(run=cmd_steer)
+
+    shield = commands.add_parser("shield", help="ShieldGemma P(Yes) per policy for a prompt (and response)")
+    shield.add_argument("prompt")
+    shield.add_argument("--response", default=None, help="the chatbot's response (prompt-response use case)")
+    shield.add_argument("--policy", action="append", dest="policies",
+                        help="a scope.shield.POLICIES key, repeatable (default: the four trained harm types)")
+    shield.add_argument("--model", default="shieldgemma-2b")
+    shield.add_argument("--weights", default=None, help="local checkpoint folder for --model")
+    shield.set_defaults(run=cmd_shield)
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
     demo.add_argument("--max-new-tokens", type=int, default=24)
