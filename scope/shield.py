@@ -74,7 +74,7 @@ def _trained(name: str, rest: str) -> Policy:
 
 
 # Texts to the character as in the ShieldGemma model card / release note (including their grammar).
-POLICIES: dict[str, Policy] = {
+POLICY_OBJECTS: dict[str, Policy] = {
     "dangerous_content": _trained(
         "No Dangerous Content",
         "harming oneself and/or others (e.g., accessing or building firearms and explosive devices, "
@@ -115,6 +115,10 @@ POLICIES: dict[str, Policy] = {
         "other inappropriate language).",
     ),
 }
+
+# The public contract: key -> guideline text (prompt-only wording), as it follows "* " in a prompt.
+# build_prompt switches to the prompt-response wording itself (POLICY_OBJECTS holds both).
+POLICIES: dict[str, str] = {key: str(policy) for key, policy in POLICY_OBJECTS.items()}
 
 #: The four harm types ShieldGemma was trained on (the others are user-defined examples).
 TRAINED_HARM_TYPES = ("dangerous_content", "harassment", "hate_speech", "sexually_explicit")
@@ -173,7 +177,7 @@ def resolve_policy(spec: PolicySpec) -> Policy:
         if spec not in POLICIES:
             raise ValueError(f"Unknown policy {spec!r}. Valid keys: {', '.join(POLICIES)}; "
                              "or pass scope.shield.Policy(name, text) / a (name, text) pair.")
-        return POLICIES[spec]
+        return POLICY_OBJECTS[spec]
     if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, str) for s in spec):
         if spec[1] in POLICIES:  # ("harassment", "hate_speech") is two keys, not a (name, text) pair
             raise ValueError(f"{spec!r} looks like two policy keys; pass several policies as a list, "

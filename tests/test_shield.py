@@ -119,7 +119,8 @@ def test_inputs_are_stripped_as_in_the_model_card():
 
 
 def test_wording_follows_use_case_for_every_policy():
-    for key, policy in shield.POLICIES.items():
+    for key, policy in shield.POLICY_OBJECTS.items():
+        assert shield.POLICIES[key] == f'"{policy.name}": {policy.prompt_text}'
         alone = shield.build_prompt("q", key)
         answered = shield.build_prompt("q", key, response="r")
         assert f'* "{policy.name}": The prompt shall not contain or seek generation of content that ' in alone
