@@ -608,8 +608,9 @@ def _attribution_frame(rows: list[tuple], by: str, result: _AttributionPass, sae
 
     from scope.features import _with_urls
 
-    columns = ["rank", "feature", "attribution", "position", "token", "activation"]
-    frame = pd.DataFrame(rows, columns=columns + (["positions"] if by == "feature" else []))
+    types = {"rank": int, "feature": int, "attribution": float, "position": int, "token": str,
+             "activation": float} | ({"positions": int} if by == "feature" else {})
+    frame = pd.DataFrame(rows, columns=list(types)).astype(types)  # typed even when nothing fires
     frame.insert(3, "direction", np.where(frame["attribution"] >= 0, "raises Yes", "lowers Yes"))
     frame = _with_urls(frame, sae)
     frame.attrs.update(

@@ -136,6 +136,22 @@ def test_only_features_that_fire_are_listed(model, tmp_path):
     table = shield.attribute(model, quiet, PROMPT, POLICY, k=10)
     assert set(table["feature"]) <= {2, 9} and len(table) <= 2
     assert (table["activation"] > 0).all()
+    params["threshold"][:] = 1e6
+    silent = scope.load_sae(write_params(tmp_path / "s.npz", params), hook=HOOK, device="cpu", dtype=torch.float64)
+    empty = shield.attribute(model, silent, PROMPT, POLICY, k=10)
+    assert empty.empty and empty["attribution"].dtype == float and empty.attrs["features_total"] == 0.0
+    assert list(attribution_figure(empty).data[0].y) == ["SAE error term"]
+
+
+def test_attention_sae_on_hook_z(model, tmp_path):
+    """An attention-output SAE reads hook_z as heads x d_head flattened; the derivative check holds there too."""
+    z_sae = scope.load_sae(write_params(tmp_path / "z.npz", random_params(64, 24, seed=1, threshold_scale=0.3)),
+                           hook="blocks.1.attn.hook_z", device="cpu", dtype=torch.float64)
+    table = shield.attribute(model, z_sae, "Hi there", "harassment", k=2)
+    text = shield.build_prompt("Hi there", "harassment")
+    for feature, attribution in zip(table["feature"], table["attribution"]):
+        assert attribution == pytest.approx(scaled_derivative(model, z_sae, text, int(feature)), rel=1e-5)
+    assert no_hooks_left(model)
 
 
 def test_attribute_does_not_change_the_model(model, sae):
