@@ -92,3 +92,30 @@ def _grid(frame: pd.DataFrame, layers: list, positions: list, column: str, fill)
     for layer, position, value in zip(frame["layer"], frame["position"], frame[column]):
         grid[row[layer], col[position]] = value
     return grid
+
+
+def attribution_figure(attribution: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Horizontal bars of a :func:`scope.shield.attribute` table: which features push the verdict.
+
+    Right of zero raises P(Yes), left lowers it; each bar is labelled with the feature and the
+    token where it contributes most. When the table carries the SAE error term's share
+    (``attrs["error"]``) it is drawn as a grey bar, so a verdict the SAE does not explain
+    (a large error share) is visible next to the features.
+    """
+    missing = {"feature", "attribution", "token", "position"} - set(attribution.columns)
+    if missing:
+        raise ValueError(f"Not a scope.shield.attribute table: missing column(s) {', '.join(sorted(missing))}.")
+    rows = attribution.sort_values("attribution")
+    labels = [f"f{f} @ {p}: {t!r}" for f, p, t in zip(rows["feature"], rows["position"], rows["token"])]
+    values = list(rows["attribution"])
+    colors = ["crimson" if v >= 0 else "steelblue" for v in values]
+    if "error" in attribution.attrs:
+        labels, values, colors = ["SAE error term"] + labels, [attribution.attrs["error"]] + values, ["grey"] + colors
+    figure = go.Figure(go.Bar(x=values, y=labels, orientation="h", marker_color=colors,
+                              hovertemplate="%{y}<br>attribution %{x:.3g}<extra></extra>"))
+    default = "Features behind the verdict (attribution to logit Yes - logit No)"
+    if "p_yes" in attribution.attrs:
+        default += f"; P(Yes) = {attribution.attrs['p_yes']:.3f}"
+    figure.update_layout(title=title or default, xaxis_title="attribution (+ raises Yes, - lowers Yes)",
+                         yaxis_title="feature @ position: token", height=max(300, 28 * len(labels) + 120))
+    return figure
