@@ -65,7 +65,7 @@ def run_to_hooks(model, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str,
 
 def str_tokens(model, tokens: torch.Tensor) -> list[str]:
     """Each token id of a 1-D tensor decoded on its own (``" the"``, not ``"▁the"``)."""
-    return [model.tokenizer.decode([token]) for token in tokens.tolist()]
+    return model.tokenizer.batch_decode([[token] for token in tokens.tolist()])  # one call, not one per token
 
 
 # ----------------------------------------------------------------------------- encode

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from scope.features import str_tokens
 from scope.generation import PromptOrMessages, tokenize_prompt
-
-
-def token_strings(model, tokens: torch.Tensor) -> list[str]:
-    """One display string per token of ``tokens`` ``[1, pos]`` (special tokens kept)."""
-    return [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
 
 
 def residual_norms(model, prompt_or_messages: PromptOrMessages) -> pd.DataFrame:
@@ -23,7 +19,7 @@ def residual_norms(model, prompt_or_messages: PromptOrMessages) -> pd.DataFrame:
     with torch.no_grad():
         _, cache = model.run_with_cache(
             tokens, names_filter=lambda name: name.endswith("hook_resid_post"), return_type=None)
-    strings = token_strings(model, tokens)
+    strings = str_tokens(model, tokens[0])
     rows = []
     for layer in range(model.cfg.n_layers):
         norms = cache[f"blocks.{layer}.hook_resid_post"][0].float().norm(dim=-1).tolist()
