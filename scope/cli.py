@@ -81,6 +81,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     print(f"Greedy continuation ({elapsed:.1f} s):\n  {DEMO_PROMPT}{continuation}\n")
 
+    from scope.saes import DEMO_SAE_DIR
+
+    if (DEMO_SAE_DIR / "cfg.json").is_file():
+        sae = scope.load_sae("demo", device=model.cfg.device, dtype=model.cfg.dtype)
+        table = scope.top_features(model, sae, DEMO_SENTENCE, k=3)
+        print(f"Top demo-SAE features per token ({sae.cfg.metadata.hook_name}) of: {DEMO_SENTENCE!r}")
+        print(_table(table.round({"activation": 1})))
+        return
     norms = residual_norms(model, DEMO_SENTENCE)
     summary = (norms.assign(is_bos=norms["position"] == 0)
                .pivot_table(index="layer", columns="is_bos", values="norm", aggfunc="mean")
@@ -88,6 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                .reset_index())
     summary.columns.name = None
     print(f"Residual stream (blocks.L.hook_resid_post) on: {DEMO_SENTENCE!r}")
+    print("(the bundled demo SAE is not in data/demo_sae yet: scripts/train_demo_sae.py builds it)")
     print(_table(summary.round(1)))
 
 

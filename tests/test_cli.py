@@ -20,7 +20,8 @@ def test_user_errors_are_one_line_and_exit_2(capsys):
 def test_demo_runs_on_the_bundled_model(capsys):
     assert main(["demo", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
-    assert "Greedy continuation" in out and "norm at BOS" in out
+    assert "Greedy continuation" in out
+    assert "norm at BOS" in out or "Top demo-SAE features per token" in out
 
 
 def test_steer_prints_unsteered_and_steered(capsys, tmp_path, tiny_dir, monkeypatch):
