@@ -324,7 +324,23 @@ def _load_demo(device: str, dtype: str):
             f"The demo SAE is not in {DEMO_SAE_DIR} (expected cfg.json + sae_weights.safetensors). "
             "It is built by scripts/train_demo_sae.py; run that script once to create it."
         )
-    return _load_sae_lens_folder(DEMO_SAE_DIR, device, dtype)
+    sae = _load_sae_lens_folder(DEMO_SAE_DIR, device, dtype)
+    _attach_feature_stats(sae, DEMO_SAE_DIR / "feature_stats.safetensors")
+    return sae
+
+
+def _attach_feature_stats(sae, path: Path) -> None:
+    """Give the SAE its held-out max activations (written by scripts/eval_demo_sae.py), so that
+    ``Clamp(..., unit="max")`` works offline; the full statistics stay on ``sae.scope_feature_stats``."""
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    from scope.steering import set_max_activations
+
+    stats = load_file(str(path))
+    set_max_activations(sae, stats["max_activation"])
+    sae.scope_feature_stats = stats
 
 
 def _load_local(path: Path, hook: str | None, device: str, dtype: str):
