@@ -220,6 +220,20 @@ def test_demo_spec_resolves_to_data_demo_sae(tmp_path, monkeypatch):
     assert folder == absent
     demo = scope.load_sae("demo", device="cpu")
     assert torch.equal(demo.W_dec, original.W_dec)
+    assert getattr(demo, "scope_max_activations", None) is None  # no statistics shipped yet
+
+
+def test_demo_sae_carries_its_shipped_max_activations(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    original, folder = _sae_lens_folder(tmp_path, "data/demo_sae")
+    monkeypatch.setattr(saes_module, "DEMO_SAE_DIR", folder)
+    max_acts = torch.rand(original.cfg.d_sae) * 10
+    save_file({"max_activation": max_acts, "density": torch.rand(original.cfg.d_sae)},
+              str(folder / "feature_stats.safetensors"))
+    demo = scope.load_sae("demo", device="cpu")
+    assert torch.equal(demo.scope_max_activations, max_acts)
+    assert set(demo.scope_feature_stats) == {"max_activation", "density"}
 
 
 # ----------------------------------------------------------------------------- registry specs
