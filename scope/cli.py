@@ -37,7 +37,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import scope
 
     model = scope.load_model(args.model)
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    prompt = _prompt(args)
     text = scope.generate(model, prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     print(text)
@@ -58,7 +58,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
         intervention = scope.Add(args.feature, args.value)
     else:
         intervention = scope.Clamp(args.feature, args.value, unit=args.unit)
-    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    prompt = _prompt(args)
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     steered = scope.generate(model, prompt, sae=sae, steering=[intervention], positions=args.positions, **kwargs)
     plain = scope.generate(model, prompt, **kwargs)
@@ -116,6 +116,18 @@ def cmd_shield(args: argparse.Namespace) -> None:
     print(_table(pd.DataFrame(rows).round(4)))
 
 
+def _add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def _prompt(args: argparse.Namespace):
+    return [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scope", description="Interpretability toolkit for Gemma 2.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,12 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate a continuation (or a chat reply)")
     generate.add_argument("prompt")
-    generate.add_argument("--model", default="gemma-3-270m")
-    generate.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.0)
+    _add_generation_arguments(generate, max_new_tokens=64)
     generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--seed", type=int, default=None)
     generate.set_defaults(run=cmd_generate)
 
     features = commands.add_parser("features", help="top SAE features per token of a text")
@@ -146,13 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--mode", choices=["clamp", "add"], default="clamp")
     steer.add_argument("--unit", choices=["act", "max"], default="act", help="clamp unit (max: x max activation)")
     steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
-    steer.add_argument("--model", default="gemma-3-270m")
     steer.add_argument("--sae", default="demo")
     steer.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
-    steer.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
-    steer.add_argument("--max-new-tokens", type=int, default=40)
-    steer.add_argument("--temperature", type=float, default=0.0)
-    steer.add_argument("--seed", type=int, default=None)
+    _add_generation_arguments(steer, max_new_tokens=40)
     steer.set_defaults(run=cmd_steer)
 
     shield = commands.add_parser("shield", help="ShieldGemma P(Yes) per policy for a prompt (and response)")

@@ -47,22 +47,22 @@ def _relaid(tensor: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     return tensor.permute(order).contiguous().permute(inverse)
 
 
+def _read_orders(model: torch.nn.Module):
+    """(parameter, the permutation transformer-lens reads it through) for every weight it transposes."""
+    for full_name, param in model.named_parameters():
+        read = _PARAMETER_READS.get(full_name.rsplit(".", 1)[-1])
+        if read is not None and param.dim() == len(_READ_ORDER[read]):
+            yield param, _READ_ORDER[read]
+
+
 def relayout_for_speed(model: torch.nn.Module) -> torch.nn.Module:
     """Re-lay the model's weights in place (see module docstring); returns the model."""
     with torch.no_grad():
-        for full_name, param in model.named_parameters():
-            read = _PARAMETER_READS.get(full_name.rsplit(".", 1)[-1])
-            if read is None or param.dim() != len(_READ_ORDER[read]):
-                continue
-            param.data = _relaid(param.data, _READ_ORDER[read])
+        for param, order in _read_orders(model):
+            param.data = _relaid(param.data, order)
     return model
 
 
 def is_relaid(model: torch.nn.Module) -> bool:
     """True when every weight transformer-lens transposes is already laid out for it."""
-    for full_name, param in model.named_parameters():
-        read = _PARAMETER_READS.get(full_name.rsplit(".", 1)[-1])
-        if read is not None and param.dim() == len(_READ_ORDER[read]):
-            if not param.data.permute(_READ_ORDER[read]).is_contiguous():
-                return False
-    return True
+    return all(param.data.permute(order).is_contiguous() for param, order in _read_orders(model))

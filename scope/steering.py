@@ -345,6 +345,7 @@ def _concept_feature(sae, interventions: Sequence[Any]) -> tuple[Any, int]:
 
 def reread(model, sae, feature: int, prompt_tokens: torch.Tensor, new_tokens: torch.Tensor) -> tuple[float, float]:
     """(mean activation of ``feature``, mean log-prob) over ``new_tokens``, read by the unsteered model."""
+    from scope.generation import final_logits
     from scope.saes import sae_hook
 
     if new_tokens.numel() == 0:
@@ -353,9 +354,10 @@ def reread(model, sae, feature: int, prompt_tokens: torch.Tensor, new_tokens: to
     tokens = torch.cat([prompt_tokens.to(new_tokens.device), new_tokens[None]], dim=1).to(model.cfg.device)
     hook = sae_hook(sae)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=hook)
+        # Logits only where they score a generated token, not over the whole prompt.
+        residual, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=model.cfg.n_layers)
         generated = cache[hook][0, n_prompt:]
         concept = sae.encode(generated.to(sae.W_dec.dtype))[:, feature].float().mean().item()
-        log_probs = logits[0, n_prompt - 1:-1].float().log_softmax(dim=-1)
+        log_probs = final_logits(model, residual[0, n_prompt - 1:-1]).float().log_softmax(dim=-1)
         fluency = log_probs.gather(-1, tokens[0, n_prompt:, None]).mean().item()
     return concept, fluency
