@@ -6,6 +6,7 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 
 from scope import chat
 from scope import shield
+from scope.examples import top_examples
 from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
 from scope.generation import generate, generate_tokens, tokenize_prompt
 from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
@@ -31,6 +32,7 @@ __all__ = [
     "trace",
     "FeatureActs",
     "features_table",
+    "top_examples",
     "Add",
     "Clamp",
     "Ablate",

@@ -1,0 +1,156 @@
+"""Top-activating examples checked against a brute-force search written here."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import scope
+from scope.examples import PEAK_CLOSE, PEAK_OPEN
+from tests.sae_util import jumprelu, random_params, write_params
+
+HOOK = "blocks.1.hook_resid_post"
+TEXTS = [
+    "Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog, again and again and again.",
+    "def add(a, b): return a + b",
+    "Rome",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "One two three four five six seven eight nine ten eleven twelve thirteen.",
+]
+
+
+@pytest.fixture
+def sae_and_params(tmp_path):
+    params = random_params(64, 40, seed=3)
+    path = write_params(tmp_path / "sae" / "params.npz", params)
+    return scope.load_sae(path, hook=HOOK, device="cpu"), params
+
+
+def _windows(model, texts, window):
+    """(text_id, start, ids) cut independently of the library."""
+    for text_id, text in enumerate(texts):
+        ids = model.tokenizer.encode(text, add_special_tokens=False)
+        for offset in range(0, len(ids), window - 1):
+            yield text_id, 1 + offset, ids[offset:offset + window - 1]
+
+
+def brute_force(model, params, texts, k, window):
+    """Every window run alone (no batching, no padding); each feature's maximum per window."""
+    rows = []
+    for text_id, start, ids in _windows(model, texts, window):
+        tokens = torch.tensor([[model.tokenizer.bos_token_id] + ids])
+        _, cache = model.run_with_cache(tokens, names_filter=HOOK)
+        acts, _ = jumprelu(cache[HOOK][0, 1:], params)  # BOS dropped
+        values, peak = acts.max(dim=0)
+        for feature in range(acts.shape[1]):
+            rows.append((feature, float(values[feature]), text_id, start + int(peak[feature]),
+                         ids[int(peak[feature])]))
+    frame = pd.DataFrame(rows, columns=["feature", "activation", "text_id", "position", "token_id"])
+    frame = frame[frame.activation > 0]
+    frame = frame.sort_values(["feature", "activation"], ascending=[True, False], kind="stable")
+    frame = frame.groupby("feature").head(k)
+    frame["rank"] = frame.groupby("feature").cumcount() + 1
+    return frame.reset_index(drop=True)
+
+
+@pytest.mark.parametrize("window, batch_size", [(128, 3), (6, 4), (6, 1)])
+def test_top_examples_equal_brute_force(tiny_model, sae_and_params, window, batch_size):
+    sae, params = sae_and_params
+    k = 3
+    got = scope.top_examples(tiny_model, sae, TEXTS, k=k, window=window, batch_size=batch_size, progress=False)
+    expected = brute_force(tiny_model, params, TEXTS, k, window)
+    assert len(expected) > 40  # the random SAE fires on plenty of examples
+    assert got[["feature", "rank", "text_id", "position"]].values.tolist() == \
+        expected[["feature", "rank", "text_id", "position"]].values.tolist()
+    torch.testing.assert_close(torch.tensor(got.activation.values), torch.tensor(expected.activation.values),
+                               rtol=1e-4, atol=1e-4)
+    tokens = tiny_model.tokenizer.batch_decode([[t] for t in expected.token_id])
+    assert got.token.tolist() == tokens
+
+
+def test_a_repeated_text_is_two_distinct_examples(tiny_model, sae_and_params):
+    sae, _ = sae_and_params
+    got = scope.top_examples(tiny_model, sae, [TEXTS[0], TEXTS[0]], k=5, progress=False)
+    for _, rows in got.groupby("feature"):
+        assert rows.text_id.tolist() in ([0, 1], [1, 0])
+        assert rows.position.nunique() == 1
+        assert rows.activation.iloc[0] == pytest.approx(rows.activation.iloc[1], rel=1e-5)
+
+
+def test_positions_match_encode_on_whole_text(tiny_model, sae_and_params):
+    """Positions count like scope.encode's tokens (BOS = 0), so a peak can be looked up there."""
+    sae, _ = sae_and_params
+    got = scope.top_examples(tiny_model, sae, TEXTS[:2], k=2, progress=False)
+    for row in got.itertuples():
+        acts = scope.encode(tiny_model, sae, TEXTS[row.text_id])
+        assert acts.tokens[row.position] == row.token
+        assert float(acts.values[row.position, row.feature]) == pytest.approx(row.activation, rel=1e-4, abs=1e-4)
+
+
+def test_padding_and_bos_never_appear(tiny_model, sae_and_params):
+    sae, _ = sae_and_params
+    got = scope.top_examples(tiny_model, sae, ["a", "a much longer text " * 4], k=5, batch_size=2,
+                             context=20, progress=False)
+    bos, pad = tiny_model.tokenizer.bos_token, tiny_model.tokenizer.pad_token
+    assert (got.position >= 1).all()
+    assert not got.token.isin([bos, pad]).any()
+    assert not got.context.str.contains(bos, regex=False).any()
+    assert not got.context.str.contains(pad, regex=False).any()
+
+
+def test_context_marks_the_peak_and_stays_inside_the_window(tiny_model, sae_and_params):
+    sae, _ = sae_and_params
+    got = scope.top_examples(tiny_model, sae, TEXTS, k=1, context=2, progress=False)
+    for row in got.itertuples():
+        ids = tiny_model.tokenizer.encode(TEXTS[row.text_id], add_special_tokens=False)
+        i = row.position - 1
+        decode = tiny_model.tokenizer.decode
+        expected = (decode(ids[max(0, i - 2):i]) + PEAK_OPEN + decode(ids[i:i + 1]) + PEAK_CLOSE
+                    + decode(ids[i + 1:i + 3]))
+        assert row.context == expected
+
+
+def test_features_subset_in_given_order_and_file_inputs(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    everything = scope.top_examples(tiny_model, sae, TEXTS, k=2, progress=False)
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    subset = scope.top_examples(tiny_model, sae, jsonl, features=[7, 2], k=2, progress=False)
+    assert subset.feature.unique().tolist() == [f for f in [7, 2] if f in set(everything.feature)]
+    expected = everything[everything.feature.isin([7, 2])].sort_values("feature", key=lambda s: s.map({7: 0, 2: 1}),
+                                                                         kind="stable")
+    assert subset.drop(columns="activation").values.tolist() == expected.drop(columns="activation").values.tolist()
+    pd.DataFrame({"text": TEXTS}).to_parquet(tmp_path / "corpus.parquet")
+    from_parquet = scope.top_examples(tiny_model, sae, tmp_path / "corpus.parquet", k=2, progress=False)
+    assert from_parquet.drop(columns="activation").equals(everything.drop(columns="activation"))
+
+
+def test_out_writes_the_same_table(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    path = tmp_path / "results" / "top.parquet"
+    got = scope.top_examples(tiny_model, sae, TEXTS, k=2, out=path, progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), got)
+    assert [p.name for p in path.parent.iterdir()] == ["top.parquet"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"features": [40]}, "40"),
+    ({"features": [1, 1]}, "twice"),
+    ({"k": 0}, "k"),
+    ({"context": -1}, "context"),
+    ({"window": 1}, "window"),
+])
+def test_bad_arguments_name_the_value(tiny_model, sae_and_params, kwargs, message):
+    sae, _ = sae_and_params
+    with pytest.raises(ValueError, match=message):
+        scope.top_examples(tiny_model, sae, TEXTS, progress=False, **kwargs)
+
+
+def test_bad_corpus_inputs(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        scope.top_examples(tiny_model, sae, tmp_path / "missing.jsonl", progress=False)
+    with pytest.raises(TypeError, match="item 1"):
+        scope.top_examples(tiny_model, sae, ["fine", 3], progress=False)
