@@ -1,24 +1,42 @@
 """Train the demo JumpReLU SAE for the bundled Gemma 3 270M with sae-lens' own training runner.
 
-Offline and on CPU: the model comes from ``scope.load_model("gemma-3-270m")`` (passed to the
-runner as ``override_model``), the text from the train split that ``scripts/build_corpus.py``
-writes (passed as ``override_dataset``), so sae-lens never downloads anything. sae-lens runs the
-model with ``stop_at_layer`` = hooked layer + 1 (``ActivationsStore.get_activations``), so only
-blocks 0..6 are computed. BOS positions (context starts and document separators) are dropped from
-the training activations with ``exclude_special_tokens=[bos_id]``: Gemma's BOS residual is huge
-and carries no text.
+Offline and on CPU, in two stages:
+
+1. **Cache activations** (once, ~57 min on 2 cores; reused when ``--cache-dir`` exists): sae-lens'
+   ``CacheActivationsRunner`` runs ``scope.load_model("gemma-3-270m")`` over the train split
+   that ``scripts/build_corpus.py`` writes (passed as ``override_dataset``; the runner's model
+   loader is handed the loaded model, so nothing is downloaded) and stores the residual at
+   ``blocks.6.hook_resid_post`` for ~2.5M tokens, with their token ids. The model runs with
+   ``stop_at_layer`` = 7 (``ActivationsStore.get_activations``): blocks 7..17 are never computed.
+2. **Train** with ``LanguageModelSAETrainingRunner`` over the cache for ``--epochs`` passes
+   (``use_cached_activations``). BOS positions are dropped with
+   ``exclude_special_tokens=[bos_id]``: Gemma's BOS residual is huge and carries no text.
+
+The recipe: JumpReLU like Gemma Scope, with Gemma Scope 2's quadratic L0 penalty around a target
+L0 of 50; Anthropic's variant where the L0 straight-through gradient reaches the encoder
+(``--ste-to-input``; with thresholds alone, L0 stayed in the hundreds to thousands within the
+few thousand CPU steps) and their pre-activation loss on dead features (``--pre-act-coeff``); and
+a data-driven start (:func:`initial_sae`) in which every feature fires on 1.2% of tokens. Trials
+on one 195k-token shard (586 steps) showed what each piece does (dead = never fired in the last
+200 steps):
+
+==========================================  ======  =====
+trial                                       L0      dead
+==========================================  ======  =====
+first run, 1.4M tokens, no data init        52.6    95%
+quadratic, encoder STE, pre-act 1e-2        52.8    78%
++ data-driven b_enc / b_dec start           50.9    58%
++ pre-act 1.0 (shipped recipe)              51.1    0%
+thresholds-only STE, data start             ~570    -
+==========================================  ======  =====
 
 The result goes to ``data/demo_sae/`` in sae-lens' folder format (cfg.json +
-sae_weights.safetensors, weights stored in fp16 to stay near 10 MB), with the full runner config
-in ``training_config.json`` beside it.
-
-Measured on 2 CPU cores (torch 2.13): about 1,035 training tokens/s end to end (model forward to
-layer 6 plus the SAE step), so the shipped 1.4M-token run took 23 minutes.
+sae_weights.safetensors, weights stored in fp16, about 10 MB), with the full runner config in
+``training_config.json`` beside it. Training runs at about 3,800 tokens/s from the cache.
 
 Usage (from the repository root)::
 
-    HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONPATH=. python scripts/train_demo_sae.py \
-        --tokens 1400000 --lr 8e-4
+    HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONPATH=. python scripts/train_demo_sae.py
 """
 
 from __future__ import annotations
@@ -42,20 +60,34 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope")) / "corpus"
+DEFAULT_CACHE = DEFAULT_CORPUS.parent / "activations" / "blocks.6.hook_resid_post"
 HOOK = "blocks.6.hook_resid_post"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, default=1_400_000, help="training tokens (activations)")
+    p.add_argument("--cache-tokens", type=int, default=2_400_000,
+                   help="activations computed once from the corpus and cached on disk")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the cached activations")
+    p.add_argument("--cache-only", action="store_true", help="build the activation cache and stop")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                   help="where the cached activations live (reused when present)")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--hook", default=HOOK)
     p.add_argument("--context", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2048, help="SAE training batch, in tokens")
+    p.add_argument("--batch", type=int, default=1024, help="SAE training batch, in tokens")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--target-l0", type=float, default=50.0)
     p.add_argument("--init-threshold", type=float, default=0.1)
     p.add_argument("--l0-coeff", type=float, default=1.0)
+    p.add_argument("--sparsity-loss", choices=["step", "tanh", "quadratic"], default="quadratic")
+    p.add_argument("--bandwidth", type=float, default=0.05)
+    p.add_argument("--ste-to-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the L0 gradient reach the encoder too (Anthropic) or only the thresholds")
+    p.add_argument("--pre-act-coeff", type=float, default=1.0,
+                   help="Anthropic's pre-activation loss on dead features (None: off)")
+    p.add_argument("--l0-warm-up", type=float, default=0.05, help="fraction of steps to warm up the L0 penalty")
+    p.add_argument("--dead-window", type=int, default=100, help="steps without firing before a feature counts dead")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS / "train.jsonl")
@@ -73,12 +105,61 @@ def load_texts(path: Path, seed: int) -> list[str]:
     return texts
 
 
+def cache_activations(args: argparse.Namespace, model, dataset) -> None:
+    """Run the model once over ``--cache-tokens`` of corpus and store the hook's activations
+    (with their token ids, so BOS can still be excluded) with sae-lens' CacheActivationsRunner.
+
+    The SAE then trains for several epochs over the cache: a forward to layer 6 costs ~2.5x an
+    SAE step on this CPU, so re-running the model every epoch would dominate. The runner loads its
+    model by name; it is handed the already loaded bundled model instead (no hub here).
+    """
+    import sae_lens.cache_activations_runner as car
+    from sae_lens import CacheActivationsRunner, CacheActivationsRunnerConfig
+
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path="scope-corpus/train.jsonl",  # informational: passed in as override_dataset
+        model_name="gemma-3-270m",
+        model_class_name="HookedSAETransformer",
+        model_batch_size=16,
+        hook_name=args.hook,
+        d_in=model.cfg.d_model,
+        training_tokens=args.cache_tokens,
+        context_size=args.context,
+        new_cached_activations_path=str(args.cache_dir) + ".partial",
+        shuffle=True,
+        seed=args.seed,
+        dtype="float32",
+        device="cpu",
+        buffer_size_gb=0.5,
+        prepend_bos=True,
+        streaming=False,
+    )
+    partial = Path(cfg.new_cached_activations_path)
+    shutil.rmtree(partial, ignore_errors=True)
+    original_load_model = car.load_model
+    car.load_model = lambda **_: model
+    try:
+        car.CacheActivationsRunner(cfg, override_dataset=dataset).run()
+    finally:
+        car.load_model = original_load_model
+    # An interrupted run leaves only the .partial folder, never a half-written cache.
+    partial.rename(args.cache_dir)
+
+
+def cached_tokens(cache_dir: Path) -> int:
+    """Token positions in the cache (the runner fills whole buffers, so a little over asked)."""
+    import datasets
+
+    cache = datasets.load_from_disk(str(cache_dir))
+    return len(cache) * len(cache[0]["token_ids"])
+
+
 def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
     """The sae-lens runner config: JumpReLU like Gemma Scope, with Gemma Scope 2's quadratic L0
     penalty around a target L0 (it lands in the wanted L0 range in a short CPU run)."""
     from sae_lens import JumpReLUTrainingSAEConfig, LanguageModelSAERunnerConfig, LoggingConfig
 
-    total_steps = args.tokens // args.batch
+    total_steps = int(args.tokens // args.batch)
     sae_cfg = JumpReLUTrainingSAEConfig(
         d_in=640,
         d_sae=args.width,
@@ -87,15 +168,13 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
         apply_b_dec_to_input=True,
         normalize_activations="expected_average_only_in",  # folded into the weights at the end
         jumprelu_init_threshold=args.init_threshold,
-        jumprelu_bandwidth=0.05,
-        jumprelu_sparsity_loss_mode="quadratic",
+        jumprelu_bandwidth=args.bandwidth,
+        jumprelu_sparsity_loss_mode=args.sparsity_loss,
         target_l0=args.target_l0,
         l0_coefficient=args.l0_coeff,
-        l0_warm_up_steps=max(1, total_steps // 10),
-        # Anthropic's variant: the L0 gradient also reaches the encoder, not only the
-        # thresholds; with ~700 CPU steps the thresholds alone (moving ~lr per Adam step) left
-        # L0 in the thousands in a 100-step trial.
-        jumprelu_ste_to_input=True,
+        l0_warm_up_steps=max(1, int(total_steps * args.l0_warm_up)),
+        jumprelu_ste_to_input=args.ste_to_input,
+        pre_act_loss_coefficient=args.pre_act_coeff,
         decoder_init_norm=0.1,
     )
     return LanguageModelSAERunnerConfig(
@@ -109,7 +188,9 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
         context_size=args.context,
         prepend_bos=True,
         exclude_special_tokens=[bos_id],
-        training_tokens=args.tokens,
+        training_tokens=int(args.tokens),
+        use_cached_activations=True,
+        cached_activations_path=str(args.cache_dir),
         train_batch_size_tokens=args.batch,
         store_batch_size_prompts=16,
         n_batches_in_buffer=16,
@@ -124,10 +205,38 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
         dtype="float32",
         logger=LoggingConfig(log_to_wandb=False),
         n_checkpoints=0,
+        dead_feature_window=args.dead_window,
+        feature_sampling_window=max(args.dead_window, 200),
         checkpoint_path=None,
         output_path=out_dir,
         verbose=True,
     )
+
+
+@torch.no_grad()
+def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
+    """The runner's JumpReLU SAE, initialised from data so that no feature starts dead.
+
+    Random decoder directions (norm 0.1) with W_enc = W_dec.T, as sae-lens does; then b_dec at
+    the mean activation, and each feature's b_enc set so that it fires on target_l0 / d_sae of
+    a sample of cached tokens (Anthropic's January 2025 update initialises b_enc from data the
+    same way). Without this the residual's mean direction makes some random features fire on
+    nearly every token and leaves most never firing; in trials 78-95% of features ended dead.
+    """
+    import datasets
+    from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+
+    sae = TrainingSAE.from_dict(TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict())
+    rows = datasets.load_from_disk(str(cache_dir)).with_format("torch")[:n_rows]
+    x = rows[cfg.hook_name].reshape(-1, cfg.sae.d_in).float()
+    x = x[rows["token_ids"].reshape(-1) != bos_id]
+    x = x * (cfg.sae.d_in ** 0.5) / x.norm(dim=-1).mean()  # the runner's expected_average_only_in scaling
+    sae.b_dec.data = x.mean(0)
+    pre = (x - sae.b_dec) @ sae.W_enc
+    fire_fraction = cfg.sae.target_l0 / cfg.sae.d_sae
+    cut = pre.kthvalue(int(len(pre) * (1 - fire_fraction)), dim=0).values  # quantile() is size-limited
+    sae.b_enc.data = sae.threshold.detach() - cut
+    return sae
 
 
 def ship(tmp: Path, out: Path, extra: dict) -> None:
@@ -162,10 +271,19 @@ def main() -> None:
     texts = load_texts(args.corpus, args.seed)
     dataset = datasets.Dataset.from_dict({"text": texts})
     print(f"model + {len(texts)} documents loaded in {time.time() - t0:.1f}s", flush=True)
+    if not args.cache_dir.is_dir():
+        t0 = time.time()
+        cache_activations(args, model, dataset)
+        print(f"cached {cached_tokens(args.cache_dir):,} activations in {time.time() - t0:.0f}s", flush=True)
+    if args.cache_only:
+        return
+    args.tokens = int(args.epochs * cached_tokens(args.cache_dir))
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = runner_config(args, model.tokenizer.bos_token_id, tmp)
-        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+        sae = initial_sae(cfg, args.cache_dir, model.tokenizer.bos_token_id)
+        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model,
+                                                override_sae=sae)
         t1 = time.time()
         runner.run()
         seconds = time.time() - t1
@@ -178,6 +296,11 @@ def main() -> None:
             "scope_threads": args.threads,
             "scope_torch": torch.__version__,
             "scope_command": " ".join(sys.argv),
+            "scope_cache_dir": str(args.cache_dir),
+            "scope_cached_tokens": cached_tokens(args.cache_dir),
+            "scope_epochs": args.epochs,
+            "scope_init": "initial_sae(): b_dec = mean activation; b_enc so each feature fires on "
+                          "target_l0 / d_sae of 51k cached tokens; W_enc = W_dec.T, decoder norm 0.1",
         }
         ship(Path(tmp), args.out, extra)
     print(f"saved to {args.out}", flush=True)
