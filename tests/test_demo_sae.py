@@ -1,0 +1,128 @@
+"""The shipped demo SAE: its files, its config, and the quality floor on held-out text.
+
+The evaluation code of ``scripts/eval_demo_sae.py`` is first checked against computations
+written here on the tiny model, then run on the shipped held-out sample for the floor.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import scope
+from scope.saes import DEMO_SAE_DIR
+from tests.sae_util import random_params, write_params
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT_SAMPLE = ROOT / "data" / "corpus_sample" / "heldout.jsonl"
+
+
+def _eval_script():
+    spec = importlib.util.spec_from_file_location("eval_demo_sae", ROOT / "scripts" / "eval_demo_sae.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- the files
+
+
+def test_demo_sae_files_are_small_and_consistent():
+    files = {p.name: p for p in DEMO_SAE_DIR.iterdir()}
+    assert {"cfg.json", "sae_weights.safetensors", "training_config.json", "feature_stats.safetensors"} <= set(files)
+    assert sum(p.stat().st_size for p in files.values()) < 20 * 2**20
+    cfg = json.loads(files["cfg.json"].read_text())
+    training = json.loads(files["training_config.json"].read_text())
+    assert cfg["architecture"] == "jumprelu"
+    assert cfg["metadata"]["hook_name"] == training["hook_name"] == "blocks.6.hook_resid_post"
+    weights = load_file(str(files["sae_weights.safetensors"]))
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    assert d_sae >= 4096
+    assert weights["W_enc"].shape == (d_in, d_sae) and weights["W_dec"].shape == (d_sae, d_in)
+    assert weights["threshold"].shape == (d_sae,) and (weights["threshold"] >= 0).all()
+    stats = load_file(str(files["feature_stats.safetensors"]))
+    for name in ("max_activation", "density", "quantile_0.5", "quantile_0.9", "quantile_0.99"):
+        assert stats[name].shape == (d_sae,)
+    alive = stats["density"] > 0
+    # a live feature's quantiles are ordered and never above its max activation
+    assert (stats["quantile_0.5"][alive] <= stats["quantile_0.99"][alive] + 1e-6).all()
+    assert (stats["quantile_0.99"][alive] <= stats["max_activation"][alive] + 1e-6).all()
+
+
+@pytest.mark.slow
+def test_demo_sae_fits_the_bundled_model(bundled_model):
+    sae = scope.load_sae("demo")
+    scope.check_compatible(bundled_model, sae)
+    assert sae.cfg.metadata.hook_name == "blocks.6.hook_resid_post"
+    assert sae.cfg.d_in == bundled_model.cfg.d_model
+
+
+# ----------------------------------------------------------------------------- the evaluation code
+
+
+@pytest.fixture
+def tiny_sae(tmp_path):
+    params = random_params(64, 40, seed=5, threshold_scale=0.2)
+    params["threshold"][:4] = 1e6  # four features that can never fire: dead
+    return scope.load_sae(write_params(tmp_path / "sae" / "params.npz", params), hook="blocks.1.hook_resid_post",
+                          device="cpu")
+
+
+def test_ce_losses_equal_a_splice_written_with_hooks(tiny_model, tiny_sae):
+    script = _eval_script()
+    tokens = tiny_model.to_tokens(["The cat sat on the mat and looked at the dog.",
+                                   "Paris is the capital of France, not of Spain."])
+    hook = "blocks.1.hook_resid_post"
+
+    def loss_with(edit):
+        def replace(act, hook):
+            act = act.clone()
+            act[:, 1:] = edit(act[:, 1:])
+            return act
+
+        logits = tiny_model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        return float(-logp.gather(-1, tokens[:, 1:, None]).sum())
+
+    clean, spliced, zero = script.ce_losses(tiny_model, tiny_sae, hook, tokens)
+    assert clean == pytest.approx(loss_with(lambda a: a), rel=1e-5)
+    assert spliced == pytest.approx(loss_with(lambda a: tiny_sae.decode(tiny_sae.encode(a))), rel=1e-5)
+    assert zero == pytest.approx(loss_with(torch.zeros_like), rel=1e-5)
+    assert zero > spliced != clean  # the three runs really differ
+
+
+def test_explained_variance_l0_and_dead_equal_direct_formulas(tiny_model, tiny_sae):
+    script = _eval_script()
+    seqs = tiny_model.to_tokens(["One two three four five six seven eight.", "A b c d e f g h i."])
+    figures, totals = script.evaluate(tiny_model, tiny_sae, seqs, seqs[:1], batch=1)
+    _, cache = tiny_model.run_with_cache(seqs, names_filter="blocks.1.hook_resid_post")
+    x = cache["blocks.1.hook_resid_post"][:, 1:].reshape(-1, 64).double()
+    acts = tiny_sae.encode(x.float()).double()
+    recon = tiny_sae.decode(acts.float()).double()
+    ev = 1 - ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert figures["explained_variance"] == pytest.approx(float(ev), rel=1e-6)
+    assert figures["mean_l0"] == pytest.approx(float((acts > 0).sum(-1).double().mean()))
+    assert figures["dead_fraction"] == pytest.approx(float(((acts > 0).sum(0) == 0).double().mean()))
+    assert 0 < figures["dead_fraction"] < 1
+    torch.testing.assert_close(totals.stats()["max_activation"], acts.max(0).values.float())
+
+
+# ----------------------------------------------------------------------------- the quality floor
+
+
+@pytest.mark.slow
+def test_demo_sae_reaches_the_quality_floor_on_held_out_text(bundled_model):
+    """EV >= 0.75, CE-loss score >= 0.85, 20 <= L0 <= 100, dead < 10% on the shipped held-out
+    sample, which no training step saw (documents are split by hash before training)."""
+    figures = _eval_script().main(["--heldout", str(HELDOUT_SAMPLE), "--tokens", "100000",
+                                   "--ce-tokens", "8192"])
+    assert figures["tokens"] > 50_000
+    assert figures["explained_variance"] >= 0.75
+    assert figures["ce_loss_score"] >= 0.85
+    assert 20 <= figures["mean_l0"] <= 100
+    assert figures["dead_fraction"] < 0.10
