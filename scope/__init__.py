@@ -6,7 +6,8 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 
 from scope import chat
 from scope import shield
-from scope.examples import top_examples
+from scope.dashboard import dashboard
+from scope.examples import mine, top_examples
 from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
 from scope.generation import generate, generate_tokens, tokenize_prompt
 from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
@@ -33,6 +34,8 @@ __all__ = [
     "FeatureActs",
     "features_table",
     "top_examples",
+    "mine",
+    "dashboard",
     "Add",
     "Clamp",
     "Ablate",

@@ -100,6 +100,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(_table(summary.round(1)))
 
 
+def _feature_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise ValueError(f"--features must be comma-separated integers like 1,2,3, got {text!r}.") from None
+
+
+def _model_and_sae(args: argparse.Namespace):
+    import scope
+
+    model = scope.load_model(args.model)
+    return model, scope.load_sae(args.sae, hook=args.hook)
+
+
+def cmd_examples(args: argparse.Namespace) -> None:
+    import scope
+
+    features = _feature_list(args.features)
+    model, sae = _model_and_sae(args)
+    frame = scope.top_examples(model, sae, args.corpus, features=features, k=args.k, context=args.context,
+                               out=args.out)
+    print(_table(frame.drop(columns=["text_id"]).head(args.show)))
+    print(f"\n{len(frame)} rows for {frame.feature.nunique()} features written to {args.out}")
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from scope.dashboard import dashboards
+
+    features = _feature_list(args.features)
+    model, sae = _model_and_sae(args)
+    index = dashboards(model, sae, features, args.corpus, args.out, k=args.k)
+    print(f"{len(features)} feature pages and their index: {index}")
+
+
 def cmd_shield(args: argparse.Namespace) -> None:
     import scope
     from scope import shield
@@ -122,6 +158,14 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None)
+
+
+def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sae", default="demo", help="any scope.load_sae spec (default: the demo SAE)")
+    parser.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--corpus", required=True, help="a .txt (one text per line), .jsonl or .parquet file")
+    parser.add_argument("--k", type=int, default=20, help="examples per feature")
 
 
 def _prompt(args: argparse.Namespace):
@@ -158,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
     _add_generation_arguments(steer, max_new_tokens=40)
     steer.set_defaults(run=cmd_steer)
+
+    examples = commands.add_parser("examples", help="top activating examples of SAE features over a corpus")
+    _add_mining_arguments(examples)
+    examples.add_argument("--features", default=None, help="comma-separated, e.g. 1,2,3 (default: all)")
+    examples.add_argument("--out", required=True, help="Parquet file for the results (resumes if interrupted)")
+    examples.add_argument("--context", type=int, default=8, help="tokens shown either side of the peak")
+    examples.add_argument("--show", type=int, default=20, help="rows printed")
+    examples.set_defaults(run=cmd_examples)
+
+    dashboard = commands.add_parser("dashboard", help="self-contained HTML pages for SAE features")
+    _add_mining_arguments(dashboard)
+    dashboard.add_argument("--features", required=True, help="comma-separated, e.g. 1,2,3")
+    dashboard.add_argument("--out", required=True, help="folder for the pages and index.html")
+    dashboard.set_defaults(run=cmd_dashboard)
 
     shield = commands.add_parser("shield", help="ShieldGemma P(Yes) per policy for a prompt (and response)")
     shield.add_argument("prompt")

@@ -154,3 +154,142 @@ def test_bad_corpus_inputs(tiny_model, sae_and_params, tmp_path):
         scope.top_examples(tiny_model, sae, tmp_path / "missing.jsonl", progress=False)
     with pytest.raises(TypeError, match="item 1"):
         scope.top_examples(tiny_model, sae, ["fine", 3], progress=False)
+
+
+# ----------------------------------------------------------------------------- densities and histograms
+
+
+def test_density_and_histogram_equal_a_direct_count(tiny_model, sae_and_params):
+    sae, params = sae_and_params
+    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, window=6, batch_size=3, progress=False)
+    values = []
+    for _, _, ids in _windows(tiny_model, TEXTS, 6):
+        tokens = torch.tensor([[tiny_model.tokenizer.bos_token_id] + ids])
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+        values.append(jumprelu(cache[HOOK][0, 1:], params)[0])
+    acts = torch.cat(values)  # [text tokens, features], BOS excluded
+    assert mined.n_tokens == acts.shape[0]
+    torch.testing.assert_close(mined.density, (acts > 0).double().mean(0))
+    edges = mined.histogram_edges.double()
+    for feature in range(acts.shape[1]):
+        active = acts[:, feature][acts[:, feature] > 0]
+        expected = torch.histc(torch.bucketize(active, edges[1:-1]).double(), bins=len(edges) - 1, min=0,
+                               max=len(edges) - 2)
+        assert mined.histogram[feature].tolist() == expected.long().tolist()
+    assert mined.histogram.sum() == (acts > 0).sum()
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupting(texts, after):
+    for i, text in enumerate(texts):
+        if i == after:
+            raise Interrupt
+        yield text
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    texts = TEXTS * 6
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=2, progress=False)
+    expected = scope.top_examples(tiny_model, sae, texts, out=tmp_path / "whole.parquet", **kwargs)
+    out = tmp_path / "resumed.parquet"
+    with pytest.raises(Interrupt):
+        scope.top_examples(tiny_model, sae, _interrupting(texts, 20), out=out, **kwargs)
+    checkpoint = tmp_path / ".resumed.parquet.checkpoint"
+    assert checkpoint.is_file() and not out.exists()  # a checkpoint, never a half-written result
+    assert torch.load(checkpoint, weights_only=False)["windows_done"] > 0
+    resumed = scope.top_examples(tiny_model, sae, texts, out=out, **kwargs)
+    pd.testing.assert_frame_equal(resumed, expected)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    out = tmp_path / "run.parquet"
+    with pytest.raises(Interrupt):
+        scope.top_examples(tiny_model, sae, _interrupting(TEXTS * 6, 20), out=out, k=3, window=6, batch_size=2,
+                           checkpoint_every=1, progress=False)
+    with pytest.raises(ValueError, match="different run"):
+        scope.top_examples(tiny_model, sae, TEXTS * 6, out=out, k=4, window=6, batch_size=2, progress=False)
+
+
+KILLED_RUN = """
+import os, signal, sys
+import scope
+from tests.tiny import tiny_model_and_sae
+model, sae = tiny_model_and_sae(sys.argv[1], sys.argv[2])
+texts = {texts!r}
+
+def killing(texts):
+    for i, text in enumerate(texts):
+        if i == 20:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+        yield text
+
+scope.top_examples(model, sae, killing(texts), out=sys.argv[3], k=3, window=6, batch_size=2,
+                   checkpoint_every=2, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_model, tiny_dir, sae_and_params, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sae, _ = sae_and_params
+    texts = TEXTS * 6
+    sae_path = tmp_path / "sae" / "params.npz"
+    out = tmp_path / "killed.parquet"
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", KILLED_RUN.format(texts=texts), str(tiny_dir), str(sae_path),
+                          str(out)], cwd=root, capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+    assert not out.exists() and (tmp_path / ".killed.parquet.checkpoint").is_file()
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=2, progress=False)
+    resumed = scope.top_examples(tiny_model, sae, texts, out=out, **kwargs)
+    pd.testing.assert_frame_equal(resumed, scope.top_examples(tiny_model, sae, texts, **kwargs))
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+
+MEMORY_RUN = """
+import resource, sys
+import scope
+from tests.tiny import tiny_model_and_sae
+model, sae = tiny_model_and_sae(sys.argv[1], sys.argv[2])
+n = int(sys.argv[3])
+texts = (f"text number {{i}}: " + "the quick brown fox jumps over the lazy dog " * 12 for i in range(n))
+scope.examples.mine(model, sae, texts, k=20, batch_size=16, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
+    """Peak RSS for 4N texts stays within a few MB of N texts. Keeping one row of maxima per
+    example instead of running buffers would cost 4N x 3 windows x 4096 features x 4 bytes more
+    (~100 MB here), so the bound would catch it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    params = random_params(64, 4096, seed=1, threshold_scale=0.05)
+    sae_path = write_params(tmp_path / "wide" / "params.npz", params)
+    root = Path(__file__).resolve().parent.parent
+
+    def peak_kb(n):
+        run = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(tiny_dir), str(sae_path), str(n)], cwd=root,
+                             capture_output=True, text=True, check=True)
+        return int(run.stdout.split()[-1])
+
+    small, large = peak_kb(500), peak_kb(2000)
+    assert large - small < 25_000, (small, large)  # KB

@@ -70,3 +70,12 @@ def save_tiny_gemma2(path: Path, seed: int = 0, **config_overrides) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def tiny_model_and_sae(tiny_dir, sae_path, hook: str = "blocks.1.hook_resid_post"):
+    """The tiny model (as the ``tiny_model`` fixture loads it) and a params.npz SAE, for tests
+    that run in a subprocess."""
+    import scope
+
+    model = scope.load_model("shieldgemma-2b", weights=tiny_dir, device="cpu")
+    return model, scope.load_sae(sae_path, hook=hook, device="cpu")
