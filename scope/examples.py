@@ -287,10 +287,14 @@ def mine(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: in
         act = run_to_hooks(model, tokens, [hook])[hook]
         check_width(model, sae, tuple(act.shape[2:]))
         with torch.no_grad():
-            acts = sae.encode(act)[..., selected].float()  # [batch, pos, features]
-        acts = acts.masked_fill(~mask[..., None], 0.0)  # BOS and padding never count
+            acts = sae.encode(act)
+        if features is not None:  # indexing copies [batch, pos, d_sae]; skip it when mining them all
+            acts = acts[..., selected]
+        # BOS and padding read as 0: they never count, and a peak there has activation 0, which
+        # no result row shows (rows need activation > 0).
+        acts = acts.float().masked_fill(~mask[..., None], 0.0)  # [batch, pos, features]
         stats.update(acts, mask)
-        values, peak = acts.masked_fill(~mask[..., None], float("-inf")).max(dim=1)  # [batch, features]
+        values, peak = acts.max(dim=1)  # [batch, features]
         starts = torch.tensor([w.start for w in batch])
         top.update(values, torch.tensor([w.text_id for w in batch]), starts[:, None] + peak - 1,
                    *_contexts(tokens, mask, acts, peak, context))
