@@ -93,8 +93,7 @@ def _examples_html(mined: Mined, rows, max_act: float) -> str:
     lines = []
     for row in rows:
         example = mined.examples.loc[row]
-        spans = "".join(_token_span(token, value, max_act)
-                        for token, value in zip(mined.span_tokens[row], mined.span_acts[row]))
+        spans = "".join(_token_span(token, value, max_act) for token, value in zip(*mined.span(row)))
         lines.append(f"<div class='example' data-rank='{int(example['rank'])}'>"
                      f"<span class='act'>{example['activation']:.2f}</span> {spans}</div>")
     return "\n".join(lines)

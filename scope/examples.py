@@ -49,8 +49,8 @@ def iter_texts(texts: Any) -> Iterator[str]:
     if isinstance(texts, (str, os.PathLike)):
         yield from _read_file(Path(texts))
         return
-    if hasattr(texts, "column_names"):  # a Hugging Face dataset
-        if "text" not in texts.column_names:
+    if hasattr(texts, "column_names"):  # a Hugging Face dataset (a streamed one may not know its columns)
+        if texts.column_names is not None and "text" not in texts.column_names:
             raise ValueError(f"The dataset has no 'text' column; its columns are {texts.column_names}.")
         texts = (row["text"] for row in texts)
     for i, text in enumerate(texts):
@@ -122,19 +122,37 @@ class RunningTopK:
         self.tokens = torch.full((k, n_features, span), -1, dtype=torch.int32)
         self.acts = torch.zeros((k, n_features, span))
 
-    def update(self, values: torch.Tensor, text_id: torch.Tensor, position: torch.Tensor,
-               tokens: torch.Tensor, acts: torch.Tensor) -> None:
-        """Merge a batch: ``values``/``position`` [batch, features], ``text_id`` [batch],
-        ``tokens``/``acts`` [batch, features, 2 * context + 1]."""
+    def update(self, values: torch.Tensor, text_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Merge a batch: ``values`` [batch, features] (``-inf`` where a feature is silent),
+        ``text_id`` [batch]. Returns the ``(slot, feature, batch row)`` of each entry that came
+        in, whose peak position and context the caller then gives to :meth:`fill`: those are
+        found only for the few examples that make it into the buffers, not for every one seen."""
         all_values = torch.cat([self.values, values])
         # Stable order for equal maxima: earlier examples first, so results never depend on batching.
         order = torch.sort(all_values, dim=0, descending=True, stable=True).indices[: self.k]
-        self.values = torch.gather(all_values, 0, order)
-        self.text_id = torch.gather(torch.cat([self.text_id, text_id[:, None].expand_as(values)]), 0, order)
-        self.position = torch.gather(torch.cat([self.position, position]), 0, order)
-        spans = order[..., None].expand(-1, -1, self.tokens.shape[-1])
-        self.tokens = torch.gather(torch.cat([self.tokens, tokens]), 0, spans)
-        self.acts = torch.gather(torch.cat([self.acts, acts]), 0, spans)
+        slot, feature = (order >= self.k).nonzero(as_tuple=True)
+        row = order[slot, feature] - self.k
+        if len(row) == 0:
+            return slot, feature, row
+        kept = order.clamp(max=self.k - 1)  # where each slot's entry sat before (fresh ones overwritten in fill)
+        # Copied back into the same buffers: new long-lived tensors every batch would scatter
+        # through the heap between the batch's temporaries and keep it from shrinking.
+        self.values.copy_(torch.gather(all_values, 0, order))
+        self.text_id.copy_(torch.gather(self.text_id, 0, kept))
+        self.position.copy_(torch.gather(self.position, 0, kept))
+        spans = kept[..., None].expand(-1, -1, self.tokens.shape[-1])
+        self.tokens.copy_(torch.gather(self.tokens, 0, spans))
+        self.acts.copy_(torch.gather(self.acts, 0, spans))
+        self.text_id[slot, feature] = text_id[row]
+        return slot, feature, row
+
+    def fill(self, slot: torch.Tensor, feature: torch.Tensor, position: torch.Tensor, tokens: torch.Tensor,
+             acts: torch.Tensor) -> None:
+        """Where the entries :meth:`update` took in peaked (``position`` [entries]) and their
+        contexts (``tokens``/``acts`` [entries, 2 * context + 1])."""
+        self.position[slot, feature] = position
+        self.tokens[slot, feature] = tokens
+        self.acts[slot, feature] = acts
 
 
 def _batch_tokens(model, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,17 +169,63 @@ def _batch_tokens(model, batch: list[Window]) -> tuple[torch.Tensor, torch.Tenso
     return tokens, mask
 
 
-def _contexts(tokens: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, peak: torch.Tensor,
+@dataclass
+class EncodedBatch:
+    """A batch's feature activations on its real text tokens only: BOS and padding are never
+    encoded, so they can never count or show up. Each window's tokens are consecutive rows."""
+
+    tokens: torch.Tensor  # [batch, pos] ids
+    row_of: torch.Tensor  # [batch, pos] the row of ``acts`` holding each text token, -1 for BOS/padding
+    acts: torch.Tensor  # [text tokens, features]
+    lengths: list[int]  # text tokens of each window, in order
+
+
+def _encode_batch(model, sae, tokens: torch.Tensor, mask: torch.Tensor,
+                  selected: torch.Tensor | None) -> EncodedBatch:
+    hook = sae_hook(sae)
+    act = run_to_hooks(model, tokens, [hook])[hook]
+    check_width(model, sae, tuple(act.shape[2:]))
+    with torch.no_grad():
+        acts = sae.encode(act[mask.to(act.device)]).cpu()  # [text tokens, d_sae]
+    if selected is not None:
+        acts = acts[:, selected]
+    row_of = torch.full(mask.shape, -1, dtype=torch.long)
+    row_of[mask] = torch.arange(int(mask.sum()))
+    return EncodedBatch(tokens=tokens, row_of=row_of, acts=acts, lengths=mask.sum(1).tolist())
+
+
+def _window_maxima(enc: EncodedBatch) -> torch.Tensor:
+    """Each feature's maximum over each window's tokens, ``[batch, features]``, ``-inf`` where
+    it is silent."""
+    values = torch.stack([rows.amax(0) for rows in enc.acts.split(enc.lengths)]).float()
+    return values.masked_fill_(values <= 0, float("-inf"))
+
+
+def _peaks(enc: EncodedBatch, window: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """For entries (``window``, ``feature``): the first position (BOS = 0) where the feature
+    reaches its maximum over the window."""
+    peak = torch.empty(len(window), dtype=torch.long)
+    for w, rows in enumerate(enc.acts.split(enc.lengths)):  # one window at a time: small temporaries
+        entries = (window == w).nonzero(as_tuple=True)[0]
+        if len(entries):
+            peak[entries] = rows[:, feature[entries]].argmax(0) + 1  # argmax gives the first maximum
+    return peak
+
+
+def _contexts(enc: EncodedBatch, window: torch.Tensor, feature: torch.Tensor, peak: torch.Tensor,
               context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``[batch, features, 2 * context + 1]`` around each peak (-1 outside the text)
+    """For entries (``window``, ``feature``) peaking at ``peak``: the token ids ``[entries,
+    2 * context + 1]`` around the peak (-1 outside the text: beyond the window, BOS, padding)
     and the feature's activations on them (0 outside)."""
-    offsets = torch.arange(2 * context + 1)
-    index = peak[..., None] + offsets  # position p sits at p + context once padded
-    shown = torch.where(mask, tokens, -1).to(torch.int32)
-    padded = torch.nn.functional.pad(shown, (context, context), value=-1)
-    ids = torch.gather(padded[:, None, :].expand(-1, peak.shape[1], -1), 2, index)
-    values = torch.nn.functional.pad(acts.clamp_min(0).transpose(1, 2), (context, context))
-    return ids, torch.gather(values, 2, index)
+    length = enc.tokens.shape[1]
+    where = peak[:, None] + torch.arange(-context, context + 1)  # [entries, span]
+    inside = (where >= 0) & (where < length)
+    where = where.clamp(0, length - 1)
+    rows = torch.where(inside, enc.row_of[window[:, None], where], -1)
+    text = rows >= 0
+    ids = torch.where(text, enc.tokens[window[:, None], where], -1).to(torch.int32)
+    acts = enc.acts[rows.clamp_min(0), feature[:, None]].float().clamp_min(0)
+    return ids, torch.where(text, acts, 0.0)
 
 
 # ----------------------------------------------------------------------------- activity statistics
@@ -178,16 +242,17 @@ class ActivityStats:
         self.active = torch.zeros(n_features, dtype=torch.long)
         self.histogram = torch.zeros(n_features, len(HISTOGRAM_EDGES) - 1, dtype=torch.long)
 
-    def update(self, acts: torch.Tensor, mask: torch.Tensor) -> None:
-        """``acts`` [batch, pos, features] with ``mask`` [batch, pos] of the real text tokens."""
-        values = acts[mask]  # [tokens, features]
-        self.n_tokens += values.shape[0]
-        on = values > 0
-        self.active += on.sum(0)
-        rows, cols = on.nonzero(as_tuple=True)
-        bins = torch.bucketize(values[rows, cols], HISTOGRAM_EDGES[1:-1])
+    def update(self, acts: torch.Tensor, chunk: int = 128) -> None:
+        """``acts`` [text tokens, features]; read ``chunk`` rows at a time, so the non-zero
+        entries listed stay small even for a densely firing SAE."""
+        n_features, n_bins = self.histogram.shape
         flat = self.histogram.view(-1)
-        flat.index_add_(0, cols * self.histogram.shape[1] + bins, torch.ones_like(bins))
+        self.n_tokens += acts.shape[0]
+        for rows in acts.split(chunk):
+            row, feature = (rows > 0).nonzero(as_tuple=True)
+            self.active += torch.bincount(feature, minlength=n_features)
+            bins = torch.bucketize(rows[row, feature].float(), HISTOGRAM_EDGES[1:-1])
+            flat.index_add_(0, feature * n_bins + bins, torch.ones_like(bins))
 
     def density(self) -> torch.Tensor:
         return self.active.double() / max(self.n_tokens, 1)
@@ -203,8 +268,16 @@ class Mined:
     density: torch.Tensor  # [features], fraction of text tokens where the feature fires
     histogram: torch.Tensor  # [features, bins] counts of non-zero activations
     histogram_edges: torch.Tensor  # [bins + 1]
-    span_tokens: list[list[str]]  # per row of ``examples``: the tokens of its context (peak in the middle)
-    span_acts: list[list[float]]  # the feature's activation on each of those tokens
+    context_ids: torch.Tensor  # [rows of ``examples``, 2 * context + 1] token ids around the peak, -1 outside the text
+    context_acts: torch.Tensor  # [rows, 2 * context + 1] the feature's activation on each of those tokens
+    token_strings: dict[int, str]  # every id in ``context_ids``, decoded on its own
+
+    def span(self, row: int) -> tuple[list[str], list[float]]:
+        """The tokens of row ``row``'s context (peak in the middle; nothing outside the text) and
+        the feature's activation on each, as a feature page shades them."""
+        ids, acts = self.context_ids[row].tolist(), self.context_acts[row].tolist()
+        keep = [i for i, t in enumerate(ids) if t >= 0]
+        return [self.token_strings[ids[i]] for i in keep], [acts[i] for i in keep]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -274,7 +347,6 @@ def mine(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: in
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     selected = _selected_features(sae, features)
-    hook = sae_hook(sae)
     top, stats = RunningTopK(len(selected), k, context), ActivityStats(len(selected))
     checkpoint = _checkpoint_path(Path(out)) if out is not None else None
     key = _run_key(sae, selected, k, context, window, batch_size)
@@ -284,30 +356,22 @@ def mine(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: in
                initial=done // batch_size)
     for n, batch in enumerate(bar, 1):
         tokens, mask = _batch_tokens(model, batch)
-        act = run_to_hooks(model, tokens, [hook])[hook]
-        check_width(model, sae, tuple(act.shape[2:]))
-        with torch.no_grad():
-            acts = sae.encode(act)
-        if features is not None:  # indexing copies [batch, pos, d_sae]; skip it when mining them all
-            acts = acts[..., selected]
-        # BOS and padding read as 0: they never count, and a peak there has activation 0, which
-        # no result row shows (rows need activation > 0).
-        acts = acts.float().masked_fill(~mask[..., None], 0.0)  # [batch, pos, features]
-        stats.update(acts, mask)
-        values, peak = acts.max(dim=1)  # [batch, features]
+        enc = _encode_batch(model, sae, tokens, mask, None if features is None else selected)
+        stats.update(enc.acts)
+        slot, feature, row = top.update(_window_maxima(enc), torch.tensor([w.text_id for w in batch]))
+        peak = _peaks(enc, row, feature)
         starts = torch.tensor([w.start for w in batch])
-        top.update(values, torch.tensor([w.text_id for w in batch]), starts[:, None] + peak - 1,
-                   *_contexts(tokens, mask, acts, peak, context))
+        top.fill(slot, feature, starts[row] + peak - 1, *_contexts(enc, row, feature, peak, context))
         done += len(batch)
         if checkpoint and n % checkpoint_every == 0:
             _save_checkpoint(checkpoint, key, done, top, stats)
-    frame, span_tokens, span_acts = _frame(model, top, selected)
+    frame, context_ids, context_acts, token_strings = _frame(model, top, selected)
     if out is not None:
         write_parquet(frame, out)
         checkpoint.unlink(missing_ok=True)
     return Mined(examples=frame, features=selected.tolist(), n_tokens=stats.n_tokens, density=stats.density(),
                  histogram=stats.histogram, histogram_edges=HISTOGRAM_EDGES.clone(),
-                 span_tokens=span_tokens, span_acts=span_acts)
+                 context_ids=context_ids, context_acts=context_acts, token_strings=token_strings)
 
 
 def _selected_features(sae, features: Sequence[int] | None) -> torch.Tensor:
@@ -321,41 +385,49 @@ def _selected_features(sae, features: Sequence[int] | None) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def _frame(model, top: RunningTopK, selected: torch.Tensor) -> tuple[pd.DataFrame, list, list]:
-    """The buffers as rows (features in the order asked, only activations above zero), and per
-    row the context's tokens and activations (edges outside the text dropped)."""
+def _frame(model, top: RunningTopK, selected: torch.Tensor) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor,
+                                                                     dict[int, str]]:
+    """The buffers as rows (features in the order asked, only activations above zero), the
+    rows' context ids and activations, and the decoded string of every id in them."""
     rank, column = torch.nonzero(top.values > 0, as_tuple=True)
     order = torch.argsort(column * top.k + rank)
     rank, column = rank[order], column[order]
     c = top.context
-    contexts = top.tokens[rank, column].tolist()
+    context_ids, context_acts = top.tokens[rank, column], top.acts[rank, column]
+    # Tens of thousands of rows for a wide SAE: few tokenizer calls and little Python per row.
+    # Ids outside the text (-1) only ever sit at the ends of a context, so slices skip them.
+    inside = context_ids >= 0
+    first = (~inside[:, :c]).sum(1).tolist()
+    last = (c + 1 + inside[:, c + 1:].sum(1)).tolist()
+    ids = context_ids.tolist()
+    piece = _token_strings(model, torch.unique(context_ids[inside]).tolist())
+    before = _decode_many(model.tokenizer, [row[a:c] for row, a in zip(ids, first)])
+    after = _decode_many(model.tokenizer, [row[c + 1:b] for row, b in zip(ids, last)])
+    peak = [piece[row[c]] for row in ids]
     frame = pd.DataFrame({
         "feature": selected[column].tolist(),
         "rank": (rank + 1).tolist(),
         "activation": top.values[rank, column].tolist(),
         "text_id": top.text_id[rank, column].tolist(),
         "position": top.position[rank, column].tolist(),
-        "token": _decode_each(model, [ids[c] for ids in contexts]),
-        "context": [_render_context(model, ids, c) for ids in contexts],
+        "token": peak,
+        "context": [f"{b}{PEAK_OPEN}{p}{PEAK_CLOSE}{a}" for b, p, a in zip(before, peak, after)],
     }, columns=COLUMNS)
-    span_acts = top.acts[rank, column].tolist()
-    span_tokens, span_values = [], []
-    for ids, values in zip(contexts, span_acts):
-        keep = [i for i, t in enumerate(ids) if t >= 0]
-        span_tokens.append(_decode_each(model, [ids[i] for i in keep]))
-        span_values.append([values[i] for i in keep])
-    return frame, span_tokens, span_values
+    return frame, context_ids, context_acts, piece
 
 
-def _decode_each(model, ids: list[int]) -> list[str]:
-    return model.tokenizer.batch_decode([[i] for i in ids]) if ids else []
+def _token_strings(model, ids: list[int]) -> dict[int, str]:
+    """Each token id decoded on its own (``" the"``), in one tokenizer call."""
+    return dict(zip(ids, _decode_many(model.tokenizer, [[i] for i in ids])))
 
 
-def _render_context(model, ids: list[int], center: int) -> str:
-    before = [i for i in ids[:center] if i >= 0]
-    after = [i for i in ids[center + 1:] if i >= 0]
-    decode = model.tokenizer.decode
-    return f"{decode(before)}{PEAK_OPEN}{decode([ids[center]])}{PEAK_CLOSE}{decode(after)}"
+def _decode_many(tokenizer, sequences: list[list[int]]) -> list[str]:
+    """``tokenizer.batch_decode(sequences)`` without its per-item Python checks, which cost more
+    than the decoding: a fast tokenizer that cleans up no spaces decodes in its Rust backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.clean_up_tokenization_spaces:
+        return tokenizer.batch_decode(sequences)
+    return backend.decode_batch(sequences, skip_special_tokens=False)
 
 
 def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:

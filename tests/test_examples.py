@@ -156,6 +156,50 @@ def test_bad_corpus_inputs(tiny_model, sae_and_params, tmp_path):
         scope.top_examples(tiny_model, sae, ["fine", 3], progress=False)
 
 
+@pytest.mark.parametrize("window", [128, 6])
+def test_context_activations_equal_the_window_run_alone(tiny_model, sae_and_params, window):
+    """Each row's context tokens and the feature's activations on them, as the page shades them."""
+    sae, params = sae_and_params
+    c = 3
+    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, context=c, window=window, batch_size=4,
+                                progress=False)
+    windows = {(text_id, start): ids for text_id, start, ids in _windows(tiny_model, TEXTS, window)}
+    assert len(mined.examples) > 40
+    for i, row in enumerate(mined.examples.itertuples()):
+        start = 1 + (row.position - 1) // (window - 1) * (window - 1)
+        ids = windows[(row.text_id, start)]
+        _, cache = tiny_model.run_with_cache(torch.tensor([[tiny_model.tokenizer.bos_token_id] + ids]),
+                                             names_filter=HOOK)
+        acts = jumprelu(cache[HOOK][0, 1:], params)[0][:, row.feature]  # [window tokens], BOS dropped
+        peak = row.position - start
+        lo, hi = max(0, peak - c), min(len(ids), peak + c + 1)  # never beyond the window
+        tokens, values = mined.span(i)
+        assert tokens == tiny_model.tokenizer.batch_decode([[t] for t in ids[lo:hi]])
+        torch.testing.assert_close(torch.tensor(values, dtype=acts.dtype), acts[lo:hi], rtol=1e-4, atol=1e-4)
+        assert float(acts[peak]) == pytest.approx(row.activation, rel=1e-4, abs=1e-4)
+
+
+def test_a_datasets_dataset_reads_like_a_list(tiny_model, sae_and_params):
+    datasets = pytest.importorskip("datasets")
+    sae, _ = sae_and_params
+    expected = scope.top_examples(tiny_model, sae, TEXTS, k=2, progress=False)
+    got = scope.top_examples(tiny_model, sae, datasets.Dataset.from_dict({"text": TEXTS}), k=2, progress=False)
+    pd.testing.assert_frame_equal(got, expected)
+    with pytest.raises(ValueError, match="'body'"):
+        scope.top_examples(tiny_model, sae, datasets.Dataset.from_dict({"body": TEXTS}), progress=False)
+
+
+def test_batched_decoding_equals_the_tokenizers_own(tiny_model):
+    """Contexts are decoded in the tokenizer's Rust backend; the strings must be decode()'s."""
+    from scope.examples import _decode_many
+
+    tokenizer = tiny_model.tokenizer
+    generator = torch.Generator().manual_seed(0)
+    sequences = [torch.randint(0, len(tokenizer), (n,), generator=generator).tolist() for n in [0, 1, 3, 8] * 25]
+    sequences.append(tokenizer.encode("naïve café — 東京 🙂", add_special_tokens=False))  # byte-fallback pieces
+    assert _decode_many(tokenizer, sequences) == [tokenizer.decode(s) for s in sequences]
+
+
 # ----------------------------------------------------------------------------- densities and histograms
 
 
@@ -277,7 +321,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
     """Peak RSS for 4N texts stays within a few MB of N texts. Keeping one row of maxima per
     example instead of running buffers would cost 4N x 3 windows x 4096 features x 4 bytes more
-    (~100 MB here), so the bound would catch it."""
+    (~100 MB here), so the bound would catch it.
+
+    The SAE fires on half its features, so each batch allocates and frees tens of MB. Under
+    glibc's default policy freed blocks stay in a heap that later allocations fragment, and
+    peak RSS then creeps up with the number of batches whatever the code keeps: a bare
+    forward pass of the tiny model alone grew 90 MB from 500 to 4000 texts. The children
+    therefore take large blocks straight from the OS (``MALLOC_MMAP_THRESHOLD_``), so that
+    peak RSS counts memory that is live, which is what this test is about."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -288,8 +340,10 @@ def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
 
     def peak_kb(n):
         run = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(tiny_dir), str(sae_path), str(n)], cwd=root,
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
         return int(run.stdout.split()[-1])
 
     small, large = peak_kb(500), peak_kb(2000)
     assert large - small < 25_000, (small, large)  # KB
+
