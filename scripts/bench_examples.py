@@ -101,7 +101,7 @@ def widened(sae, times: int):
         params = {"W_enc": w_enc, "W_dec": sae.W_dec.float().repeat(times, 1) / times, "b_enc": b_enc,
                   "b_dec": b_dec, "threshold": sae.threshold.float().repeat(times)}
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(f"{tmp}/params.npz", **{name: value.numpy() for name, value in params.items()})
+        np.savez(f"{tmp}/params.npz", **{name: value.detach().numpy() for name, value in params.items()})
         return load_gemma_scope_npz(f"{tmp}/params.npz", hook=sae_hook(sae), device="cpu")
 
 
