@@ -16,7 +16,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from scope.examples import Mined, mine
+from scope.examples import Mined, mine, write_atomically
 from scope.features import feature_logits, neuronpedia_url
 from scope.saes import sae_hook
 
@@ -46,9 +46,8 @@ def dashboards(model, sae, features: Sequence[int], texts: Any, folder: str | os
     folder = Path(folder)
     mined = mine(model, sae, texts, features=list(features), k=k, context=context, progress=progress)
     rows = []
-    for feature in mined.features:
+    for i, feature in enumerate(mined.features):
         dashboard(model, sae, feature, texts, folder / f"feature_{feature}.html", mined=mined)
-        i = mined.features.index(feature)
         top = mined.examples[mined.examples.feature == feature]
         rows.append(f"<tr><td><a href='feature_{feature}.html'>{feature}</a></td>"
                     f"<td>{float(mined.density[i]):.2e}</td>"
@@ -113,7 +112,7 @@ def _histogram_figure(mined: Mined, i: int, feature: int) -> go.Figure:
     centres = [(a * b) ** 0.5 for a, b in zip(edges[:-1], edges[1:])]
     used = [j for j, c in enumerate(counts) if c > 0]
     figure = go.Figure(go.Bar(x=[centres[j] for j in used], y=[counts[j] for j in used],
-                              marker_color="rgb(255,127,14)",
+                              marker_color="rgb({},{},{})".format(*SHADE),
                               hovertemplate="activation ~%{x:.3g}<br>%{y} tokens<extra></extra>"))
     figure.update_layout(title=f"Feature {feature}: non-zero activations", xaxis_type="log",
                          xaxis_title="activation", yaxis_title="tokens", height=320,
@@ -148,12 +147,4 @@ def _html(title: str, body: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Write atomically (temporary file + rename): a page is either whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

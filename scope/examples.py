@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,9 +289,7 @@ def _checkpoint_path(out: Path) -> Path:
 
 def _save_checkpoint(path: Path, key: dict, windows_done: int, top: RunningTopK, stats: ActivityStats) -> None:
     state = {"key": key, "windows_done": windows_done, "top": vars(top), "stats": vars(stats)}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    write_atomically(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write keeps the previous one
 
 
 def _load_checkpoint(path: Path, key: dict, top: RunningTopK, stats: ActivityStats) -> int:
@@ -431,12 +429,18 @@ def _decode_many(tokenizer, sequences: list[list[int]]) -> list[str]:
 
 
 def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` to ``path`` via a temporary file and a rename: never a half-written file."""
+    """Write ``frame`` to ``path`` atomically: never a half-written file."""
+    return write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: a failure or a
+    kill mid-write leaves the previous file (or none), never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        frame.to_parquet(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
