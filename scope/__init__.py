@@ -2,45 +2,90 @@
 
 Hook Gemma 2 (and ShieldGemma, and the bundled offline Gemma 3 270M) through
 transformer-lens, decode Gemma Scope SAE features, and steer generation.
+
+``import scope`` is cheap: each public name is imported from its module on first use
+(torch, transformer-lens and sae-lens load only when something needs them).
 """
 
-from scope import chat
-from scope import shield
-from scope.dashboard import dashboard
-from scope.examples import mine, top_examples
-from scope.features import FeatureActs, encode, feature_logits, features_table, top_features, trace
-from scope.generation import generate, generate_tokens, tokenize_prompt
-from scope.saes import check_compatible, gemma_scope_id, load_sae, load_saes
-from scope.steering import Ablate, Add, Clamp, Scale, steer, sweep
-from scope.subjects import ModelUnavailableError, list_models, load_model
+from __future__ import annotations
 
-__all__ = [
-    "chat",
-    "shield",
-    "generate",
-    "generate_tokens",
-    "list_models",
-    "load_model",
-    "ModelUnavailableError",
-    "tokenize_prompt",
-    "load_sae",
-    "load_saes",
-    "gemma_scope_id",
-    "check_compatible",
-    "encode",
-    "top_features",
-    "feature_logits",
-    "trace",
-    "FeatureActs",
-    "features_table",
-    "top_examples",
-    "mine",
-    "dashboard",
-    "Add",
-    "Clamp",
-    "Ablate",
-    "Scale",
-    "steer",
-    "sweep",
-]
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "list_models": "scope.models",
+    "load_model": "scope.models",
+    "ModelUnavailableError": "scope.subjects",
+    "GemmaScopeId": "scope.gemma_scope",
+    "gemma_scope_id": "scope.gemma_scope",
+    "load_sae": "scope.saes",
+    "load_saes": "scope.saes",
+    "LazySAEs": "scope.saes",
+    "check_compatible": "scope.hooks",
+    "to_tokens": "scope.inputs",
+    "generate_tokens": "scope.generation",
+    "FeatureActs": "scope.features",
+    "encode": "scope.features",
+    "top_features": "scope.features",
+    "feature_logits": "scope.features",
+    "trace": "scope.features",
+    "Mined": "scope.examples",
+    "mine": "scope.examples",
+    "top_examples": "scope.examples",
+    "dashboard": "scope.dashboard",
+    "Add": "scope.steering",
+    "Clamp": "scope.steering",
+    "Ablate": "scope.steering",
+    "Scale": "scope.steering",
+    "steer": "scope.steering",
+    "generate": "scope.steering",
+    "sweep": "scope.steering",
+    "Attribution": "scope.attribution",
+    "attribute": "scope.attribution",
+}
+_SUBMODULES = ("chat", "shield", "plots", "residuals", "steering", "features", "saes", "hooks")
+# Old public names, kept for one release: name -> (module, new name).
+_DEPRECATED = {
+    "tokenize_prompt": ("scope.inputs", "to_tokens"),
+}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"scope.{name}")
+    elif name in _DEPRECATED:
+        module, new = _DEPRECATED[name]
+        warnings.warn(f"scope.{name} is deprecated; use scope.{new}.", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(module), new)
+    else:
+        raise AttributeError(f"module 'scope' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from scope import chat, features, hooks, plots, residuals, saes, shield, steering
+    from scope.attribution import Attribution, attribute
+    from scope.dashboard import dashboard
+    from scope.examples import Mined, mine, top_examples
+    from scope.features import FeatureActs, encode, feature_logits, top_features, trace
+    from scope.gemma_scope import GemmaScopeId, gemma_scope_id
+    from scope.generation import generate_tokens
+    from scope.hooks import check_compatible
+    from scope.inputs import to_tokens
+    from scope.models import list_models, load_model
+    from scope.saes import LazySAEs, load_sae, load_saes
+    from scope.steering import Ablate, Add, Clamp, Scale, generate, steer, sweep
+    from scope.subjects import ModelUnavailableError

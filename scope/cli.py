@@ -44,9 +44,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from scope.features import features_table
+    import scope
 
-    print(_table(features_table(args.model, args.sae, args.text, k=args.k)))
+    model = scope.load_model(args.model or "gemma-3-270m")
+    sae = scope.load_sae(args.sae or "demo", hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
+    scope.check_compatible(model, sae)
+    print(_table(scope.top_features(model, sae, args.text, k=args.k)))
 
 
 def cmd_steer(args: argparse.Namespace) -> None:
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("text")
     features.add_argument("--model", default=None, help="default: the bundled gemma-3-270m")
     features.add_argument("--sae", default=None, help="any scope.load_sae spec; default: the bundled demo SAE")
+    features.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
     features.add_argument("--k", type=int, default=5)
     features.set_defaults(run=cmd_features)
 

@@ -16,20 +16,23 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from scope.examples import Mined, mine, write_atomically
-from scope.features import feature_logits, neuronpedia_url
-from scope.saes import sae_hook
+from scope._io import check_writable_dir, check_writable_file, write_atomically
+from scope.examples import DEFAULT_CONTEXT, Mined, mine
+from scope.features import check_feature, feature_logits, neuronpedia_url
+from scope.hooks import sae_hook
 
 SHADE = (255, 127, 14)  # plotly's orange
 
 
-def dashboard(model, sae, feature: int, texts: Any, path: str | os.PathLike, *, k: int = 20,
-              context: int = 12, mined: Mined | None = None, progress: bool = True) -> Path:
+def dashboard(model: Any, sae: Any, feature: int, texts: Any, path: str | os.PathLike, *, k: int = 20,
+              context: int = DEFAULT_CONTEXT, mined: Mined | None = None, progress: bool = True) -> Path:
     """Write the page of ``feature`` to ``path`` (an .html file) from its top examples in ``texts``.
 
     ``mined``: reuse the result of :func:`scope.examples.mine` (one pass serves many pages);
     otherwise ``texts`` is mined for this feature alone. Returns the path written.
     """
+    feature = check_feature(sae, feature)
+    check_writable_file(path, "path")
     if mined is None:
         mined = mine(model, sae, texts, features=[feature], k=k, context=context, progress=progress)
     if feature not in mined.features:
@@ -39,11 +42,11 @@ def dashboard(model, sae, feature: int, texts: Any, path: str | os.PathLike, *, 
     return _write_text(Path(path), page)
 
 
-def dashboards(model, sae, features: Sequence[int], texts: Any, folder: str | os.PathLike, *, k: int = 20,
-               context: int = 12, progress: bool = True) -> Path:
+def dashboards(model: Any, sae: Any, features: Sequence[int], texts: Any, folder: str | os.PathLike, *,
+               k: int = 20, context: int = DEFAULT_CONTEXT, progress: bool = True) -> Path:
     """Pages for ``features`` from one pass over ``texts``, plus ``index.html`` linking them.
     Returns the index path."""
-    folder = Path(folder)
+    folder = check_writable_dir(folder, "folder")
     mined = mine(model, sae, texts, features=list(features), k=k, context=context, progress=progress)
     rows = []
     for i, feature in enumerate(mined.features):

@@ -13,9 +13,8 @@ its own BOS (as SAEs are trained). Positions count in the whole text's tokens wi
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from scope.features import _check_feature, _check_k, run_to_hooks
-from scope.saes import check_width, sae_hook
+from scope import _checks
+from scope._io import batched, check_writable_file, iter_texts, write_atomically, write_parquet
+from scope.features import check_feature
+from scope.hooks import activation_shape, check_compatible, check_width, run_to_hooks, sae_hook
+from scope.inputs import pad_id
+
+DEFAULT_CONTEXT = 8  # tokens shown either side of a peak, in tables and on feature pages
 
 COLUMNS = ["feature", "rank", "activation", "text_id", "position", "token", "context"]
 PEAK_OPEN, PEAK_CLOSE = "\u27e6", "\u27e7"  # ⟦peak token⟧ inside a context string
@@ -40,69 +44,19 @@ class Window:
     tokens: list[int]
 
 
-# ----------------------------------------------------------------------------- reading a corpus
-
-
-def iter_texts(texts: Any) -> Iterator[str]:
-    """Strings from an iterable of strings, a ``datasets`` dataset with a ``text`` column, or a
-    local file: ``.txt`` (one text per line), ``.jsonl`` (a ``text`` field) or ``.parquet``."""
-    if isinstance(texts, (str, os.PathLike)):
-        yield from _read_file(Path(texts))
-        return
-    if hasattr(texts, "column_names"):  # a Hugging Face dataset (a streamed one may not know its columns)
-        if texts.column_names is not None and "text" not in texts.column_names:
-            raise ValueError(f"The dataset has no 'text' column; its columns are {texts.column_names}.")
-        texts = (row["text"] for row in texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts must hold strings; item {i} is a {type(text).__name__}.")
-        yield text
-
-
-def _read_file(path: Path) -> Iterator[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"No corpus file at {path}. Pass a .txt, .jsonl or .parquet file, "
-                                "or an iterable of strings.")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
-            yield from batch.column("text").to_pylist()
-    elif suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)["text"]
-    elif suffix == ".txt":
-        with path.open() as f:
-            for line in f:
-                if line.strip():
-                    yield line.rstrip("\n")
-    else:
-        raise ValueError(f"Unknown corpus file type {suffix!r} for {path}; use .txt, .jsonl or .parquet.")
+# ----------------------------------------------------------------------------- windows
 
 
 def iter_windows(model, texts: Iterable[str], window: int) -> Iterator[Window]:
     """Every text cut into windows of at most ``window - 1`` tokens (each window gets a BOS)."""
-    if not isinstance(window, int) or window < 2:
+    window = _checks.integer(window, "window")
+    if window < 2:
         raise ValueError(f"window must be an integer >= 2 (tokens per example with its BOS), got {window!r}.")
     size = window - 1
     for text_id, text in enumerate(texts):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         for offset in range(0, len(ids), size):
             yield Window(text_id=text_id, start=1 + offset, tokens=ids[offset:offset + size])
-
-
-def batches(items: Iterable[Window], size: int) -> Iterator[list[Window]]:
-    batch: list[Window] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # ----------------------------------------------------------------------------- running top-k
@@ -159,8 +113,7 @@ def _batch_tokens(model, batch: list[Window]) -> tuple[torch.Tensor, torch.Tenso
     """``[batch, pos]`` ids with BOS first and right padding (causal attention keeps padding from
     touching real tokens), and a mask of the real text tokens (not BOS, not padding)."""
     length = 1 + max(len(w.tokens) for w in batch)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(batch), length), pad, dtype=torch.long)
+    tokens = torch.full((len(batch), length), pad_id(model), dtype=torch.long)
     mask = torch.zeros((len(batch), length), dtype=torch.bool)
     tokens[:, 0] = model.tokenizer.bos_token_id
     for row, w in enumerate(batch):
@@ -184,7 +137,8 @@ def _encode_batch(model, sae, tokens: torch.Tensor, mask: torch.Tensor,
                   selected: torch.Tensor | None) -> EncodedBatch:
     hook = sae_hook(sae)
     act = run_to_hooks(model, tokens, [hook])[hook]
-    check_width(model, sae, tuple(act.shape[2:]))
+    if activation_shape(model, hook) is None:  # a hook the config does not describe
+        check_width(model, sae, tuple(act.shape[2:]))
     with torch.no_grad():
         acts = sae.encode(act[mask.to(act.device)]).cpu()  # [text tokens, d_sae]
     if selected is not None:
@@ -315,8 +269,8 @@ def _run_key(sae, selected: torch.Tensor, k: int, context: int, window: int, bat
 # ----------------------------------------------------------------------------- the public entry
 
 
-def top_examples(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: int = 20,
-                 context: int = 8, out: str | os.PathLike | None = None, window: int = 128,
+def top_examples(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | None = None, k: int = 20,
+                 context: int = DEFAULT_CONTEXT, out: str | os.PathLike | None = None, window: int = 128,
                  batch_size: int = 16, checkpoint_every: int = 50, progress: bool = True) -> pd.DataFrame:
     """The ``k`` examples where each feature fires hardest over ``texts``.
 
@@ -335,22 +289,25 @@ def top_examples(model, sae, texts: Any, *, features: Sequence[int] | None = Non
                 batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress).examples
 
 
-def mine(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: int = 20, context: int = 8,
-         out: str | os.PathLike | None = None, window: int = 128, batch_size: int = 16,
-         checkpoint_every: int = 50, progress: bool = True) -> Mined:
+def mine(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | None = None, k: int = 20,
+         context: int = DEFAULT_CONTEXT, out: str | os.PathLike | None = None, window: int = 128,
+         batch_size: int = 16, checkpoint_every: int = 50, progress: bool = True) -> Mined:
     """:func:`top_examples` plus each feature's density and activation histogram, in one pass."""
-    _check_k(k)
-    if not isinstance(context, int) or context < 0:
-        raise ValueError(f"context must be a non-negative integer (tokens either side), got {context!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    k = _checks.positive_int(k, "k")
+    context = _checks.non_negative_int(context, "context")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
+    window = _checks.integer(window, "window")
+    if out is not None:
+        check_writable_file(out)
+    check_compatible(model, sae)
     selected = _selected_features(sae, features)
     top, stats = RunningTopK(len(selected), k, context), ActivityStats(len(selected))
     checkpoint = _checkpoint_path(Path(out)) if out is not None else None
     key = _run_key(sae, selected, k, context, window, batch_size)
     done = _load_checkpoint(checkpoint, key, top, stats) if checkpoint else 0
     windows = itertools.islice(iter_windows(model, iter_texts(texts), window), done, None)
-    bar = tqdm(batches(windows, batch_size), desc="top examples", unit="batch", disable=not progress,
+    bar = tqdm(batched(windows, batch_size), desc="top examples", unit="batch", disable=not progress,
                initial=done // batch_size)
     for n, batch in enumerate(bar, 1):
         tokens, mask = _batch_tokens(model, batch)
@@ -375,9 +332,9 @@ def mine(model, sae, texts: Any, *, features: Sequence[int] | None = None, k: in
 def _selected_features(sae, features: Sequence[int] | None) -> torch.Tensor:
     if features is None:
         return torch.arange(sae.cfg.d_sae)
-    if isinstance(features, int):
-        features = [features]
-    chosen = [_check_feature(sae, f) for f in features]
+    if not hasattr(features, "__iter__"):
+        features = [features]  # type: ignore[list-item]
+    chosen = [check_feature(sae, f) for f in features]
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"features lists a feature twice: {list(features)}.")
     return torch.tensor(chosen, dtype=torch.long)
@@ -426,22 +383,3 @@ def _decode_many(tokenizer, sequences: list[list[int]]) -> list[str]:
     if backend is None or tokenizer.clean_up_tokenization_spaces:
         return tokenizer.batch_decode(sequences)
     return backend.decode_batch(sequences, skip_special_tokens=False)
-
-
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``frame`` to ``path`` atomically: never a half-written file."""
-    return write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``: a failure or a
-    kill mid-write leaves the previous file (or none), never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

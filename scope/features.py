@@ -8,18 +8,30 @@ Results are DataFrames with the column names of the public contract.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 
-from scope.generation import tokenize_prompt
-from scope.saes import check_compatible, check_hook_exists, check_width, hook_layer, sae_hook
+from scope import _checks
+from scope.hooks import (
+    activation_shape,
+    check_compatible,
+    check_width,
+    hook_layer,
+    run_to_hooks,
+    sae_hook,
+)
+from scope.inputs import str_tokens, to_tokens
+
+if TYPE_CHECKING:
+    from sae_lens import SAE, HookedSAETransformer
 
 NEURONPEDIA = "https://www.neuronpedia.org"
+TOP_COLUMNS = ["position", "token", "rank", "feature", "activation"]
 
 
 @dataclass
@@ -27,72 +39,47 @@ class FeatureActs:
     """Feature activations of one text: ``values[pos, feature]`` for the token ``tokens[pos]``."""
 
     tokens: list[str]
-    values: torch.Tensor  # [pos, d_sae]
+    values: Float[torch.Tensor, "pos d_sae"]
 
     def __len__(self) -> int:
         return len(self.tokens)
 
 
-# ----------------------------------------------------------------------------- running the model
-
-
-def stop_layer(hooks: Sequence[str]) -> int | None:
-    """The ``stop_at_layer`` that still runs every hook in ``hooks`` (None: run the whole model)."""
-    layers = [hook_layer(hook) for hook in hooks]
-    if any(layer is None for layer in layers):
-        return None
-    return max(layers) + 1
-
-
-def run_to_hooks(model, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The model's activations at ``hooks`` for ``tokens`` [batch, pos], from one forward pass
-    that stops after the last block any hook needs."""
-    for hook in hooks:
-        check_hook_exists(model, hook)
-        if hook in getattr(model, "acts_to_saes", {}):
-            raise ValueError(f"An SAE is attached at {hook}, so the model's own activation there is not "
-                             "observable; call model.reset_saes() first.")
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(act: torch.Tensor, hook) -> None:
-        captured[hook.name] = act
-
-    with torch.no_grad():
-        model.run_with_hooks(tokens.to(model.cfg.device), stop_at_layer=stop_layer(hooks),
-                             fwd_hooks=[(hook, capture) for hook in hooks])
-    return captured
-
-
-def str_tokens(model, tokens: torch.Tensor) -> list[str]:
-    """Each token id of a 1-D tensor decoded on its own (``" the"``, not ``"▁the"``)."""
-    return model.tokenizer.batch_decode([[token] for token in tokens.tolist()])  # one call, not one per token
-
-
 # ----------------------------------------------------------------------------- encode
 
 
-def encode(model, sae, text: str) -> FeatureActs:
+def encode(model: HookedSAETransformer, sae: SAE, text: str) -> FeatureActs:
     """Tokens of ``text`` (with one BOS) and their SAE feature activations ``[pos, d_sae]``.
 
     Runs the model only up to the SAE's hook. Raises ValueError when the hook does not exist in
-    ``model`` or its width is not the SAE's d_in.
+    ``model``, its width is not the SAE's d_in, or the text is longer than the model's context.
     """
-    hook = sae_hook(sae)
-    tokens = tokenize_prompt(model, text)
-    act = run_to_hooks(model, tokens, [hook])[hook]
-    check_width(model, sae, tuple(act.shape[2:]))
+    check_compatible(model, sae)
+    tokens = to_tokens(model, _checks.text(text))
+    return FeatureActs(tokens=str_tokens(model, tokens[0]), values=_encode_at_hooks(model, [sae], tokens)[0])
+
+
+def _encode_at_hooks(model: Any, saes: Sequence[Any], tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each SAE's feature activations ``[pos, d_sae]`` of a 1-row ``tokens``, from one forward pass."""
+    hooks = [sae_hook(sae) for sae in saes]
+    acts = run_to_hooks(model, tokens, hooks)
+    values = []
     with torch.no_grad():
-        values = sae.encode(act)[0]
-    return FeatureActs(tokens=str_tokens(model, tokens[0]), values=values)
+        for hook, sae in zip(hooks, saes):
+            if activation_shape(model, hook) is None:  # a hook the config does not describe
+                check_width(model, sae, tuple(acts[hook].shape[2:]))
+            values.append(sae.encode(acts[hook].to(sae.W_dec.dtype))[0])
+    return values
 
 
-def neuronpedia_url(sae, feature: int) -> str | None:
+def neuronpedia_url(sae: SAE, feature: int) -> str | None:
     """The feature's Neuronpedia page, when the SAE carries a Neuronpedia id (registry SAEs do)."""
     neuronpedia_id = sae.cfg.metadata.neuronpedia_id
     return f"{NEURONPEDIA}/{neuronpedia_id}/{int(feature)}" if neuronpedia_id else None
 
 
-def top_features(model, sae, text: str, k: int = 5, include_bos: bool = False) -> pd.DataFrame:
+def top_features(model: HookedSAETransformer, sae: SAE, text: str, *, k: int = 5,
+                 include_bos: bool = False) -> pd.DataFrame:
     """The ``k`` strongest features at each token of ``text``.
 
     Columns: position, token, rank (1 = strongest), feature, activation; plus url when the SAE
@@ -100,11 +87,15 @@ def top_features(model, sae, text: str, k: int = 5, include_bos: bool = False) -
     fewer fire). BOS is left out by default: Gemma Scope was not trained on it and its
     activations there are huge and meaningless.
     """
-    _check_k(k)
+    k = _checks.positive_int(k, "k")
     acts = encode(model, sae, text)
     skip = _bos_positions(model, acts.tokens) if not include_bos else set()
-    rows = _top_rows(acts, k, skip)
-    return _with_urls(pd.DataFrame(rows, columns=["position", "token", "rank", "feature", "activation"]), sae)
+    return with_urls(_top_table(acts, k, skip), sae)
+
+
+def _top_table(acts: FeatureActs, k: int, skip: set[int]) -> pd.DataFrame:
+    types = {"position": int, "token": str, "rank": int, "feature": int, "activation": float}
+    return pd.DataFrame(_top_rows(acts, k, skip), columns=TOP_COLUMNS).astype(types)
 
 
 def _top_rows(acts: FeatureActs, k: int, skip: set[int]) -> list[tuple]:
@@ -124,39 +115,30 @@ def _bos_positions(model, tokens: list[str]) -> set[int]:
     return {i for i, token in enumerate(tokens) if token == bos}
 
 
-def _with_urls(frame: pd.DataFrame, sae) -> pd.DataFrame:
+def with_urls(frame: pd.DataFrame, sae: SAE) -> pd.DataFrame:
+    """``frame`` with a ``url`` column (each feature's Neuronpedia page) when the SAE has a
+    Neuronpedia id."""
     if sae.cfg.metadata.neuronpedia_id:
         frame["url"] = [neuronpedia_url(sae, f) for f in frame["feature"]]
     return frame
 
 
-def _check_k(k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-
-
-def _check_feature(sae, feature: Any) -> int:
-    if isinstance(feature, torch.Tensor) and feature.numel() == 1 and not feature.is_floating_point():
-        feature = feature.item()
-    if isinstance(feature, bool) or not isinstance(feature, numbers.Integral):
-        raise ValueError(f"feature must be an integer index, got {feature!r}.")
-    feature = int(feature)
-    if not 0 <= feature < sae.cfg.d_sae:
-        raise ValueError(f"Feature {feature} is out of range: this SAE has {sae.cfg.d_sae} features "
-                         f"(valid indices 0..{sae.cfg.d_sae - 1}).")
-    return feature
+def check_feature(sae: SAE, feature: Any, name: str = "feature") -> int:
+    """A feature index of ``sae`` (numpy and torch integers accepted)."""
+    return _checks.index(feature, int(sae.cfg.d_sae), name)
 
 
 # ----------------------------------------------------------------------------- logit lens
 
 
-def decoder_direction(model, sae, feature: int) -> torch.Tensor:
+def decoder_direction(model: HookedSAETransformer, sae: SAE, feature: int) -> Float[torch.Tensor, "d_model"]:
     """The residual-stream direction ``[d_model]`` that ``feature`` writes.
 
     Residual and MLP-output SAEs write ``W_dec[feature]`` directly; attention (hook_z) SAEs write
     per-head vectors that reach the residual stream through that layer's ``W_O``.
     """
-    feature = _check_feature(sae, feature)
+    feature = check_feature(sae, feature)
+    check_compatible(model, sae)
     direction = sae.W_dec[feature].detach()
     if direction.shape[-1] == model.cfg.d_model and sae.cfg.reshape_activations != "hook_z":
         return direction
@@ -169,14 +151,14 @@ def decoder_direction(model, sae, feature: int) -> torch.Tensor:
                      f"{sae.cfg.d_in}, not the residual width {model.cfg.d_model}.")
 
 
-def feature_logits(model, sae, feature: int, k: int = 10) -> pd.DataFrame:
+def feature_logits(model: HookedSAETransformer, sae: SAE, feature: int, *, k: int = 10) -> pd.DataFrame:
     """The tokens a feature's decoder direction promotes and suppresses: ``W_dec[feature] @ W_U``.
 
     This is the direct effect on the logits of adding the feature to the residual stream
     (Neuronpedia's "logit lens" column), ignoring the final norm and later layers. Columns:
     direction ("promoted" / "suppressed"), rank (1 = strongest), token, logit.
     """
-    _check_k(k)
+    k = _checks.positive_int(k, "k")
     direction = decoder_direction(model, sae, feature)
     with torch.no_grad():
         logits = direction.float() @ model.W_U.float()
@@ -192,14 +174,13 @@ def feature_logits(model, sae, feature: int, k: int = 10) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- trace
 
 
-def trace(model, saes: Mapping[int, Any] | Sequence[Any], text: str, k: int = 5,
+def trace(model: HookedSAETransformer, saes: Mapping[int, SAE] | Sequence[SAE], text: str, *, k: int = 5,
           include_bos: bool = False) -> pd.DataFrame:
     """Top-``k`` features per token at every given layer, from ONE forward pass.
 
-    All SAEs are attached with their error terms (``add_sae(sae, use_error_term=True)``), so
-    every layer sees exactly the activations of the unmodified model, and the pass stops after
-    the deepest SAE. They are always detached afterwards, also after an error; nothing is
-    attached if any SAE does not fit the model.
+    The pass reads every SAE's hook and stops after the deepest one; SAEs only read (nothing is
+    spliced in), so every layer sees exactly the activations of the unmodified model. Every SAE
+    is checked against the model before anything runs.
 
     Args:
         saes: ``{layer: SAE}`` (e.g. from :func:`scope.load_saes`) or a list of SAEs (the layer
@@ -208,21 +189,23 @@ def trace(model, saes: Mapping[int, Any] | Sequence[Any], text: str, k: int = 5,
         DataFrame(layer, position, token, rank, feature, activation), plus url when an SAE has
         a Neuronpedia id. BOS is left out unless ``include_bos``.
     """
-    _check_k(k)
+    k = _checks.positive_int(k, "k")
     by_layer = _by_layer(saes)
-    hooks = _check_trace_saes(model, by_layer)
-    tokens = tokenize_prompt(model, text)
-    acts = _run_with_saes(model, by_layer, hooks, tokens)
+    hooks = [sae_hook(sae) for sae in by_layer.values()]
+    if len(set(hooks)) != len(hooks):
+        raise ValueError(f"Several SAEs read the same hook ({hooks}); one pass can hold one SAE per hook.")
+    for sae in by_layer.values():
+        check_compatible(model, sae)
+    tokens = to_tokens(model, _checks.text(text))
+    values = _encode_at_hooks(model, list(by_layer.values()), tokens)
     token_strs = str_tokens(model, tokens[0])
     skip = _bos_positions(model, token_strs) if not include_bos else set()
     frames = []
-    for layer, sae in by_layer.items():
-        rows = _top_rows(FeatureActs(token_strs, acts[sae_hook(sae)]), k, skip)
-        frame = pd.DataFrame(rows, columns=["position", "token", "rank", "feature", "activation"])
+    for (layer, sae), acts in zip(by_layer.items(), values):
+        frame = _top_table(FeatureActs(token_strs, acts), k, skip)
         frame.insert(0, "layer", layer)
-        frames.append(_with_urls(frame, sae))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["layer", "position", "token", "rank", "feature", "activation"])
+        frames.append(with_urls(frame, sae))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["layer", *TOP_COLUMNS])
 
 
 def _by_layer(saes: Mapping[int, Any] | Sequence[Any]) -> dict[int, Any]:
@@ -243,55 +226,3 @@ def _by_layer(saes: Mapping[int, Any] | Sequence[Any]) -> dict[int, Any]:
                              "a trace holds one SAE per layer: trace the other site separately.")
         by_layer[layer] = sae
     return by_layer
-
-
-def _check_trace_saes(model, by_layer: dict[int, Any]) -> list[str]:
-    """Every check before anything is attached: hooks exist, are distinct and free, widths fit."""
-    hooks = [sae_hook(sae) for sae in by_layer.values()]
-    if len(set(hooks)) != len(hooks):
-        raise ValueError(f"Several SAEs read the same hook ({hooks}); one pass can hold one SAE per hook.")
-    for hook in hooks:
-        check_hook_exists(model, hook)
-        if hook in getattr(model, "acts_to_saes", {}):
-            raise ValueError(f"An SAE is already attached at {hook}; call model.reset_saes() first.")
-    from scope.saes import activation_widths
-
-    shapes = activation_widths(model, hooks)
-    for sae in by_layer.values():
-        check_compatible(model, sae, _shapes=shapes)
-    return hooks
-
-
-def _run_with_saes(model, by_layer: dict[int, Any], hooks: list[str], tokens: torch.Tensor):
-    names = [f"{hook}.hook_sae_acts_post" for hook in hooks]
-    attached: list[str] = []
-    try:
-        for sae in by_layer.values():
-            model.add_sae(sae, use_error_term=True)
-            attached.append(sae_hook(sae))
-        with torch.no_grad():
-            _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=names,
-                                            stop_at_layer=stop_layer(hooks), return_cache_object=False)
-    finally:
-        if attached:
-            model.reset_saes(act_names=attached)
-    return {hook: cache[name][0] for hook, name in zip(hooks, names)}
-
-
-# ----------------------------------------------------------------------------- for the CLI
-
-
-def features_table(model_name: str | None, sae_spec: str | None, text: str, k: int = 5) -> pd.DataFrame:
-    """What ``scope features TEXT`` prints: :func:`top_features` of ``text``.
-
-    ``model_name`` None means the bundled ``gemma-3-270m``; ``sae_spec`` None means ``"demo"``
-    (any :func:`scope.load_sae` spec works). The SAE loads in the model's dtype, on its device,
-    and is checked against the model before anything runs.
-    """
-    from scope.saes import load_sae
-    from scope.subjects import BUNDLED, load_model
-
-    model = load_model(model_name or BUNDLED)
-    sae = load_sae(sae_spec or "demo", device=model.cfg.device, dtype=model.cfg.dtype)
-    check_compatible(model, sae)
-    return top_features(model, sae, text, k=k)

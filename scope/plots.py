@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -94,28 +96,33 @@ def _grid(frame: pd.DataFrame, layers: list, positions: list, column: str, fill)
     return grid
 
 
-def attribution_figure(attribution: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Horizontal bars of a :func:`scope.shield.attribute` table: which features push the verdict.
+def attribution_figure(attribution: Any, title: str | None = None) -> go.Figure:
+    """Horizontal bars of an :class:`~scope.Attribution` (from :func:`scope.attribute` or
+    :func:`scope.shield.attribute`): which features push the metric.
 
-    Right of zero raises P(Yes), left lowers it; each bar is labelled with the feature and the
-    token where it contributes most. When the table carries the SAE error term's share
-    (``attrs["error"]``) it is drawn as a grey bar, so a verdict the SAE does not explain
-    (a large error share) is visible next to the features.
+    Right of zero raises the metric (for ShieldGemma: P(Yes)), left lowers it; each bar is
+    labelled with the feature and the token where it contributes most. The SAE error term's
+    share is drawn as a grey bar, so a metric the SAE does not explain (a large error share) is
+    visible next to the features.
     """
-    missing = {"feature", "attribution", "token", "position"} - set(attribution.columns)
+    table = getattr(attribution, "table", attribution)
+    missing = {"feature", "attribution", "token", "position"} - set(table.columns)
     if missing:
-        raise ValueError(f"Not a scope.shield.attribute table: missing column(s) {', '.join(sorted(missing))}.")
-    rows = attribution.sort_values("attribution")
+        raise ValueError(f"Not an attribution table: missing column(s) {', '.join(sorted(missing))}.")
+    rows = table.sort_values("attribution")
     labels = [f"f{f} @ {p}: {t!r}" for f, p, t in zip(rows["feature"], rows["position"], rows["token"])]
     values = list(rows["attribution"])
     colors = ["crimson" if v >= 0 else "steelblue" for v in values]
-    if "error" in attribution.attrs:
-        labels, values, colors = ["SAE error term"] + labels, [attribution.attrs["error"]] + values, ["grey"] + colors
+    metric_name = getattr(attribution, "metric_name", "metric")
+    if hasattr(attribution, "error"):
+        labels, values, colors = ["SAE error term"] + labels, [attribution.error] + values, ["grey"] + colors
+    default = f"Features behind the verdict (attribution to {metric_name})"
+    if metric_name == "logit Yes - logit No":
+        default += f"; P(Yes) = {1.0 / (1.0 + np.exp(-attribution.metric)):.3f}"
+    elif hasattr(attribution, "metric"):
+        default += f"; {metric_name} = {attribution.metric:.3f}"
     figure = go.Figure(go.Bar(x=values, y=labels, orientation="h", marker_color=colors,
                               hovertemplate="%{y}<br>attribution %{x:.3g}<extra></extra>"))
-    default = "Features behind the verdict (attribution to logit Yes - logit No)"
-    if "p_yes" in attribution.attrs:
-        default += f"; P(Yes) = {attribution.attrs['p_yes']:.3f}"
-    figure.update_layout(title=title or default, xaxis_title="attribution (+ raises Yes, - lowers Yes)",
+    figure.update_layout(title=title or default, xaxis_title="attribution (+ raises, - lowers)",
                          yaxis_title="feature @ position: token", height=max(300, 28 * len(labels) + 120))
     return figure

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import torch
 
-from scope.features import str_tokens
-from scope.generation import PromptOrMessages, tokenize_prompt
+from scope import _checks
+from scope.hooks import model_lock
+from scope.inputs import TextOrMessages, str_tokens, to_tokens
 
 
-def residual_norms(model, prompt_or_messages: PromptOrMessages) -> pd.DataFrame:
+@_checks.renamed(prompt_or_messages="text")
+def residual_norms(model: Any, text: TextOrMessages) -> pd.DataFrame:
     """L2 norm of ``blocks.L.hook_resid_post`` for every layer and position.
 
     Returns a long DataFrame with columns layer, position, token, norm. Gemma's BOS
     position carries a residual far larger than every other: a reason SAEs skip it.
     """
-    tokens = tokenize_prompt(model, prompt_or_messages)
-    with torch.no_grad():
+    tokens = to_tokens(model, text)
+    with model_lock(model), torch.no_grad():
         _, cache = model.run_with_cache(
             tokens, names_filter=lambda name: name.endswith("hook_resid_post"), return_type=None)
     strings = str_tokens(model, tokens[0])

@@ -1,0 +1,230 @@
+"""Loading a subject into transformer-lens, from the hub, a local checkpoint or the bundled GGUF.
+
+Every subject becomes a sae-lens ``HookedSAETransformer`` built from transformer-lens'
+official config for its architecture, loaded *without* weight processing (no LayerNorm
+folding or centring), so that activations are the model's own and Gemma Scope SAEs, trained
+on the raw residual stream, fit. Which subjects exist is :mod:`scope.subjects`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from scope import _checks
+from scope.bundled import ensure_bundled_checkpoint
+from scope.layout import relayout_for_speed
+from scope.gemma_scope import releases_by_model
+from scope.subjects import BUNDLED, SUBJECTS, ModelUnavailableError, Subject, register, subject
+
+if TYPE_CHECKING:
+    import pandas
+    from sae_lens import HookedSAETransformer
+
+
+def list_models() -> pandas.DataFrame:
+    """Every loadable model: name, family, parameters, hub id, gated, fitting Gemma Scope releases."""
+    import pandas as pd
+
+    releases = releases_by_model()
+    rows = []
+    for s in SUBJECTS.values():
+        fitting = [r for m in s.sae_models for r in releases.get(m, [])]
+        if s.name == BUNDLED:
+            fitting = ["demo (bundled)"] + fitting
+        rows.append({"name": s.name, "family": s.family, "parameters": s.parameters,
+                     "hub_id": s.hub_id or "(bundled, offline)", "gated": s.gated,
+                     "chat": s.chat, "gemma_scope_releases": fitting})
+    return pd.DataFrame(rows)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_model(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    weights: str | Path | None = None,
+) -> HookedSAETransformer:
+    """Load a subject as a sae-lens ``HookedSAETransformer`` (no weight processing).
+
+    Args:
+        name: one of :func:`list_models`' names, e.g. ``"gemma-2-2b"``, ``"shieldgemma-2b"``,
+            or ``"gemma-3-270m"`` (bundled, offline).
+        device: default cuda if available, else cpu.
+        dtype: default bfloat16 on cuda, float32 on cpu (Google recommends bfloat16 for Gemma 2).
+        weights: a local folder holding the HF checkpoint (config, weights, tokenizer) to use
+            instead of the hub, e.g. a snapshot you downloaded or a fine-tune of the same
+            architecture. The architecture template still comes from ``name``.
+
+    Raises:
+        ValueError: unknown name.
+        ModelUnavailableError: a hub model that cannot be fetched (offline, or gated without login).
+    """
+    spec = subject(name)
+    device = _checks.device(device)
+    dtype = _checks.dtype(dtype) if dtype is not None else default_dtype(device)
+    if spec.hub_id is None and weights is None:
+        source: str | Path = ensure_bundled_checkpoint()
+    else:
+        source = weights if weights is not None else spec.hub_id
+    tokenizer, hf_model = _load_hf(spec, source, dtype)
+    model = hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device, consume_hf=True)
+    register(model, spec)
+    return model
+
+
+def _load_hf(spec: Subject, source: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Tokenizer and HF model from a hub id or a local checkpoint folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = isinstance(source, Path) or Path(str(source)).exists()
+    if local:
+        _check_checkpoint_folder(spec, Path(source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+    except (OSError, ValueError) as err:
+        if local:
+            raise ValueError(f"Could not load {spec.name} weights from {source}: {err}") from err
+        if isinstance(err, ValueError):
+            raise
+        raise ModelUnavailableError(_unavailable_message(spec, err)) from err
+    hf_model.eval()
+    return tokenizer, hf_model
+
+
+def _check_checkpoint_folder(spec: Subject, folder: Path) -> None:
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ValueError(
+            f"weights={str(folder)!r} is not a Hugging Face checkpoint folder for {spec.name}: it needs "
+            "config.json, the weights (*.safetensors) and the tokenizer files, as written by "
+            "save_pretrained() or downloaded with `hf download " + (spec.hub_id or "<repo>") + "`."
+        )
+
+
+def _unavailable_message(spec: Subject, err: BaseException) -> str:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    chain = _exception_chain(err)
+    text = " ".join(str(e) for e in chain).lower()
+    url = f"https://huggingface.co/{spec.hub_id}"
+    if any(isinstance(e, GatedRepoError) for e in chain) or "gated" in text:
+        why = f"{spec.hub_id} is gated and this machine is not logged in with access to it"
+        fix = f"accept the licence at {url}, then run `hf auth login` (or set HF_TOKEN)"
+    elif any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        why = f"{spec.hub_id} was not found on the Hugging Face Hub (or is gated without login)"
+        fix = f"check {url}, accept its licence and log in with `hf auth login`"
+    else:
+        why = f"the Hugging Face Hub could not be reached and {spec.hub_id} is not in the local cache"
+        fix = ("connect to the internet once to download it (it is cached afterwards), or pass "
+               "weights=<local folder> with a downloaded snapshot")
+    return (f"Cannot load {spec.name!r}: {why}. Fix: {fix}. "
+            f"Working offline? The bundled model needs no network: scope.load_model({BUNDLED!r}).")
+
+
+def _exception_chain(err: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        chain.append(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def hooked_from_hf(template: str, hf_model: Any, tokenizer: Any, *, dtype: torch.dtype, device: str,
+                   consume_hf: bool = False):
+    """Build a ``HookedSAETransformer`` from a HF model with transformer-lens' official config.
+
+    ``template`` names the official architecture (e.g. ``google/gemma-2-2b``). Sizes are read
+    from the HF model's own config, so the same path serves the real weights (where they equal
+    the template's) and small models of the same architecture used in tests.
+
+    With ``consume_hf`` the HF model's weights are released as they are converted (it is left
+    on the meta device), so that loading holds about one copy of the weights, not two or three.
+    """
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from sae_lens import HookedSAETransformer
+
+    cfg = tl_loading.get_pretrained_model_config(template, dtype=dtype, device=device, fold_ln=False)
+    cfg = _with_sizes_of(cfg, hf_model.config)
+    model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)  # weights allocated lazily
+    with contextlib.redirect_stdout(io.StringIO()):  # transformer-lens prints on load
+        # Passed without keeping a reference: transformer-lens loads the state dict key by key and
+        # deletes each entry once copied, so converted weights are freed as the model fills up.
+        model.load_and_process_state_dict(
+            _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf),
+            fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, refactor_factored_attn_matrices=False,
+        )
+    model.move_model_modules_to_device()
+    relayout_for_speed(model)  # same values, strides that spare a weight copy per matmul
+    model.eval()
+    return model
+
+
+def _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf: bool) -> dict:
+    state_dict = tl_loading.get_pretrained_state_dict(template, cfg, hf_model, dtype=dtype)
+    if consume_hf:
+        hf_model.to("meta")  # from here on the state dict holds the only reference to each weight
+    return state_dict
+
+
+def _with_sizes_of(cfg, hf_config):
+    """transformer-lens config ``cfg`` with the sizes of ``hf_config`` (a Gemma 2/3 HF config)."""
+    from transformer_lens import HookedTransformerConfig
+
+    text_config = getattr(hf_config, "text_config", None) or hf_config
+    sizes = {
+        "d_model": text_config.hidden_size,
+        "d_head": text_config.head_dim,
+        "n_heads": text_config.num_attention_heads,
+        "n_key_value_heads": text_config.num_key_value_heads,
+        "d_mlp": text_config.intermediate_size,
+        "n_layers": text_config.num_hidden_layers,
+        "d_vocab": text_config.vocab_size,
+        "window_size": text_config.sliding_window,
+        "rotary_dim": text_config.head_dim,
+        "eps": text_config.rms_norm_eps,
+        "attn_scores_soft_cap": _softcap(getattr(text_config, "attn_logit_softcapping", None)),
+        "output_logits_soft_cap": _softcap(getattr(text_config, "final_logit_softcapping", None)),
+        "n_ctx": min(cfg.n_ctx, text_config.max_position_embeddings),
+    }
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types:
+        sizes["attn_types"] = ["local" if t == "sliding_attention" else "global" for t in layer_types]
+    scalar = getattr(text_config, "query_pre_attn_scalar", None)
+    if scalar is not None:
+        sizes["attn_scale"] = math.sqrt(scalar)
+    current = cfg.to_dict()
+    sizes = {k: v for k, v in sizes.items() if not _same(current.get(k), v)}
+    if not sizes:  # the official config already describes this checkpoint
+        return cfg
+    updated = {k: v for k, v in current.items() if k not in _DERIVED_CONFIG_FIELDS}
+    updated.update(sizes)
+    updated["d_vocab_out"] = updated["d_vocab"]
+    return HookedTransformerConfig.from_dict(updated)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _softcap(value: float | None) -> float:
+    from transformer_lens.utilities.activation_functions import SOFTCAP_DISABLED
+
+    return SOFTCAP_DISABLED if value is None else float(value)
+
+
+# Fields HookedTransformerConfig computes itself in __post_init__.
+_DERIVED_CONFIG_FIELDS = {"n_params", "d_vocab_out"}

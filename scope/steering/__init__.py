@@ -1,0 +1,19 @@
+"""Steering: interventions on SAE features, the ``steer`` context, steered generation, sweeps.
+
+- :mod:`~scope.steering.interventions`: ``Add``, ``Clamp``, ``Ablate``, ``Scale``;
+- :mod:`~scope.steering.steer`: ``steer(model, sae, *interventions)``, the context that
+  installs them as hooks and always removes them;
+- :mod:`~scope.steering.generate`: ``generate(model, text, sae=..., steering=[...])``;
+- :mod:`~scope.steering.sweep`: ``sweep(...)``, strengths x texts with concept and fluency.
+"""
+
+from scope.saes import max_activation, max_activations, set_max_activations
+from scope.steering.generate import generate
+from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale, as_list, describe
+from scope.steering.steer import Positions, SteeringState, steer, steered
+from scope.steering.sweep import reread, sweep
+
+__all__ = [
+    "Ablate", "Add", "Clamp", "Intervention", "Positions", "Scale", "SteeringState", "as_list", "describe",
+    "generate", "max_activation", "max_activations", "reread", "set_max_activations", "steer", "steered", "sweep",
+]
