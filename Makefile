@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 #   make setup TORCH="torch"
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check scope tests scripts
+	$(BIN)/ruff format --check scope tests scripts
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python scripts/bench_generate.py

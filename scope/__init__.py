@@ -10,6 +10,7 @@ transformer-lens, decode Gemma Scope SAE features, and steer generation.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ _EXPORTS = {
     "Mined": "scope.examples",
     "mine": "scope.examples",
     "top_examples": "scope.examples",
-    "dashboard": "scope.dashboard",
+    "dashboard": "scope.pages",
     "Add": "scope.steering",
     "Clamp": "scope.steering",
     "Ablate": "scope.steering",
@@ -47,19 +48,28 @@ _EXPORTS = {
     "Attribution": "scope.attribution",
     "attribute": "scope.attribution",
 }
-_SUBMODULES = ("chat", "shield", "plots", "residuals", "steering", "features", "saes", "hooks")
+# Submodules listed in __all__ (any other scope.<module> is importable as an attribute too).
+_SUBMODULES = ("attribution", "chat", "examples", "features", "generation", "hooks", "inputs", "logits", "pages", "plots",
+               "residuals", "saes", "shield", "steering")
 # Old public names, kept for one release: name -> (module, new name).
 _DEPRECATED = {
     "tokenize_prompt": ("scope.inputs", "to_tokens"),
 }
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = [
+    "Ablate", "Add", "Attribution", "Clamp", "FeatureActs", "GemmaScopeId", "LazySAEs", "Mined", "ModelUnavailableError",
+    "Scale", "attribute", "attribution", "chat", "check_compatible", "dashboard", "encode", "examples", "feature_logits",
+    "features", "gemma_scope_id", "generate", "generate_tokens", "generation", "hooks", "inputs", "list_models",
+    "load_model", "load_sae", "load_saes", "logits", "mine", "pages", "plots", "residuals", "saes", "shield", "steer",
+    "steering", "sweep", "to_tokens", "top_examples", "top_features", "trace",
+]
+assert sorted(__all__) == sorted([*_EXPORTS, *_SUBMODULES])
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
+    elif name in _SUBMODULES or importlib.util.find_spec(f"scope.{name}") is not None:
         value = importlib.import_module(f"scope.{name}")
     elif name in _DEPRECATED:
         module, new = _DEPRECATED[name]
@@ -76,9 +86,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from scope import chat, features, hooks, plots, residuals, saes, shield, steering
+    from scope import (attribution, chat, examples, features, generation, hooks, inputs, logits, pages, plots, residuals,
+                       saes, shield, steering)
     from scope.attribution import Attribution, attribute
-    from scope.dashboard import dashboard
+    from scope.pages import dashboard
     from scope.examples import Mined, mine, top_examples
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id

@@ -42,7 +42,8 @@ def check_writable_file(path: str | os.PathLike, name: str = "out") -> Path:
     """Fail in milliseconds, before any work, when a result could not be written to ``path``."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{name}={str(path)!r} is a directory; give a file path, e.g. {str(path / 'result.parquet')!r}.")
+        raise IsADirectoryError(f"{name}={str(path)!r} is a directory; give a file path, "
+                                f"e.g. {str(path / 'result.parquet')!r}.")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise NotADirectoryError(f"{name}={str(path)!r}: {str(parent)!r} is a file, not a folder.")
@@ -87,25 +88,33 @@ def iter_texts(texts: Any) -> Iterator[str]:
     try:
         items = iter(texts)
     except TypeError:
-        raise TypeError(f"texts must be strings, a corpus file path or a dataset, got {type(texts).__name__}.") from None
+        raise TypeError(f"texts must be strings, a corpus file path or a dataset, "
+                        f"got {type(texts).__name__}.") from None
     for i, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"texts must hold strings; item {i} is a {type(text).__name__}.")
         yield text
 
 
-def read_corpus_file(path: Path) -> Iterator[str]:
-    """The texts of a corpus file, checked record by record."""
+def check_corpus_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a corpus file scope reads (its records are checked as they are read)."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CORPUS_SUFFIXES:
         raise ValueError(f"Unknown corpus file type {suffix!r} for {path}; use .txt, .jsonl or .parquet.")
     if not path.is_file():
         raise FileNotFoundError(f"No corpus file at {path}. Pass a .txt, .jsonl or .parquet file, "
                                 "or an iterable of strings.")
-    if suffix == ".parquet":
+    return path
+
+
+def read_corpus_file(path: Path) -> Iterator[str]:
+    """The texts of a corpus file, checked record by record."""
+    path = check_corpus_file(path)
+    if path.suffix.lower() == ".parquet":
         yield from _read_parquet(path)
     else:
-        yield from _read_lines(path, jsonl=suffix != ".txt")
+        yield from _read_lines(path, jsonl=path.suffix.lower() != ".txt")
 
 
 def _read_parquet(path: Path) -> Iterator[str]:

@@ -116,13 +116,18 @@ def _model_and_sae(args: argparse.Namespace):
     import scope
 
     model = scope.load_model(args.model)
-    return model, scope.load_sae(args.sae, hook=args.hook)
+    sae = scope.load_sae(args.sae, hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
+    scope.check_compatible(model, sae)
+    return model, sae
 
 
 def cmd_examples(args: argparse.Namespace) -> None:
     import scope
+    from scope._io import check_corpus_file, check_writable_file
 
     features = _feature_list(args.features)
+    check_writable_file(args.out, "--out")  # fail before a model loads
+    check_corpus_file(args.corpus)
     model, sae = _model_and_sae(args)
     frame = scope.top_examples(model, sae, args.corpus, features=features, k=args.k, context=args.context,
                                out=args.out)
@@ -131,9 +136,12 @@ def cmd_examples(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    from scope.dashboard import dashboards
+    from scope._io import check_corpus_file, check_writable_dir
+    from scope.pages import dashboards
 
     features = _feature_list(args.features)
+    check_writable_dir(args.out, "--out")  # fail before a model loads
+    check_corpus_file(args.corpus)
     model, sae = _model_and_sae(args)
     index = dashboards(model, sae, features, args.corpus, args.out, k=args.k)
     print(f"{len(features)} feature pages and their index: {index}")
@@ -240,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
+    except (ValueError, RuntimeError, OSError) as err:  # user errors (a bad file or folder too): one clear line
         print(f"scope: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -18,8 +18,8 @@ import torch
 
 from scope import _checks
 from scope.bundled import ensure_bundled_checkpoint
-from scope.layout import relayout_for_speed
 from scope.gemma_scope import releases_by_model
+from scope.layout import relayout_for_speed
 from scope.subjects import BUNDLED, SUBJECTS, ModelUnavailableError, Subject, register, subject
 
 if TYPE_CHECKING:

@@ -38,6 +38,7 @@ DEMO_SAE_DIR = Path(__file__).resolve().parent.parent / "data" / "demo_sae"
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 MAX_ACTIVATIONS = "scope_max_activations"  # cfg.metadata keys scope adds
 FEATURE_STATS = "scope_feature_stats"
+STATS_TOKENS = "scope_feature_stats_tokens"  # how many tokens the feature statistics were measured on
 
 
 # ----------------------------------------------------------------------------- loading
@@ -110,7 +111,11 @@ def _load_demo(hook: str | None, device: str, dtype: str) -> SAE:
     if stats_file.is_file():
         from safetensors.torch import load_file
 
-        set_feature_stats(sae, load_file(str(stats_file)))
+        stats = load_file(str(stats_file))
+        # per-feature columns [d_sae]; the file also holds n_tokens [1], the tokens they were measured on
+        set_feature_stats(sae, {name: column for name, column in stats.items() if name != "n_tokens"})
+        if "n_tokens" in stats:
+            sae.cfg.metadata[STATS_TOKENS] = int(stats["n_tokens"].sum())
     return sae
 
 
@@ -177,10 +182,18 @@ def _load_sae_lens_folder(path: Path, hook: str | None, device: str, dtype: str)
     weights = path / "sae_weights.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing: a sae-lens SAE folder holds cfg.json and sae_weights.safetensors.")
-    overrides = {"hook_name": hook} if hook is not None else None  # an override asked for, at load time
 
     def load(path: Any, device: str, cfg_overrides: dict[str, Any] | None = None) -> Any:
-        return sae_lens_disk_loader(path, device, {**(cfg_overrides or {}), **(overrides or {})})
+        cfg, state = sae_lens_disk_loader(path, device, cfg_overrides)
+        if hook is not None:  # an override asked for, at load time
+            # sae-lens 6 reads the hook from cfg["metadata"]; older configs keep it at the top level
+            # (and sae-lens moves it into the metadata when it converts them)
+            if isinstance(cfg.get("metadata"), dict):
+                cfg["metadata"] = {**cfg["metadata"], "hook_name": hook}
+            else:
+                cfg["hook_name"] = hook
+            cfg["reshape_activations"] = "hook_z" if hook.endswith("hook_z") else "none"
+        return cfg, state
 
     try:
         return SAE.load_from_disk(path, device=device, dtype=dtype, converter=load)

@@ -61,14 +61,14 @@ def read_texts(path: Path, n: int) -> list[str]:
 
 def bare_forward(model, sae, texts: list[str], batch_size: int) -> int:
     """Tokens read by the same windows and batches as mine(), with only the forward to the hook."""
-    from scope.examples import _batch_tokens, batches, iter_windows
-    from scope.features import stop_layer
-    from scope.saes import sae_hook
+    from scope._io import batched
+    from scope.examples import _batch_tokens, iter_windows
+    from scope.hooks import sae_hook, stop_layer
 
     stop = stop_layer([sae_hook(sae)])
     n = 0
     with torch.no_grad():
-        for batch in batches(iter_windows(model, texts, 128), batch_size):
+        for batch in batched(iter_windows(model, texts, 128), batch_size):
             tokens, mask = _batch_tokens(model, batch)
             model(tokens, stop_at_layer=stop)
             n += int(mask.sum())
@@ -88,7 +88,8 @@ def widened(sae, times: int):
 
     import numpy as np
 
-    from scope.saes import load_gemma_scope_npz, sae_hook
+    from scope.hooks import sae_hook
+    from scope.saes import load_gemma_scope_npz
 
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
     model = scope.load_model("gemma-3-270m")
     sae = load_sae(args)
     texts = read_texts(args.corpus, args.texts)
-    print(f"{len(texts)} texts, SAE at {scope.saes.sae_hook(sae)} with {sae.cfg.d_sae} features (all mined), "
+    print(f"{len(texts)} texts, SAE at {scope.hooks.sae_hook(sae)} with {sae.cfg.d_sae} features (all mined), "
           f"batch {args.batch}, {torch.get_num_threads()} threads")
     bare_forward(model, sae, texts[:4], args.batch)  # warm-up
     best = {"bare": float("inf"), "scope": float("inf")}

@@ -66,7 +66,7 @@ def steering_sae(model, width: int = 16384):
 
 
 def steered_generate(model, sae, tokens: torch.Tensor, n: int) -> torch.Tensor:
-    from scope.generation import steered
+    from scope.steering import steered
 
     with steered(model, sae, [scope.Clamp(123, 50.0)], "all", prompt_length=tokens.shape[1]):
         return scope.generate_tokens(model, tokens, max_new_tokens=n, stop_at_eos=False)
@@ -92,7 +92,7 @@ def bench_bundled(n: int, reps: int, stock: bool) -> None:
 
     model = scope.load_model("gemma-3-270m")
     hf_model = AutoModelForCausalLM.from_pretrained(str(ensure_bundled_checkpoint()), dtype=torch.float32).eval()
-    tokens = scope.tokenize_prompt(model, PROMPT)
+    tokens = scope.to_tokens(model, PROMPT)
     same = torch.equal(hf_generate(hf_model, tokens, n), scope_generate(model, tokens, n))  # also warms up
     sae = steering_sae(model)
     steered_run = lambda: steered_generate(model, sae, tokens, n)  # noqa: E731

@@ -76,7 +76,7 @@ def main() -> None:
 
     model = scope.load_model("gemma-3-270m")
     sae = scope.load_sae("demo")
-    density = sae.scope_feature_stats["density"]  # from scripts/eval_demo_sae.py --save-stats
+    density = scope.saes.feature_stats(sae)["density"]  # from scripts/eval_demo_sae.py --save-stats
     examples = mine(model, sae, args)
     if args.features:
         chosen = [int(f) for f in args.features.split(",")]

@@ -58,7 +58,7 @@ def test_bundled_model_matches_transformers(bundled_model, bundled_hf):
     assert bundled_model.cfg.original_architecture == "Gemma3ForCausalLM"
     assert bundled_model.cfg.n_layers == 18 and bundled_model.cfg.d_model == 640
     assert bundled_model.cfg.dtype == torch.float32 and bundled_model.cfg.device == "cpu"
-    tokens = scope.tokenize_prompt(bundled_model, "Sparse autoencoders decompose the residual stream of " * 3)
+    tokens = scope.to_tokens(bundled_model, "Sparse autoencoders decompose the residual stream of " * 3)
     with torch.no_grad():
         expected = bundled_hf(tokens).logits
         actual = bundled_model(tokens)
@@ -67,7 +67,7 @@ def test_bundled_model_matches_transformers(bundled_model, bundled_hf):
 
 @pytest.mark.slow
 def test_bundled_greedy_text_equals_transformers(bundled_model, bundled_hf):
-    tokens = scope.tokenize_prompt(bundled_model, PROMPT)
+    tokens = scope.to_tokens(bundled_model, PROMPT)
     expected = bundled_hf.generate(tokens, max_new_tokens=20, do_sample=False)[0, tokens.shape[1]:]
     expected_text = bundled_model.tokenizer.decode(expected, skip_special_tokens=True)
     assert scope.generate(bundled_model, PROMPT, max_new_tokens=20) == expected_text
@@ -76,7 +76,7 @@ def test_bundled_greedy_text_equals_transformers(bundled_model, bundled_hf):
 
 @pytest.mark.slow
 def test_bundled_model_knows_paris(bundled_model):
-    tokens = scope.tokenize_prompt(bundled_model, "The capital of France is")
+    tokens = scope.to_tokens(bundled_model, "The capital of France is")
     with torch.no_grad():
         top = bundled_model(tokens)[0, -1].topk(5).indices
     assert " Paris" in [bundled_model.tokenizer.decode([t]) for t in top]

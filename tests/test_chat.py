@@ -67,3 +67,12 @@ def test_system_message_is_folded_into_first_user_turn():
 def test_bad_messages_raise_clear_errors(messages, fragment):
     with pytest.raises(ValueError, match=fragment):
         format_chat(messages)
+
+
+def test_is_messages_tells_a_chat_from_a_prompt():
+    from scope.chat import is_messages
+
+    assert is_messages([{"role": "user", "content": "hi"}])
+    assert is_messages(({"role": "user", "content": "hi"},))
+    for value in ["hi", [], ["hi"], [{"role": "user", "content": "hi"}, "x"], None, b"hi"]:
+        assert not is_messages(value), value

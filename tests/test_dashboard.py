@@ -4,13 +4,11 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import scope
-from scope.dashboard import dashboards
-from tests.sae_util import random_params, write_params
+from scope.pages import dashboards
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -23,9 +21,8 @@ TEXTS = [
 
 
 @pytest.fixture
-def sae(tmp_path):
-    path = write_params(tmp_path / "sae" / "params.npz", random_params(64, 40, seed=3))
-    return scope.load_sae(path, hook=HOOK, device="cpu")
+def sae(make_sae):
+    return make_sae(hook=HOOK, d_sae=40, seed=3)[0]
 
 
 def _firing_feature(model, sae):

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 import scope
 from scope.saes import DEMO_SAE_DIR
-from tests.sae_util import random_params, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_SAMPLE = ROOT / "data" / "corpus_sample" / "heldout.jsonl"
@@ -54,6 +53,18 @@ def test_demo_sae_files_are_small_and_consistent():
     assert (stats["quantile_0.99"][alive] <= stats["max_activation"][alive] + 1e-6).all()
 
 
+def test_the_shipped_demo_sae_loads_with_its_statistics():
+    # no model needed: this broke unnoticed once, behind the slow tests (n_tokens is not per feature)
+    from scope import saes
+
+    sae = scope.load_sae("demo", device="cpu")
+    stats = load_file(str(DEMO_SAE_DIR / "feature_stats.safetensors"))
+    assert sae.cfg.metadata.hook_name == "blocks.6.hook_resid_post"
+    assert torch.equal(saes.max_activations(sae), stats["max_activation"])
+    assert set(saes.feature_stats(sae)) == set(stats) - {"n_tokens"}
+    assert sae.cfg.metadata.scope_feature_stats_tokens == int(stats["n_tokens"].sum()) > 0
+
+
 @pytest.mark.slow
 def test_demo_sae_fits_the_bundled_model(bundled_model):
     sae = scope.load_sae("demo")
@@ -66,11 +77,11 @@ def test_demo_sae_fits_the_bundled_model(bundled_model):
 
 
 @pytest.fixture
-def tiny_sae(tmp_path):
-    params = random_params(64, 40, seed=5, threshold_scale=0.2)
-    params["threshold"][:4] = 1e6  # four features that can never fire: dead
-    return scope.load_sae(write_params(tmp_path / "sae" / "params.npz", params), hook="blocks.1.hook_resid_post",
-                          device="cpu")
+def tiny_sae(make_sae):
+    sae, _ = make_sae(hook="blocks.1.hook_resid_post", d_in=64, d_sae=40, seed=5, threshold_scale=0.2)
+    with torch.no_grad():
+        sae.threshold[:4] = 1e6  # four features that can never fire: dead
+    return sae
 
 
 def test_ce_losses_equal_a_splice_written_with_hooks(tiny_model, tiny_sae):
@@ -85,7 +96,8 @@ def test_ce_losses_equal_a_splice_written_with_hooks(tiny_model, tiny_sae):
             act[:, 1:] = edit(act[:, 1:])
             return act
 
-        logits = tiny_model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+        with torch.no_grad():
+            logits = tiny_model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
         return float(-logp.gather(-1, tokens[:, 1:, None]).sum())
 
@@ -102,8 +114,9 @@ def test_explained_variance_l0_and_dead_equal_direct_formulas(tiny_model, tiny_s
     figures, totals = script.evaluate(tiny_model, tiny_sae, seqs, seqs[:1], batch=1)
     _, cache = tiny_model.run_with_cache(seqs, names_filter="blocks.1.hook_resid_post")
     x = cache["blocks.1.hook_resid_post"][:, 1:].reshape(-1, 64).double()
-    acts = tiny_sae.encode(x.float()).double()
-    recon = tiny_sae.decode(acts.float()).double()
+    with torch.no_grad():
+        acts = tiny_sae.encode(x.float()).double()
+        recon = tiny_sae.decode(acts.float()).double()
     ev = 1 - ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert figures["explained_variance"] == pytest.approx(float(ev), rel=1e-6)
     assert figures["mean_l0"] == pytest.approx(float((acts > 0).sum(-1).double().mean()))

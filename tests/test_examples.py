@@ -1,6 +1,8 @@
 """Top-activating examples checked against a brute-force search written here."""
 
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,10 +24,23 @@ TEXTS = [
 
 
 @pytest.fixture
-def sae_and_params(tmp_path):
-    params = random_params(64, 40, seed=3)
-    path = write_params(tmp_path / "sae" / "params.npz", params)
-    return scope.load_sae(path, hook=HOOK, device="cpu"), params
+def sae_and_params(make_sae):
+    return make_sae(hook=HOOK, d_sae=40, seed=3)
+
+
+@pytest.fixture
+def forwards(tiny_model, monkeypatch):
+    """Counts the model's forward passes (every run, hooked or cached, goes through ``forward``)."""
+    calls = []
+    cls = type(tiny_model)
+    original = cls.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counting)
+    return calls
 
 
 def _windows(model, texts, window):
@@ -141,11 +156,43 @@ def test_out_writes_the_same_table(tiny_model, sae_and_params, tmp_path):
     ({"k": 0}, "k"),
     ({"context": -1}, "context"),
     ({"window": 1}, "window"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be a positive integer, got 0"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
 ])
-def test_bad_arguments_name_the_value(tiny_model, sae_and_params, kwargs, message):
+def test_bad_arguments_name_the_value(tiny_model, sae_and_params, kwargs, message, forwards):
     sae, _ = sae_and_params
     with pytest.raises(ValueError, match=message):
         scope.top_examples(tiny_model, sae, TEXTS, progress=False, **kwargs)
+    assert forwards == []  # refused before any work
+
+
+def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_params, tmp_path, forwards,
+                                                          monkeypatch):
+    sae, _ = sae_and_params
+    work = tmp_path / "work"
+    folder = work / "results"
+    folder.mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=f"out='{folder}' is a directory"):
+        scope.examples.mine(tiny_model, sae, TEXTS, out=folder, progress=False)
+    locked = work / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: answer as for anyone else
+            access = os.access
+            monkeypatch.setattr(os, "access", lambda path, mode, *args, **kwargs: (
+                not mode & os.W_OK and access(path, mode, *args, **kwargs)) if Path(path) == locked
+                else access(path, mode, *args, **kwargs))
+        for out in (locked / "top.parquet", locked / "new" / "top.parquet"):
+            with pytest.raises(PermissionError, match=f"the folder '{locked}' is not writable"):
+                scope.examples.mine(tiny_model, sae, TEXTS, out=out, progress=False)
+    finally:
+        locked.chmod(0o755)
+    assert forwards == []
+    assert sorted(p.name for p in work.iterdir()) == ["locked", "results"]
+    assert not any(folder.iterdir()) and not any(locked.iterdir())  # no checkpoint, no result
+    scope.examples.mine(tiny_model, sae, TEXTS, out=work / "top.parquet", progress=False)
+    assert forwards  # the counter sees the forward passes of a run that goes ahead
 
 
 def test_bad_corpus_inputs(tiny_model, sae_and_params, tmp_path):
@@ -154,6 +201,55 @@ def test_bad_corpus_inputs(tiny_model, sae_and_params, tmp_path):
         scope.top_examples(tiny_model, sae, tmp_path / "missing.jsonl", progress=False)
     with pytest.raises(TypeError, match="item 1"):
         scope.top_examples(tiny_model, sae, ["fine", 3], progress=False)
+
+
+def _alone(error: BaseException) -> bool:
+    """One error: no other exception chained to it in its traceback."""
+    return error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+BAD_CORPORA = [  # name, content, where, what
+    ("no_text.jsonl", b'{"text": "fine"}\n{"body": "no text here"}\n', "line 2", "no 'text' field"),
+    ("not_an_object.jsonl", b'{"text": "fine"}\n["text"]\n', "line 2", "no 'text' field"),
+    ("malformed.jsonl", b'{"text": "fine"}\n\n{"text": "unterminated\n', "line 3", "malformed JSON"),
+    ("latin1.jsonl", '{"text": "fine"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"), "line 2", "not UTF-8"),
+    ("latin1.txt", "fine\ncaf\u00e9\n".encode("latin-1"), "line 2", "not UTF-8"),
+    ("null.jsonl", b'{"text": "fine"}\n{"text": null}\n', "line 2", "'text' is None, not a string"),
+    ("number.jsonl", b'{"text": "fine"}\n{"text": 3}\n', "line 2", "'text' is 3, not a string"),
+]
+
+
+@pytest.mark.parametrize("name, content, where, what", BAD_CORPORA, ids=[c[0] for c in BAD_CORPORA])
+def test_a_bad_corpus_record_is_one_error_naming_file_and_line(tiny_model, sae_and_params, tmp_path, name,
+                                                               content, where, what):
+    sae, _ = sae_and_params
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        scope.top_examples(tiny_model, sae, path, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{path}, {where}: ") and what in message, message
+    assert _alone(info.value)
+
+
+def test_a_bad_parquet_corpus_is_one_error_naming_file_and_row(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    path = tmp_path / "body.parquet"
+    pd.DataFrame({"body": TEXTS}).to_parquet(path)
+    with pytest.raises(ValueError) as info:
+        scope.top_examples(tiny_model, sae, path, progress=False)
+    assert str(info.value).startswith(f"{path} has no 'text' column; its columns are ['body']")
+    assert _alone(info.value)
+    path = tmp_path / "null.parquet"
+    pd.DataFrame({"text": ["fine", None, "fine"]}).to_parquet(path)
+    with pytest.raises(ValueError) as info:
+        scope.top_examples(tiny_model, sae, path, progress=False)
+    assert str(info.value).startswith(f"{path}, row 1: 'text' is None, not a string")  # rows count from 0
+    assert _alone(info.value)
+    path = tmp_path / "not_parquet.parquet"
+    path.write_text("just text")
+    with pytest.raises(ValueError, match=f"{path} is not a readable Parquet file"):
+        scope.top_examples(tiny_model, sae, path, progress=False)
 
 
 @pytest.mark.parametrize("window", [128, 6])
@@ -286,11 +382,10 @@ scope.top_examples(model, sae, killing(texts), out=sys.argv[3], k=3, window=6, b
 def test_killed_run_resumes_to_the_same_result(tiny_model, tiny_dir, sae_and_params, tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
-    sae, _ = sae_and_params
+    sae, params = sae_and_params
     texts = TEXTS * 6
-    sae_path = tmp_path / "sae" / "params.npz"
+    sae_path = write_params(tmp_path / "killed_sae" / "params.npz", params)  # the same SAE, for the child
     out = tmp_path / "killed.parquet"
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run([sys.executable, "-c", KILLED_RUN.format(texts=texts), str(tiny_dir), str(sae_path),
@@ -312,7 +407,7 @@ from tests.tiny import tiny_model_and_sae
 model, sae = tiny_model_and_sae(sys.argv[1], sys.argv[2])
 n = int(sys.argv[3])
 texts = (f"text number {{i}}: " + "the quick brown fox jumps over the lazy dog " * 12 for i in range(n))
-scope.examples.mine(model, sae, texts, k=20, batch_size=16, progress=False)
+scope.mine(model, sae, texts, k=20, batch_size=16, progress=False)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -329,10 +424,8 @@ def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
     forward pass of the tiny model alone grew 90 MB from 500 to 4000 texts. The children
     therefore take large blocks straight from the OS (``MALLOC_MMAP_THRESHOLD_``), so that
     peak RSS counts memory that is live, which is what this test is about."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     params = random_params(64, 4096, seed=1, threshold_scale=0.05)
     sae_path = write_params(tmp_path / "wide" / "params.npz", params)
@@ -340,8 +433,9 @@ def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
 
     def peak_kb(n):
         run = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(tiny_dir), str(sae_path), str(n)], cwd=root,
-                             capture_output=True, text=True, check=True,
+                             capture_output=True, text=True,
                              env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+        assert run.returncode == 0, run.stderr
         return int(run.stdout.split()[-1])
 
     small, large = peak_kb(500), peak_kb(2000)

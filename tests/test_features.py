@@ -9,22 +9,10 @@ import torch
 
 import scope
 from scope import features as features_module
+from scope.cli import _table, main
 from tests.sae_util import jumprelu, random_params, write_params
 
 TEXT = "Paris is the capital of France, and Rome is the capital of Italy."
-
-
-@pytest.fixture
-def make_sae(tmp_path):
-    """(sae, params) for a random Gemma Scope-format params.npz at ``hook`` with width d_sae."""
-    count = iter(range(1000))
-
-    def make(hook="blocks.1.hook_resid_post", d_in=64, d_sae=48, seed=0):
-        params = random_params(d_in, d_sae, seed=seed)
-        path = write_params(tmp_path / f"sae{next(count)}" / "params.npz", params)
-        return scope.load_sae(path, hook=hook, device="cpu"), params
-
-    return make
 
 
 def _str_tokens(model, text=TEXT):
@@ -127,11 +115,27 @@ def test_top_features_bos_only_on_request(tiny_model, make_sae):
     assert set(with_bos[with_bos.position == 0].token) == {"<bos>"}
 
 
-@pytest.mark.parametrize("k", [0, -1, 2.5, "3", True])
-def test_top_features_rejects_bad_k(tiny_model, make_sae, k):
+@pytest.mark.parametrize("k", [0, -1])
+def test_top_features_rejects_a_k_below_one(tiny_model, make_sae, k):
     sae, _ = make_sae()
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match=rf"k must be a positive integer, got {k}"):
         scope.top_features(tiny_model, sae, TEXT, k=k)
+
+
+@pytest.mark.parametrize("k", [2.5, "3", True, None])
+def test_top_features_rejects_a_k_that_is_not_an_integer(tiny_model, make_sae, k):
+    # a wrong type is a TypeError now (it was a ValueError before the redesign)
+    sae, _ = make_sae()
+    with pytest.raises(TypeError, match="k must be an integer"):
+        scope.top_features(tiny_model, sae, TEXT, k=k)
+
+
+def test_top_features_takes_k_as_a_keyword_and_numpy_integers(tiny_model, make_sae):
+    sae, _ = make_sae()
+    with pytest.raises(TypeError, match="positional"):
+        scope.top_features(tiny_model, sae, TEXT, 3)
+    pd.testing.assert_frame_equal(scope.top_features(tiny_model, sae, TEXT, k=np.int64(3)),
+                                  scope.top_features(tiny_model, sae, TEXT, k=3))
 
 
 def test_neuronpedia_links_when_the_sae_has_an_id(tiny_model, make_sae):
@@ -173,14 +177,16 @@ def test_feature_logits_of_an_attention_sae_go_through_w_o(tiny_model, make_sae)
 @pytest.mark.parametrize("feature", [48, 10_000, -1, np.int64(48), torch.tensor(48)])
 def test_feature_index_out_of_range_names_index_and_width(tiny_model, make_sae, feature):
     sae, _ = make_sae()
-    with pytest.raises(ValueError, match=rf"Feature {int(feature)} is out of range: this SAE has 48 features \(valid indices 0\.\.47\)"):
+    with pytest.raises(ValueError, match=rf"feature {int(feature)} is out of range: there are 48 features "
+                                         r"\(valid indices 0\.\.47\)"):
         scope.feature_logits(tiny_model, sae, feature)
 
 
-@pytest.mark.parametrize("feature", [1.5, "3", None, True])
+@pytest.mark.parametrize("feature", [1.5, "3", None, True, torch.tensor([3])])
 def test_feature_index_must_be_an_integer(tiny_model, make_sae, feature):
+    # a wrong type is a TypeError now (it was a ValueError before the redesign)
     sae, _ = make_sae()
-    with pytest.raises(ValueError, match="feature must be an integer index"):
+    with pytest.raises(TypeError, match="feature must be an integer"):
         scope.feature_logits(tiny_model, sae, feature)
     assert len(scope.feature_logits(tiny_model, sae, np.int64(3), k=2)) == 4
 
@@ -212,15 +218,17 @@ def test_trace_is_one_pass_that_stops_after_the_deepest_sae(tiny_model, make_sae
             _count_calls(tiny_model.unembed) as unembed:
         table = scope.trace(tiny_model, [a, b], TEXT)  # a list: layers read from the hooks
     assert sorted(table.layer.unique()) == [0, 1]
-    # one compatibility probe (1 token) plus one traced pass
-    assert len(first) == 2 and later == [] and unembed == []
+    # only the traced pass: check_compatible reads widths from the config and runs no probe any more
+    # (this was 2 calls before the redesign: a 1-token probe plus the traced pass)
+    assert len(first) == 1 and later == [] and unembed == []
 
 
-def test_trace_refuses_misfits_before_attaching_anything(tiny_model, make_sae, monkeypatch):
+def test_trace_refuses_misfits_before_running_anything(tiny_model, make_sae, monkeypatch):
     good, _ = make_sae(hook="blocks.0.hook_resid_post")
     bad, _ = make_sae(hook="blocks.2.hook_resid_post", d_in=32)
-    attached = []
+    attached = []  # trace attaches no SAEs (it reads hooks with run_to_hooks) and must not run either
     monkeypatch.setattr(tiny_model, "add_sae", lambda sae, **kw: attached.append(sae))
+    monkeypatch.setattr(tiny_model, "run_with_hooks", lambda *args, **kw: attached.append("ran"))
     with pytest.raises(ValueError, match=r"SAE d_in is 32 but .* has width 64 at blocks\.2\.hook_resid_post"):
         scope.trace(tiny_model, {0: good, 2: bad}, TEXT)
     same_hook, _ = make_sae(hook="blocks.0.hook_resid_post", seed=5)
@@ -231,19 +239,26 @@ def test_trace_refuses_misfits_before_attaching_anything(tiny_model, make_sae, m
     assert attached == []
 
 
-def test_trace_detaches_its_saes_after_an_error(tiny_model, make_sae, monkeypatch):
+def test_trace_leaves_no_hooks_or_saes_after_an_error(tiny_model, make_sae, monkeypatch):
+    # trace no longer attaches SAEs (add_sae): it reads the hooks with run_to_hooks, so the
+    # promise is now that its capture hooks are gone after an error in the middle of the pass
     a, _ = make_sae(hook="blocks.0.hook_resid_post", seed=1)
     b, _ = make_sae(hook="blocks.2.hook_resid_post", seed=2)
+    seen = []
 
-    def broken(*args, **kwargs):
-        assert set(tiny_model.acts_to_saes) == {"blocks.0.hook_resid_post", "blocks.2.hook_resid_post"}
+    def broken(*args, **kwargs):  # block 2 runs out of memory, with trace's hooks in place
+        seen.extend(name for name in ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
+                    if tiny_model.hook_dict[name].fwd_hooks)
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(tiny_model, "run_with_cache", broken)
+    monkeypatch.setattr(tiny_model.blocks[2], "forward", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         scope.trace(tiny_model, {0: a, 2: b}, TEXT)
+    assert seen == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
     assert tiny_model.acts_to_saes == {}
-    assert "blocks.0.hook_resid_post" in tiny_model.hook_dict
+    assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(scope.trace(tiny_model, {0: a}, TEXT), scope.trace(tiny_model, [a], TEXT))
 
 
 def test_trace_leaves_a_user_s_other_saes_alone(tiny_model, make_sae):
@@ -253,7 +268,7 @@ def test_trace_leaves_a_user_s_other_saes_alone(tiny_model, make_sae):
     try:
         scope.trace(tiny_model, {0: a}, TEXT)
         assert tiny_model.acts_to_saes == {"blocks.3.hook_resid_post": users}
-        with pytest.raises(ValueError, match="already attached at blocks.3.hook_resid_post"):
+        with pytest.raises(ValueError, match=r"An SAE is attached at blocks\.3\.hook_resid_post \(model\.add_sae\)"):
             scope.trace(tiny_model, {0: a, 3: make_sae(hook="blocks.3.hook_resid_post")[0]}, TEXT)
         with pytest.raises(ValueError, match=r"key 3 reads 'blocks\.0\.hook_resid_post', another layer"):
             scope.trace(tiny_model, {3: a}, TEXT)
@@ -286,31 +301,36 @@ def test_trace_heatmap_shows_the_top_activation_per_layer_and_position(tiny_mode
 
 
 # ----------------------------------------------------------------------------- CLI entry
+# ``scope.features_table`` is gone: ``scope features`` does it inline (scope/cli.py), so these
+# tests drive the command.
 
 
-def test_features_table_loads_model_and_sae_and_lists_top_features(tiny_model, make_sae, tmp_path, monkeypatch):
-    import scope.subjects
-
+def test_features_command_loads_model_and_sae_and_lists_top_features(tiny_model, make_sae, tmp_path, monkeypatch,
+                                                                       capsys):
     _, params = make_sae()
     path = write_params(tmp_path / "cli" / "params.npz", params)
-    monkeypatch.setattr(scope.subjects, "load_model", lambda name: tiny_model)
-    with pytest.raises(ValueError, match="hook= is required"):
-        scope.features_table("shieldgemma-2b", str(path), TEXT, 2)
+    monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
+    assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(path), "--k", "2"]) == 2
+    assert "hook= is required" in capsys.readouterr().err
     folder = tmp_path / "cli_folder"
     scope.load_sae(path, hook="blocks.1.hook_resid_post", device="cpu").save_model(folder)
-    table = scope.features_table("shieldgemma-2b", str(folder), TEXT, 2)
+    assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(folder), "--k", "2"]) == 0
     sae = scope.load_sae(folder, device="cpu")
-    pd.testing.assert_frame_equal(table, scope.top_features(tiny_model, sae, TEXT, k=2))
+    expected = scope.top_features(tiny_model, sae, TEXT, k=2)
+    assert capsys.readouterr().out == _table(expected) + "\n"
+    # --hook with the params.npz gives the same table
+    assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(path),
+                 "--hook", "blocks.1.hook_resid_post", "--k", "2"]) == 0
+    assert capsys.readouterr().out == _table(expected) + "\n"
 
 
-def test_features_table_defaults_to_the_demo_sae(tiny_model, tmp_path, monkeypatch):
+def test_features_command_defaults_to_the_demo_sae(tiny_model, tmp_path, monkeypatch, capsys):
     import scope.saes
-    import scope.subjects
 
-    monkeypatch.setattr(scope.subjects, "load_model", lambda name: tiny_model)
+    monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
     monkeypatch.setattr(scope.saes, "DEMO_SAE_DIR", tmp_path / "data" / "demo_sae")
-    with pytest.raises(FileNotFoundError, match="train_demo_sae.py"):
-        scope.features_table(None, None, TEXT, 5)
+    assert main(["features", TEXT]) == 2
+    assert "train_demo_sae.py" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the real bundled model

@@ -8,7 +8,8 @@ from transformers import Gemma2Config
 
 import scope
 from scope.layout import is_relaid, relayout_for_speed
-from scope.subjects import SUBJECTS, _unavailable_message, _with_sizes_of
+from scope.models import _unavailable_message, _with_sizes_of
+from scope.subjects import SUBJECTS
 
 CONTRACT_NAMES = [
     "gemma-2-2b", "gemma-2-2b-it", "gemma-2-9b", "gemma-2-9b-it", "gemma-2-27b", "gemma-2-27b-it",

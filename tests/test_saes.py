@@ -1,4 +1,7 @@
-"""SAE specs and loading: Gemma Scope ids against sae-lens' registry, local files, compatibility."""
+"""Loading SAEs (scope/saes.py): params.npz files, sae-lens folders, the demo SAE, registry specs,
+per-feature statistics and lazy per-layer sets.
+
+Gemma Scope ids are tested in test_gemma_scope.py, whether an SAE fits a model in test_hooks.py."""
 
 import re
 import zipfile
@@ -18,86 +21,6 @@ def _registry():
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     return get_pretrained_saes_directory()
-
-
-# ----------------------------------------------------------------------------- gemma_scope_id
-
-
-def test_gemma_2_2b_layer_20_canonical_is_in_the_registry():
-    release, sae_id = scope.gemma_scope_id("gemma-2-2b", 20)
-    assert (release, sae_id) == ("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
-    lookup = _registry()[release]
-    assert sae_id in lookup.saes_map
-    assert lookup.neuronpedia_id[sae_id] == "gemma-2-2b/20-gemmascope-res-16k"
-
-
-@pytest.mark.parametrize("model,size", [("gemma-2-2b", "2b"), ("gemma-2-9b", "9b")])
-@pytest.mark.parametrize("site", ["res", "mlp", "att"])
-def test_every_layer_resolves_to_a_listed_canonical_id(model, size, site):
-    n_layers = {"2b": 26, "9b": 42}[size]
-    registry = _registry()
-    for layer in range(n_layers):
-        release, sae_id = scope.gemma_scope_id(model, layer, site=site)
-        assert release == f"gemma-scope-{size}-pt-{site}-canonical"
-        assert sae_id in registry[release].saes_map
-
-
-def test_numeric_l0_picks_the_nearest_listed_sae():
-    ids = _registry()["gemma-scope-2b-pt-res"].saes_map
-    listed = sorted(int(m[1]) for i in ids if (m := re.match(r"layer_20/width_16k/average_l0_(\d+)$", i)))
-    assert len(listed) > 2
-    for target in [1, 60, 100, 10_000, listed[1]]:
-        nearest = min(listed, key=lambda v: abs(v - target))
-        assert scope.gemma_scope_id("gemma-2-2b", 20, l0=target) == (
-            "gemma-scope-2b-pt-res", f"layer_20/width_16k/average_l0_{nearest}")
-
-
-def test_width_as_number_and_other_widths():
-    assert scope.gemma_scope_id("gemma-2-2b", 12, width=65536) == (
-        "gemma-scope-2b-pt-res-canonical", "layer_12/width_65k/canonical")
-    assert scope.gemma_scope_id("gemma-2-2b", 12, width="1M")[1] == "layer_12/width_1m/canonical"
-
-
-def test_9b_it_residual_saes_are_its_own_at_layers_9_20_31():
-    for layer in (9, 20, 31):
-        release, sae_id = scope.gemma_scope_id("gemma-2-9b-it", layer)
-        assert release == "gemma-scope-9b-it-res-canonical"
-        assert sae_id in _registry()[release].saes_map
-    with pytest.raises(ValueError, match=r"layer 5.*9, 20, 31.*gemma_scope_id\('gemma-2-9b', 5"):
-        scope.gemma_scope_id("gemma-2-9b-it", 5)
-
-
-def test_it_and_shieldgemma_use_base_saes_where_they_have_none():
-    assert scope.gemma_scope_id("gemma-2-9b-it", 5, site="mlp")[0] == "gemma-scope-9b-pt-mlp-canonical"
-    assert scope.gemma_scope_id("gemma-2-2b-it", 20) == scope.gemma_scope_id("gemma-2-2b", 20)
-    assert scope.gemma_scope_id("shieldgemma-9b", 20) == scope.gemma_scope_id("gemma-2-9b", 20)
-    assert scope.gemma_scope_id("gemma-2-27b-it", 22, width="131k") == (
-        "gemma-scope-27b-pt-res-canonical", "layer_22/width_131k/canonical")
-
-
-def test_a_loaded_model_is_identified_by_its_subject(tiny_model):
-    # the tiny model is loaded as shieldgemma-2b: Gemma 2 2B base SAEs
-    assert scope.gemma_scope_id(tiny_model, 3) == scope.gemma_scope_id("gemma-2-2b", 3)
-
-
-@pytest.mark.parametrize("args,kwargs,pattern", [
-    (("gemma-2-2b", 26), {}, r"layer 26.*0-25"),
-    (("gemma-2-2b", -1), {}, r"layer -1.*0-25"),
-    (("gemma-2-2b", "20"), {}, r"layer must be an integer"),
-    (("gemma-2-2b", 20), {"width": "17k"}, r"Unknown width '17k'.*16k"),
-    (("gemma-2-2b", 20), {"width": "1m"}, r"No 1m-wide.*layer 20.*widths there: 16k, 65k"),
-    (("gemma-2-27b", 22), {}, r"No 16k-wide.*gemma-2-27b.*131k"),
-    (("gemma-2-27b", 5), {"width": "131k"}, r"layer 5.*10, 22, 34"),
-    (("gemma-2-2b", 20), {"site": "resid"}, r"Unknown site 'resid'.*'res', 'mlp', 'att'"),
-    (("gemma-2-27b", 22), {"site": "mlp"}, r"no MLP output SAEs for gemma-2-27b.*'res'"),
-    (("gemma-2-2b", 12), {"width": "131k"}, r"no canonical 131k.*l0= one of \[\d+"),
-    (("gemma-2-2b", 20), {"l0": "small"}, r"l0 must be 'canonical' or a number"),
-    (("gemma-3-270m", 6), {}, r"no Gemma Scope \(Gemma 2\) SAEs for 'gemma-3-270m'.*demo"),
-    (("gemma-7b", 6), {}, r"Unknown model 'gemma-7b'.*gemma-2-2b"),
-])
-def test_gemma_scope_id_errors_name_what_exists(args, kwargs, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        scope.gemma_scope_id(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- params.npz
@@ -186,54 +109,99 @@ def test_missing_local_paths_raise_file_not_found(tmp_path):
 # ----------------------------------------------------------------------------- sae-lens folders, demo
 
 
-def _sae_lens_folder(tmp_path, name="folder"):
-    sae = scope.load_sae(write_params(tmp_path / "src" / "params.npz", random_params(64, 32)), hook=HOOK, device="cpu")
+def _sae_lens_folder(make_sae, tmp_path, name="folder"):
+    sae, _ = make_sae(hook=HOOK, d_sae=32)
     folder = tmp_path / name
     sae.save_model(folder)
     return sae, folder
 
 
-def test_sae_lens_folder_round_trips(tmp_path):
-    original, folder = _sae_lens_folder(tmp_path)
+def test_sae_lens_folder_round_trips(make_sae, tmp_path):
+    original, folder = _sae_lens_folder(make_sae, tmp_path)
     loaded = scope.load_sae(folder, device="cpu")
     assert loaded.cfg.metadata.hook_name == HOOK
     for key in ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"]:
         assert torch.equal(getattr(loaded, key), getattr(original, key))
+
+
+def test_hook_overrides_a_sae_lens_folder_s_hook_at_load_time(make_sae, tmp_path):
+    original, folder = _sae_lens_folder(make_sae, tmp_path)
     moved = scope.load_sae(folder, device="cpu", hook="blocks.2.hook_resid_post")
     assert moved.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    assert moved.cfg.reshape_activations == "none"
+    assert torch.equal(moved.W_dec, original.W_dec)
+    att = scope.load_sae(folder, device="cpu", hook="blocks.2.attn.hook_z")  # 64 = 4 heads x 16
+    assert att.cfg.metadata.hook_name == "blocks.2.attn.hook_z" and att.cfg.reshape_activations == "hook_z"
+    assert scope.load_sae(folder, device="cpu").cfg.metadata.hook_name == HOOK  # the folder is unchanged
 
 
-def test_sae_lens_folder_without_weights_names_the_missing_file(tmp_path):
-    _, folder = _sae_lens_folder(tmp_path)
+def test_sae_lens_folder_without_weights_names_the_missing_file(make_sae, tmp_path):
+    _, folder = _sae_lens_folder(make_sae, tmp_path)
     (folder / "sae_weights.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"sae_weights\.safetensors is missing"):
         scope.load_sae(folder)
 
 
-def test_demo_spec_resolves_to_data_demo_sae(tmp_path, monkeypatch):
+def test_demo_spec_resolves_to_data_demo_sae(make_sae, tmp_path, monkeypatch):
     assert saes_module.DEMO_SAE_DIR.parts[-2:] == ("data", "demo_sae")
     absent = tmp_path / "data" / "demo_sae"
     monkeypatch.setattr(saes_module, "DEMO_SAE_DIR", absent)
     with pytest.raises(FileNotFoundError, match=re.escape(str(absent)) + r".*scripts/train_demo_sae\.py"):
         scope.load_sae("demo")
-    original, folder = _sae_lens_folder(tmp_path, "data/demo_sae")
+    original, folder = _sae_lens_folder(make_sae, tmp_path, "data/demo_sae")
     assert folder == absent
     demo = scope.load_sae("demo", device="cpu")
     assert torch.equal(demo.W_dec, original.W_dec)
-    assert getattr(demo, "scope_max_activations", None) is None  # no statistics shipped yet
+    # no statistics shipped yet (they live in cfg.metadata now, not in sae.scope_* attributes)
+    assert saes_module.max_activations(demo) is None
+    assert saes_module.feature_stats(demo) == {}
 
 
-def test_demo_sae_carries_its_shipped_max_activations(tmp_path, monkeypatch):
+def test_demo_sae_carries_its_shipped_max_activations(make_sae, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    original, folder = _sae_lens_folder(tmp_path, "data/demo_sae")
+    original, folder = _sae_lens_folder(make_sae, tmp_path, "data/demo_sae")
     monkeypatch.setattr(saes_module, "DEMO_SAE_DIR", folder)
     max_acts = torch.rand(original.cfg.d_sae) * 10
-    save_file({"max_activation": max_acts, "density": torch.rand(original.cfg.d_sae)},
+    density = torch.rand(original.cfg.d_sae)
+    # the layout scripts/eval_demo_sae.py --save-stats writes: per-feature columns and n_tokens [1]
+    save_file({"max_activation": max_acts, "density": density, "n_tokens": torch.tensor([12345])},
               str(folder / "feature_stats.safetensors"))
     demo = scope.load_sae("demo", device="cpu")
-    assert torch.equal(demo.scope_max_activations, max_acts)
-    assert set(demo.scope_feature_stats) == {"max_activation", "density"}
+    assert torch.equal(saes_module.max_activations(demo), max_acts)
+    stats = saes_module.feature_stats(demo)
+    assert set(stats) == {"max_activation", "density"}
+    assert demo.cfg.metadata.scope_feature_stats_tokens == 12345
+    assert torch.equal(stats["density"], density)
+    assert saes_module.max_activation(demo, 3) == pytest.approx(float(max_acts[3]))
+
+
+# ----------------------------------------------------------------------------- per-feature statistics
+
+
+def test_feature_stats_live_in_the_metadata_and_are_saved_with_the_sae(make_sae, tmp_path):
+    sae, _ = make_sae(d_sae=16)
+    values = torch.arange(16, dtype=torch.float32) / 4
+    saes_module.set_max_activations(sae, values)
+    saes_module.set_feature_stats(sae, {"density": np.linspace(0, 1, 16)})  # merged, not replaced
+    assert not hasattr(sae, "scope_max_activations")
+    assert set(sae.cfg.metadata.scope_feature_stats) == {"max_activation", "density"}
+    assert torch.equal(saes_module.max_activations(sae), values)
+    assert saes_module.max_activation(sae, np.int64(5)) == 1.25
+    sae.save_model(tmp_path / "saved")
+    reloaded = scope.load_sae(tmp_path / "saved", device="cpu")
+    assert torch.equal(saes_module.max_activations(reloaded), values)
+    torch.testing.assert_close(saes_module.feature_stats(reloaded)["density"],
+                               torch.linspace(0, 1, 16), rtol=0, atol=1e-7)
+
+
+def test_feature_stats_must_have_one_value_per_feature(make_sae):
+    sae, _ = make_sae(d_sae=16)
+    with pytest.raises(ValueError, match=r"max_activation must have one value per feature \(16\), got 15"):
+        saes_module.set_max_activations(sae, torch.ones(15))
+    with pytest.raises(ValueError,
+                       match=r"needs the SAE's per-feature max activations.*set_max_activations.*unit='act'"):
+        saes_module.max_activation(sae, 3)
 
 
 # ----------------------------------------------------------------------------- registry specs
@@ -242,31 +210,47 @@ def test_demo_sae_carries_its_shipped_max_activations(tmp_path, monkeypatch):
 class _FakeFromPretrained:
     """Stands in for the hub: records calls, returns a small SAE reading the id's layer."""
 
-    def __init__(self, tmp_path, d_in=64):
+    def __init__(self, make_sae, d_in=64):
         self.calls = []
-        self.tmp_path = tmp_path
+        self.make_sae = make_sae
         self.d_in = d_in
 
     def __call__(self, release, sae_id, device="cpu", dtype="float32", **kwargs):
         self.calls.append((release, sae_id, device, dtype))
         layer = int(re.match(r"layer_(\d+)", sae_id)[1])
-        path = write_params(self.tmp_path / f"hub{len(self.calls)}" / "params.npz", random_params(self.d_in, 16, seed=layer))
-        sae = scope.load_sae(path, hook=f"blocks.{layer}.hook_resid_post", device=device, dtype=dtype)
+        sae, _ = self.make_sae(hook=f"blocks.{layer}.hook_resid_post", d_in=self.d_in, d_sae=16, seed=layer,
+                               device=device, dtype=dtype)
         sae.cfg.metadata.neuronpedia_id = _registry()[release].neuronpedia_id.get(sae_id)
         return sae
 
 
-def test_registry_spec_goes_through_sae_lens_from_pretrained(tmp_path, monkeypatch):
+def test_registry_spec_goes_through_sae_lens_from_pretrained(make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(tmp_path)
+    fake = _FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     sae = scope.load_sae("gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", device="cpu", dtype=torch.bfloat16)
     assert fake.calls == [("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical", "cpu", "bfloat16")]
     assert sae.cfg.metadata.hook_name == "blocks.20.hook_resid_post"
+    assert sae.cfg.metadata.neuronpedia_id == "gemma-2-2b/20-gemmascope-res-16k"
+    # the (release, sae_id) tuple of gemma_scope_id is a spec too
+    scope.load_sae(("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical"), device="cpu")
+    assert fake.calls[1] == ("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical", "cpu", "float32")
 
 
-def test_registry_spec_errors(tmp_path, monkeypatch):
+def test_registry_sae_keeps_its_recorded_hook(make_sae, monkeypatch):
+    from sae_lens import SAE
+
+    monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(make_sae))
+    spec = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
+    assert scope.load_sae(spec, hook="blocks.20.hook_resid_post", device="cpu").cfg.metadata.hook_name == \
+        "blocks.20.hook_resid_post"
+    with pytest.raises(ValueError, match=r"layer_20/width_16k/canonical was trained at 'blocks\.20\.hook_resid_post', "
+                                         r"not hook='blocks\.3\.hook_resid_post'"):
+        scope.load_sae(spec, hook="blocks.3.hook_resid_post", device="cpu")
+
+
+def test_registry_spec_errors(monkeypatch):
     from sae_lens import SAE
 
     with pytest.raises(ValueError, match=r"SAE id 'layer_20/width_16k/canon' is not in release 'gemma-scope-2b-pt-res-canonical'; closest ids: layer_20/width_16k/canonical"):
@@ -279,50 +263,28 @@ def test_registry_spec_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SAE, "from_pretrained", offline)
     with pytest.raises(scope.ModelUnavailableError, match=r"Cannot download SAE gemma-scope-2b-pt-res-canonical/layer_3"):
-        scope.load_sae("/".join(scope.gemma_scope_id("gemma-2-2b", 3)))
+        scope.load_sae(scope.gemma_scope_id("gemma-2-2b", 3))
 
 
-# ----------------------------------------------------------------------------- compatibility
-
-
-def test_check_compatible_accepts_a_fitting_sae_and_measures_the_width(tiny_model, tmp_path):
-    sae = scope.load_sae(write_params(tmp_path / "a" / "params.npz", random_params(64, 8)), hook=HOOK, device="cpu")
-    scope.check_compatible(tiny_model, sae)
-    # the MLP's hidden layer is d_mlp = 128 wide, not d_model = 64
-    mlp = scope.load_sae(write_params(tmp_path / "b" / "params.npz", random_params(128, 8)),
-                         hook="blocks.2.mlp.hook_post", device="cpu")
-    scope.check_compatible(tiny_model, mlp)
-    # attention SAEs read hook_z flattened over heads: 4 heads x 16 = 64
-    att = scope.load_sae(write_params(tmp_path / "c" / "params.npz", random_params(64, 8)),
-                         hook="blocks.2.attn.hook_z", device="cpu")
-    assert att.cfg.reshape_activations == "hook_z"
-    scope.check_compatible(tiny_model, att)
-
-
-def test_check_compatible_rejects_wrong_hook_and_width_attaching_nothing(tiny_model, tmp_path):
-    wrong_width = scope.load_sae(write_params(tmp_path / "a" / "params.npz", random_params(2304, 8)), hook=HOOK, device="cpu")
-    with pytest.raises(ValueError, match=r"SAE d_in is 2304 but .* has width 64 at blocks\.1\.hook_resid_post"):
-        scope.check_compatible(tiny_model, wrong_width)
-    wrong_hook = scope.load_sae(write_params(tmp_path / "b" / "params.npz", random_params(64, 8)),
-                                hook="blocks.20.hook_resid_post", device="cpu")
-    with pytest.raises(ValueError, match=r"no hook 'blocks\.20\.hook_resid_post'.*Blocks are 0\.\.3"):
-        scope.check_compatible(tiny_model, wrong_hook)
-    assert tiny_model.acts_to_saes == {}
-    assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+@pytest.mark.parametrize("spec", [123, None, ["gemma-scope-2b-pt-res-canonical", "layer_3/width_16k/canonical"]])
+def test_a_spec_of_the_wrong_type_is_a_type_error(spec):
+    with pytest.raises(TypeError, match=r"spec must be a 'release/sae_id' string, a \(release, sae_id\) tuple"):
+        scope.load_sae(spec)
 
 
 # ----------------------------------------------------------------------------- load_saes
 
 
-def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, tmp_path, monkeypatch):
+def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(tmp_path)
+    fake = _FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     every = scope.load_saes(tiny_model)  # "all" for a 2B-shaped subject: 26 layers, nothing loaded
     assert list(every) == list(range(26)) and fake.calls == []
     saes = scope.load_saes(tiny_model, layers=[0, 2])
     assert len(saes) == 2 and saes.loaded == [] and fake.calls == []
+    assert saes.specs == {layer: str(scope.gemma_scope_id("gemma-2-2b", layer)) for layer in (0, 2)}
     sae = saes[2]
     assert saes[2] is sae and saes.loaded == [2] and len(fake.calls) == 1
     assert fake.calls[0][:2] == scope.gemma_scope_id("gemma-2-2b", 2)
@@ -334,22 +296,25 @@ def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, tmp_path, mo
     assert saes.loaded == []
 
 
-def test_load_saes_rejects_bad_layers_before_loading(tiny_model, tmp_path, monkeypatch):
+def test_load_saes_rejects_bad_layers_before_loading(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(tmp_path)
+    fake = _FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     with pytest.raises(ValueError, match=r"layer 40.*0-25"):
         scope.load_saes(tiny_model, layers=[1, 40])
-    with pytest.raises(ValueError, match="layers must be 'all' or a list"):
+    # a wrong type is a TypeError now (it was a ValueError before the redesign)
+    with pytest.raises(TypeError, match="layers must be 'all' or a list"):
         scope.load_saes(tiny_model, layers=3)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        scope.load_saes(tiny_model, layers=["1"])
     assert fake.calls == []
 
 
-def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, tmp_path, monkeypatch):
+def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(tmp_path, d_in=2304))
+    monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(make_sae, d_in=2304))
     saes = scope.load_saes(tiny_model, layers=[1])
     with pytest.raises(ValueError, match="SAE d_in is 2304 but"):
         saes[1]

@@ -8,6 +8,8 @@ import torch
 
 import scope
 from scope import shield
+from scope.inputs import pad
+from scope.shield.scoring import shared_prefix_length
 from tests.tiny import save_tiny_gemma2
 
 REPO = Path(__file__).parent.parent
@@ -119,13 +121,23 @@ def test_inputs_are_stripped_as_in_the_model_card():
 
 
 def test_wording_follows_use_case_for_every_policy():
-    for key, policy in shield.POLICY_OBJECTS.items():
-        assert shield.POLICIES[key] == f'"{policy.name}": {policy.prompt_text}'
+    for key, policy in shield.POLICIES.items():
+        assert isinstance(policy, shield.Policy)  # one registry: the value is the prompt-only guideline
+        assert policy == f'"{policy.name}": {policy.prompt_text}'
         alone = shield.build_prompt("q", key)
         answered = shield.build_prompt("q", key, response="r")
         assert f'* "{policy.name}": The prompt shall not contain or seek generation of content that ' in alone
         assert f'* "{policy.name}": The chatbot shall not generate content that ' in answered
         assert "shall not contain or seek" not in answered
+
+
+def test_policy_objects_is_a_deprecated_alias_of_policies():
+    with pytest.warns(DeprecationWarning, match="POLICY_OBJECTS is deprecated"):
+        old = shield.POLICY_OBJECTS
+    assert old is shield.POLICIES
+    with pytest.warns(DeprecationWarning, match="POLICY_OBJECTS is deprecated"):
+        from scope.shield import POLICY_OBJECTS
+    assert POLICY_OBJECTS is shield.POLICIES
 
 
 def test_policies_match_release_note_to_the_character():
@@ -213,7 +225,7 @@ def test_padding_without_the_mask_would_be_caught(shield_tiny):
     """The comparison above has power: padded tokens, if attended, move P(Yes) well past 1e-3."""
     model, _ = shield_tiny
     short, long = (model.to_tokens(shield.build_prompt(p, "hate_speech"))[0] for p in PROMPTS_OF_MANY_LENGTHS[:3:2])
-    tokens, mask = shield.left_padded([short, long], model.tokenizer.pad_token_id)
+    tokens, mask = pad([short, long], model.tokenizer.pad_token_id, side="left")
     yes, no = shield.yes_no_ids(model)
     with torch.no_grad():
         masked = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)[:, -1]
@@ -224,7 +236,7 @@ def test_padding_without_the_mask_would_be_caught(shield_tiny):
 
 
 def test_left_padding_layout():
-    tokens, mask = shield.left_padded([torch.tensor([5, 6, 7]), torch.tensor([8])], pad_id=0)
+    tokens, mask = pad([torch.tensor([5, 6, 7]), torch.tensor([8])], 0, side="left")
     assert tokens.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
@@ -249,7 +261,7 @@ def test_only_two_logits_at_the_last_position(shield_tiny):
 
 def test_score_errors(shield_tiny):
     model, _ = shield_tiny
-    with pytest.raises(ValueError, match="2 user prompts but 1 responses"):
+    with pytest.raises(ValueError, match="Got 2 texts but 1 responses"):
         shield.score(model, ["a", "b"], "harassment", responses=["r"], progress=False)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         shield.score(model, ["a"], "harassment", batch_size=0, progress=False)
@@ -258,6 +270,13 @@ def test_score_errors(shield_tiny):
     with pytest.raises(ValueError, match="more than the model's context"):
         shield.score(model, "word " * 3000, "harassment", progress=False)
     assert shield.score(model, [], "harassment", progress=False).shape == (0,)
+
+
+def test_score_user_prompts_is_a_deprecated_alias_of_texts(shield_tiny):
+    model, _ = shield_tiny
+    with pytest.warns(DeprecationWarning, match=r"score\(user_prompts=...\) is deprecated; use texts="):
+        old = shield.score(model, user_prompts=PROMPTS_OF_MANY_LENGTHS[:2], policies="harassment", progress=False)
+    np.testing.assert_array_equal(old, shield.score(model, PROMPTS_OF_MANY_LENGTHS[:2], "harassment", progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +293,7 @@ def test_shared_preamble_is_computed_once_and_changes_nothing(wide_tiny):
     texts = [shield.build_prompt(p, "hate_speech") for p in PROMPTS_OF_MANY_LENGTHS]
     sequences = [model.to_tokens(t)[0] for t in texts]
     preamble = shield.build_prompt("", "hate_speech").split("Human Question:")[0]
-    shared = shield.shared_prefix_length(model, sequences)
+    shared = shared_prefix_length(model, sequences)
     assert shared >= len(model.to_tokens(preamble)[0]) - 1  # at least the preamble (BOS included)
     assert torch.equal(sequences[0][:shared], sequences[-1][:shared])
     once = shield.score(model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False)
@@ -288,14 +307,14 @@ def test_shared_preamble_is_computed_once_and_changes_nothing(wide_tiny):
 def test_preamble_not_shared_when_unsafe_or_hooked(shield_tiny, wide_tiny):
     narrow, _ = shield_tiny
     texts = [shield.build_prompt(p, "harassment") for p in PROMPTS_OF_MANY_LENGTHS[:2]]
-    assert shield.shared_prefix_length(narrow, [narrow.to_tokens(t)[0] for t in texts]) == 0  # 8-token window
+    assert shared_prefix_length(narrow, [narrow.to_tokens(t)[0] for t in texts]) == 0  # 8-token window
     sequences = [wide_tiny.to_tokens(t)[0] for t in texts]
     seen = []
     with wide_tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda resid, hook: seen.append(resid.shape))]):
-        assert shield.shared_prefix_length(wide_tiny, sequences) == 0
+        assert shared_prefix_length(wide_tiny, sequences) == 0
         shield.score(wide_tiny, PROMPTS_OF_MANY_LENGTHS[:2], "harassment", progress=False)
     assert seen == [torch.Size([2, max(len(s) for s in sequences), wide_tiny.cfg.d_model])]  # whole sequences
-    assert shield.shared_prefix_length(wide_tiny, sequences) > 0  # hooks removed: shared again
+    assert shared_prefix_length(wide_tiny, sequences) > 0  # hooks removed: shared again
 
 
 # ---- metrics -----------------------------------------------------------------------------------

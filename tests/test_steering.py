@@ -1,29 +1,34 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import scope
-from scope.generation import generate_tokens, steered, tokenize_prompt
+from scope.generation import generate_tokens
 from scope.plots import steering_tradeoff_figure
-from scope.steering import Scale, set_max_activations
-from tests.sae_util import jumprelu, random_params, write_params
+from scope.steering import Scale, set_max_activations, steered
+from tests.sae_util import jumprelu
 
 HOOK = "blocks.1.hook_resid_post"
 NEXT = "blocks.2.hook_resid_pre"  # what block 1 passes on: the steered stream
 PROMPT = "Paris is the capital of France, and the quick brown fox"
 
 
-@pytest.fixture(scope="module")
-def params():
-    return random_params(64, 48, seed=3, threshold_scale=0.3)
+@pytest.fixture
+def sae_and_params(make_sae):
+    return make_sae(HOOK, seed=3, threshold_scale=0.3)
 
 
-@pytest.fixture(scope="module")
-def sae(tmp_path_factory, params):
-    path = write_params(tmp_path_factory.mktemp("sae") / "params.npz", params)
-    return scope.load_sae(path, hook=HOOK, device="cpu")
+@pytest.fixture
+def sae(sae_and_params):
+    return sae_and_params[0]
+
+
+@pytest.fixture
+def params(sae_and_params):
+    return sae_and_params[1]
 
 
 def streams(model, tokens, *ctx_args, **ctx_kwargs):
@@ -56,7 +61,7 @@ def test_add_scale_ablate_at_explicit_positions(tiny_model, sae, params):
     acts, _ = jumprelu(clean, params)
     w_dec = torch.from_numpy(params["W_dec"]).double()
     live = int((acts[1:] > 0).sum(0).argmax())  # a feature that fires somewhere
-    positions = [0, 2, 5]  # 0 is BOS: stays untouched even when asked for
+    positions = [2, 5]  # (0, BOS, is rejected: test_bos_position_is_rejected)
     _, out, _ = streams(tiny_model, tokens, sae, scope.Add(3, 2.0), Scale(live, 3.0), scope.Ablate(11),
                         positions=positions)
     expected = clean.clone()
@@ -65,9 +70,8 @@ def test_add_scale_ablate_at_explicit_positions(tiny_model, sae, params):
     assert torch.allclose(out, expected, atol=1e-4)
 
 
-def test_several_saes_at_different_layers(tiny_model, sae, params, tmp_path):
-    other = scope.load_sae(write_params(tmp_path / "p.npz", random_params(64, 16, seed=9)),
-                           hook="blocks.2.hook_resid_post", device="cpu")
+def test_several_saes_at_different_layers(tiny_model, sae, params, make_sae):
+    other, _ = make_sae("blocks.2.hook_resid_post", d_sae=16, seed=9)
     tokens = tiny_model.to_tokens(PROMPT)
     with torch.no_grad():
         with scope.steer(tiny_model, None, (sae, scope.Add(1, 3.0)), (other, scope.Add(2, -1.0))):
@@ -113,7 +117,7 @@ def test_exception_inside_steer_removes_everything(tiny_model, sae):
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated", [3, 20, 21]])
 def test_steered_generation_with_cache_equals_without(tiny_model, sae, positions):
-    tokens = tokenize_prompt(tiny_model, PROMPT)
+    tokens = scope.to_tokens(tiny_model, PROMPT)
     intervention = scope.Clamp(7, 12.0)
     with steered(tiny_model, sae, intervention, positions, prompt_length=tokens.shape[1]):
         cached = generate_tokens(tiny_model, tokens, max_new_tokens=10, stop_at_eos=False).tolist()
@@ -136,17 +140,17 @@ def test_positions_semantics_during_generation(tiny_model, sae):
     def record(resid, hook):
         seen.append(resid[0].clone())
 
-    tokens = tokenize_prompt(tiny_model, PROMPT)
+    tokens = scope.to_tokens(tiny_model, PROMPT)
     n = tokens.shape[1]
 
-    def run(positions):
+    def run(positions, steering=scope.Add(4, 5.0)):
         seen.clear()
         with tiny_model.hooks(fwd_hooks=[(NEXT, record)]):
-            with steered(tiny_model, sae, scope.Add(4, 5.0), positions, prompt_length=n):
+            with steered(tiny_model, sae, steering, positions, prompt_length=n):
                 generate_tokens(tiny_model, tokens, max_new_tokens=3, stop_at_eos=False)
         return list(seen)
 
-    plain = run([])  # indices that never occur: nothing steered
+    plain = run("all", steering=())  # nothing steered (an empty positions list is now an error)
     prompt_only, generated_only = run("prompt"), run("generated")
     assert torch.allclose(prompt_only[0][1:], plain[0][1:] + 5.0 * sae.W_dec[4], atol=1e-4)
     assert torch.equal(prompt_only[0][0], plain[0][0])  # BOS
@@ -160,21 +164,17 @@ def test_unit_max_uses_recorded_max_activations(tiny_model, sae, params):
         with scope.steer(tiny_model, sae, scope.Clamp(2, 10.0, unit="max")):
             pass
     assert no_hooks_left(tiny_model)
-    set_max_activations(sae, torch.arange(48, dtype=torch.float32) / 10)
-    try:
-        _, by_max, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 10.0, unit="max"))
-        _, by_act, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 2.0))  # 10 x 0.2
-    finally:
-        del sae.scope_max_activations
+    set_max_activations(sae, torch.arange(48, dtype=torch.float32) / 10)  # a fresh SAE per test
+    assert scope.steering.max_activation(sae, 2) == pytest.approx(0.2)
+    _, by_max, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 10.0, unit="max"))
+    _, by_act, _ = streams(tiny_model, tokens, sae, scope.Clamp(2, 2.0))  # 10 x 0.2
     assert torch.allclose(by_max, by_act, atol=1e-6)
 
 
 @pytest.mark.parametrize("interventions, fragment", [
-    ((scope.Add(48, 1.0),), "Feature index 48 is out of range: this SAE has 48 features"),
-    ((scope.Clamp(-1, 1.0),), "Feature index -1"),
-    ((scope.Add(1, float("nan")),), "finite"),
-    ((scope.Clamp(1, float("inf")),), "finite"),
-    ((scope.Clamp(1, 1.0, unit="percent"),), "unit"),
+    ((scope.Add(48, 1.0),), "Add feature 48 is out of range: there are 48 features"),
+    ((scope.Clamp(-1, 1.0),), "Clamp feature -1 is out of range"),
+    ((scope.Add(1, 1.0), scope.Clamp(47, 1.0), scope.Scale(48, 2.0)), "Scale feature 48"),  # none attached
 ])
 def test_validation_errors_attach_nothing(tiny_model, sae, interventions, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -183,10 +183,24 @@ def test_validation_errors_attach_nothing(tiny_model, sae, interventions, fragme
     assert no_hooks_left(tiny_model)
 
 
-def test_sae_that_does_not_fit_the_model(tiny_model, tmp_path):
-    wrong_hook = scope.load_sae(write_params(tmp_path / "a.npz", random_params(64, 8)),
-                                hook="blocks.9.hook_resid_post", device="cpu")
-    wrong_width = scope.load_sae(write_params(tmp_path / "b.npz", random_params(32, 8)), hook=HOOK, device="cpu")
+@pytest.mark.parametrize("make, error, fragment", [
+    (lambda: scope.Add(1, float("nan")), ValueError, "finite"),
+    (lambda: scope.Clamp(1, float("inf")), ValueError, "finite"),
+    (lambda: scope.Clamp(1, 1.0, unit="percent"), ValueError, "unit"),
+    (lambda: scope.Add(1.5, 1.0), TypeError, "feature must be an integer"),
+    (lambda: scope.Add(True, 1.0), TypeError, "feature must be an integer"),
+    (lambda: scope.Scale(1, "2"), TypeError, "must be a number"),
+    (lambda: scope.Add(1), TypeError, "needs a strength"),
+])
+def test_interventions_are_checked_when_made(make, error, fragment):
+    """Type and finiteness are checked at construction (features against the SAE when steering starts)."""
+    with pytest.raises(error, match=fragment):
+        make()
+
+
+def test_sae_that_does_not_fit_the_model(tiny_model, make_sae):
+    wrong_hook, _ = make_sae("blocks.9.hook_resid_post", d_sae=8)
+    wrong_width, _ = make_sae(HOOK, d_in=32, d_sae=8)
     with pytest.raises(ValueError, match="blocks.9.hook_resid_post"):
         with scope.steer(tiny_model, wrong_hook, scope.Add(0, 1.0)):
             pass
@@ -209,7 +223,7 @@ def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
     assert len(results) == 4 and (results["fluency"] <= 0).all()
     row = results.iloc[1]  # value 0.0, "knock knock"
     # Independent re-read: regenerate with the clamp, then encode the unsteered stream by hand.
-    tokens = tokenize_prompt(tiny_model, row["prompt"])
+    tokens = scope.to_tokens(tiny_model, row["prompt"])
     with steered(tiny_model, sae, scope.Clamp(7, 0.0), "all", prompt_length=tokens.shape[1]):
         new = generate_tokens(tiny_model, tokens, max_new_tokens=5, stop_at_eos=False)
     full = torch.cat([tokens, new[None]], dim=1)
@@ -221,3 +235,105 @@ def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
     figure = steering_tradeoff_figure(results)
     assert list(figure.data[0].text) == ["0", "8"]
     assert isinstance(results, pd.DataFrame)
+
+
+# ---- deprecated aliases: one test each, a DeprecationWarning and the same result ---------------
+
+def test_add_coeff_is_a_deprecated_alias_of_value():
+    with pytest.warns(DeprecationWarning, match=r"Add\(coeff=...\) is deprecated; use value="):
+        old = scope.Add(3, coeff=2.5)
+    assert old == scope.Add(3, 2.5) and old.value == 2.5
+    assert old.coeff == 2.5  # the old attribute name still reads the strength
+    with pytest.raises(TypeError, match="both"):
+        scope.Add(3, 1.0, coeff=2.0)
+
+
+def test_scale_factor_is_a_deprecated_alias_of_value():
+    with pytest.warns(DeprecationWarning, match=r"Scale\(factor=...\) is deprecated; use value="):
+        old = scope.Scale(4, factor=0.5)
+    assert old == scope.Scale(4, 0.5) and old.value == 0.5 and old.factor == 0.5
+
+
+def test_generate_prompt_or_messages_is_a_deprecated_alias_of_text(tiny_model, sae):
+    kwargs = dict(sae=sae, steering=scope.Clamp(7, 12.0), max_new_tokens=6, stop_at_eos=False)
+    with pytest.warns(DeprecationWarning, match=r"generate\(prompt_or_messages=...\) is deprecated; use text="):
+        old = scope.generate(tiny_model, prompt_or_messages=PROMPT, **kwargs)
+    assert old == scope.generate(tiny_model, PROMPT, **kwargs)
+    assert old != scope.generate(tiny_model, PROMPT, max_new_tokens=6, stop_at_eos=False)  # steered
+
+
+def test_sweep_prompts_is_a_deprecated_alias_of_texts(tiny_model, sae):
+    args = (tiny_model, sae, lambda v: scope.Add(3, v), [0.0, 4.0])
+    kwargs = dict(max_new_tokens=3, stop_at_eos=False, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"sweep\(prompts=...\) is deprecated; use texts="):
+        old = scope.sweep(*args, prompts=[PROMPT, "knock knock"], **kwargs)
+    pd.testing.assert_frame_equal(old, scope.sweep(*args, [PROMPT, "knock knock"], **kwargs))
+
+
+# ---- numpy feature indices (top_features(...).feature is an np.int64) --------------------------
+
+@pytest.mark.parametrize("kind", [scope.Clamp, scope.Add])
+def test_numpy_integer_features_steer_exactly_like_python_ints(tiny_model, sae, kind):
+    tokens = tiny_model.to_tokens(PROMPT)
+    as_numpy = kind(np.int64(7), 4.5)
+    assert type(as_numpy.feature) is int and as_numpy == kind(7, 4.5)
+    _, by_numpy, numpy_logits = streams(tiny_model, tokens, sae, as_numpy)
+    _, by_int, int_logits = streams(tiny_model, tokens, sae, kind(7, 4.5))
+    _, plain, _ = streams(tiny_model, tokens)
+    assert torch.equal(by_numpy, by_int) and torch.equal(numpy_logits, int_logits)
+    assert not torch.allclose(by_int[1:], plain[1:])  # it steered
+    with pytest.raises(ValueError, match="feature 48 is out of range"):  # checked like an int, too
+        with scope.steer(tiny_model, sae, kind(np.int64(48), 1.0)):
+            pass
+    assert no_hooks_left(tiny_model)
+
+
+# ---- positions and strengths that cannot work are errors, with nothing left attached -----------
+
+def test_bos_position_is_rejected(tiny_model, sae):
+    with pytest.raises(ValueError, match="positions includes 0, the BOS token"):
+        with scope.steer(tiny_model, sae, scope.Add(3, 2.0), positions=[0]):
+            pass
+    with pytest.raises(ValueError, match="positions includes 0, the BOS token"):
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=scope.Add(3, 2.0), positions=[0, 4], max_new_tokens=2)
+    with pytest.raises(ValueError, match="positions is empty"):
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=scope.Add(3, 2.0), positions=[], max_new_tokens=2)
+    with pytest.raises(ValueError, match="non-negative"):
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=scope.Add(3, 2.0), positions=[-1], max_new_tokens=2)
+    assert no_hooks_left(tiny_model)
+
+
+def test_positions_beyond_the_generation_are_rejected(tiny_model, sae):
+    n = scope.to_tokens(tiny_model, PROMPT).shape[1]
+    kwargs = dict(sae=sae, steering=scope.Add(3, 8.0), max_new_tokens=4, stop_at_eos=False)
+    # The model runs on positions 0..n+2: the prompt, then generated tokens 1..3 (the 4th is only sampled).
+    for beyond in ([n + 4], [n + 3], [2, n + 400], np.int64(n + 3)):
+        with pytest.raises(ValueError, match="lie beyond this generation"):
+            scope.generate(tiny_model, PROMPT, positions=beyond, **kwargs)
+    assert no_hooks_left(tiny_model)
+    last = scope.generate(tiny_model, PROMPT, positions=[n + 2], **kwargs)  # the last position that runs
+    with steered(tiny_model, sae, scope.Add(3, 8.0), [n + 2], prompt_length=n) as state:
+        steered_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4,
+                                         stop_at_eos=False)
+        assert state.prompt_length == n
+    plain_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4,
+                                   stop_at_eos=False)
+    assert steered_tokens[:3].tolist() == plain_tokens[:3].tolist()  # only the last step was steered
+    assert steered_tokens[3] != plain_tokens[3]
+    assert last == tiny_model.tokenizer.decode(steered_tokens.tolist(), skip_special_tokens=True)
+
+
+def test_overflowing_strength_raises_and_leaves_no_hooks(tiny_model, sae):
+    """Add(f, 1e30) is a finite float32, but its square is not: the next RMSNorm would scale the stream
+    to zero and the model would babble. It raises instead, and nothing stays attached."""
+    with pytest.raises(ValueError, match="non-finite"):
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=scope.Add(3, 1e30), max_new_tokens=3)
+    assert no_hooks_left(tiny_model)
+    tokens = tiny_model.to_tokens(PROMPT)
+    with pytest.raises(ValueError, match=f"non-finite.*{HOOK}|{HOOK}.*non-finite"):
+        with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(3, 1e30)):
+            tiny_model(tokens)
+    assert no_hooks_left(tiny_model)
+    with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(3, 1e3)):  # large but sound: runs
+        assert torch.isfinite(tiny_model(tokens)).all()
+    assert no_hooks_left(tiny_model)

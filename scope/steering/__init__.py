@@ -1,17 +1,17 @@
 """Steering: interventions on SAE features, the ``steer`` context, steered generation, sweeps.
 
 - :mod:`~scope.steering.interventions`: ``Add``, ``Clamp``, ``Ablate``, ``Scale``;
-- :mod:`~scope.steering.steer`: ``steer(model, sae, *interventions)``, the context that
+- :mod:`~scope.steering.context`: ``steer(model, sae, *interventions)``, the context that
   installs them as hooks and always removes them;
-- :mod:`~scope.steering.generate`: ``generate(model, text, sae=..., steering=[...])``;
-- :mod:`~scope.steering.sweep`: ``sweep(...)``, strengths x texts with concept and fluency.
+- :mod:`~scope.steering.steered_generation`: ``generate(model, text, sae=..., steering=[...])``;
+- :mod:`~scope.steering.sweeps`: ``sweep(...)``, strengths x texts with concept and fluency.
 """
 
 from scope.saes import max_activation, max_activations, set_max_activations
-from scope.steering.generate import generate
+from scope.steering.steered_generation import generate
 from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale, as_list, describe
-from scope.steering.steer import Positions, SteeringState, steer, steered
-from scope.steering.sweep import reread, sweep
+from scope.steering.context import Positions, SteeringState, steer, steered
+from scope.steering.sweeps import reread, sweep
 
 __all__ = [
     "Ablate", "Add", "Clamp", "Intervention", "Positions", "Scale", "SteeringState", "as_list", "describe",

@@ -15,7 +15,7 @@ from scope.hooks import model_lock, sae_hook
 from scope.inputs import to_tokens
 from scope.logits import final_logits
 from scope.steering.interventions import as_list
-from scope.steering.steer import Positions, check_positions, steered
+from scope.steering.context import Positions, check_positions, steered
 
 COLUMNS = ["prompt", "value", "text", "concept", "fluency"]
 

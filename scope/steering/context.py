@@ -9,7 +9,8 @@
    the mask of steerable positions is known: never BOS, never padding, and only the positions
    asked for.
 4. One :func:`scope.hooks.sae_splice` per SAE edits its hook point; a result that is no longer
-   finite (a strength of 1e30) raises instead of generating ``<pad>``.
+   finite, or too large for the next norm to square (a strength of 1e30), raises instead of
+   generating ``<pad>``.
 5. The hooks are removed on exit, also when the block raises; nested ``steer`` blocks add up.
 """
 
@@ -123,12 +124,23 @@ def steering_hook(sae: Any, interventions: list[Intervention], state: SteeringSt
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         out = splice(act, hook)
-        if not torch.isfinite(out).all():
-            raise ValueError(f"Steering made the activations at {hook.name} non-finite (inf or NaN): "
-                             f"{interventions} is too strong for this model's dtype. Use a smaller value.")
+        if not _finite_downstream(out):
+            raise ValueError(f"Steering made the activations at {hook.name} non-finite (inf or NaN, or so "
+                             f"large that the next normalisation overflows): {interventions} is too strong "
+                             "for this model's dtype. Use a smaller value.")
         return out
 
     return hook
+
+
+def _finite_downstream(out: torch.Tensor) -> bool:
+    """Whether ``out`` and the mean of its squares are finite. The second is what the next RMSNorm
+    computes (in float32 at least): an activation of 1e30 is a finite float32, but its square is
+    not, and the norm would then silently scale the whole stream to zero (generating ``<pad>``)."""
+    if not torch.isfinite(out).all():
+        return False
+    wide = out.detach().to(torch.promote_types(out.dtype, torch.float32))
+    return bool(torch.isfinite(wide.pow(2).mean(-1)).all())
 
 
 def _constant(interventions: list[Intervention]):

@@ -7,7 +7,7 @@ from typing import Any
 from scope import _checks
 from scope.generation import check_sampling, generate_tokens
 from scope.inputs import TextOrMessages, to_tokens
-from scope.steering.steer import Positions, steered
+from scope.steering.context import Positions, steered
 
 
 @_checks.renamed(prompt_or_messages="text")
@@ -45,19 +45,26 @@ def generate(
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)  # cheap checks first
     tokens = to_tokens(model, text, reserve=max_new_tokens)
-    _check_reachable(positions, tokens.shape[1] + max_new_tokens)
+    _check_reachable(positions, tokens.shape[1], max_new_tokens)
     with steered(model, sae, steering, positions, prompt_length=tokens.shape[1]):
         new = generate_tokens(model, tokens, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
     return model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
 
 
-def _check_reachable(positions: Any, length: int) -> None:
-    """Token indices that no step of this generation reaches would steer nothing, silently."""
-    if isinstance(positions, str):
+def _check_reachable(positions: Any, prompt_length: int, max_new_tokens: int) -> None:
+    """Token indices that no step of this generation reaches would steer nothing, silently.
+
+    The model runs on the prompt, then on each generated token but the last (which is only
+    sampled): positions ``0 .. prompt_length + max_new_tokens - 2``. With ``max_new_tokens=0``
+    nothing runs and nothing is checked.
+    """
+    if isinstance(positions, str) or max_new_tokens == 0:
         return
+    length = prompt_length + max_new_tokens - 1  # positions that pass through the model
     indices = [positions] if not hasattr(positions, "__iter__") else list(positions)
-    beyond = [i for i in indices if _checks.non_negative_int(i, "a position index") >= length]
+    beyond = [int(i) for i in indices if _checks.non_negative_int(i, "a position index") >= length]
     if beyond:
-        raise ValueError(f"positions {beyond} lie beyond this generation: the prompt and max_new_tokens span "
-                         f"positions 0..{length - 1} (BOS = 0).")
+        raise ValueError(f"positions {beyond} lie beyond this generation: with a {prompt_length}-token prompt "
+                         f"and max_new_tokens={max_new_tokens} the model runs on positions 0..{length - 1} "
+                         "(BOS = 0; the last generated token is sampled, never run).")

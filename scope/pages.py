@@ -1,4 +1,4 @@
-"""Feature pages: one self-contained HTML file per feature, readable offline.
+"""Feature pages (``scope.dashboard``): one self-contained HTML file per feature, readable offline.
 
 A page shows the feature's top activating examples with every token shaded by the feature's
 activation (the value on hover), its activation histogram and density over the corpus, the
@@ -151,3 +151,4 @@ def _html(title: str, body: str) -> str:
 
 def _write_text(path: Path, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+

@@ -1,0 +1,171 @@
+"""A careless or hostile user's inputs, walked through the API and the CLI.
+
+Every row must end in ONE exception of the expected type whose message names the bad value and
+what would be valid; afterwards the model carries no hook and no SAE, and no file was written.
+The CLI rows must exit non-zero with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scope
+from scope import shield
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+LONG = "word " * 400  # past the tiny model's context of 256 tokens
+
+
+def _corpus(tmp: Path, name: str, content: bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(content)
+    return path
+
+
+# (id, call(model, sae, tmp), exception type, regex the message must match)
+API_CASES = [
+    # models and SAEs
+    ("unknown model", lambda m, s, t: scope.load_model("gemma-2-3b"), ValueError, r"gemma-2-3b.*Valid names.*gemma-2-2b"),
+    ("model name not a string", lambda m, s, t: scope.load_model(2), TypeError, r"model name must be a string"),
+    ("cuda without cuda", lambda m, s, t: scope.load_model("gemma-2-2b", device="cuda"), ValueError, r"cuda.*no CUDA.*device='cpu'"),
+    ("bad dtype", lambda m, s, t: scope.load_model("gemma-2-2b", dtype="float33"), ValueError, r"float33.*float32"),
+    ("layer out of range", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 26), ValueError, r"layer 26.*0-25"),
+    ("layer not an int", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", "20"), TypeError, r"layer must be an integer"),
+    ("unknown width", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 20, width="17k"), ValueError, r"17k.*16k"),
+    ("unknown site", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 20, site="resid"), ValueError, r"resid.*'res'"),
+    ("no such SAE file", lambda m, s, t: scope.load_sae(str(t / "nope" / "params.npz"), hook="blocks.1.hook_resid_post"),
+     FileNotFoundError, r"nope/params\.npz"),
+    ("malformed params.npz", lambda m, s, t: scope.load_sae(_corpus(t, "params.npz", b"not a zip"), hook="blocks.1.hook_resid_post"),
+     ValueError, r"params\.npz is not a readable params\.npz"),
+    ("params.npz without hook", lambda m, s, t: scope.load_sae(_npz(t)), ValueError, r"hook= is required"),
+    ("SAE spec of a wrong type", lambda m, s, t: scope.load_sae(3), TypeError, r"spec must be"),
+    ("SAE too wide for the model", lambda m, s, t: scope.encode(m, _wide_sae(t), TEXT), ValueError,
+     r"d_in is 128 but .* width 64 at blocks\.1\.hook_resid_post"),
+    ("SAE at a hook the model lacks", lambda m, s, t: scope.feature_logits(m, _sae_at(t, "blocks.9.hook_resid_post"), 1),
+     ValueError, r"no hook 'blocks\.9\.hook_resid_post'.*Blocks are 0\.\.3"),
+    # features
+    ("feature past the width", lambda m, s, t: scope.feature_logits(m, s, 48), ValueError, r"feature 48 is out of range.*0\.\.47"),
+    ("negative feature", lambda m, s, t: scope.feature_logits(m, s, -1), ValueError, r"feature -1 is out of range"),
+    ("float feature", lambda m, s, t: scope.feature_logits(m, s, 1.5), TypeError, r"feature must be an integer"),
+    ("k zero", lambda m, s, t: scope.top_features(m, s, TEXT, k=0), ValueError, r"k must be a positive integer, got 0"),
+    ("k bool", lambda m, s, t: scope.top_features(m, s, TEXT, k=True), TypeError, r"k must be an integer"),
+    ("text not a string", lambda m, s, t: scope.top_features(m, s, 42), TypeError, r"text must be a string"),
+    ("text past the context (encode)", lambda m, s, t: scope.encode(m, s, LONG), ValueError, r"\d+ tokens.*context of 256"),
+    ("text past the context (trace)", lambda m, s, t: scope.trace(m, [s], LONG), ValueError, r"\d+ tokens.*context of 256"),
+    ("text past the context (generate)", lambda m, s, t: scope.generate(m, LONG), ValueError,
+     r"\d+ tokens.*max_new_tokens=64.*context of 256"),
+    # steering
+    ("clamp past the width", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(4095, 5)]),
+     ValueError, r"Clamp feature 4095 is out of range.*0\.\.47"),
+    ("NaN strength", lambda m, s, t: scope.Add(3, float("nan")), ValueError, r"Add value must be a finite number"),
+    ("strength as a string", lambda m, s, t: scope.Clamp(3, "5"), TypeError, r"Clamp value must be a number"),
+    ("unknown clamp unit", lambda m, s, t: scope.Clamp(3, 5, unit="percent"), ValueError, r"'act', 'max', got 'percent'"),
+    ("clamp in max units without stats", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(3, 2, unit="max")]),
+     ValueError, r"max activations.*set_max_activations"),
+    ("steering without an SAE", lambda m, s, t: scope.generate(m, TEXT, steering=[scope.Add(3, 5)]), ValueError, r"has no SAE"),
+    ("not an intervention", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=["Add(3, 5)"]), TypeError,
+     r"Expected scope\.Add"),
+    ("BOS position", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions=[0]),
+     ValueError, r"includes 0, the BOS token"),
+    ("position past the generation", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)],
+                                                                   positions=[500], max_new_tokens=4),
+     ValueError, r"positions \[500\]"),
+    ("unknown position mode", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions="every"),
+     ValueError, r"'all', 'prompt', 'generated', got 'every'"),
+    ("overflowing strength", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 1e30)], max_new_tokens=2),
+     ValueError, r"non-finite"),
+    ("infinite temperature", lambda m, s, t: scope.generate(m, TEXT, temperature=float("inf")), ValueError,
+     r"temperature must be a finite number"),
+    ("negative temperature", lambda m, s, t: scope.generate(m, TEXT, temperature=-1), ValueError, r"temperature must be >= 0"),
+    ("max_new_tokens bool", lambda m, s, t: scope.generate(m, TEXT, max_new_tokens=True), TypeError,
+     r"max_new_tokens must be an integer"),
+    ("top_p out of range", lambda m, s, t: scope.generate(m, TEXT, top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
+    ("chat with a bad role", lambda m, s, t: scope.generate(m, [{"role": "robot", "content": "hi"}]), ValueError,
+     r"unknown role 'robot'"),
+    # corpora and outputs
+    ("corpus without a text field", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"body": "x"}\n'), progress=False),
+     ValueError, r"c\.jsonl, line 1: no 'text' field"),
+    ("malformed JSON line", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": "a"}\n{"text": \n'),
+                                                      progress=False), ValueError, r"c\.jsonl, line 2: malformed JSON"),
+    ("non-UTF-8 corpus", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.txt", b"ok\n\xff\xfe bad\n"), progress=False),
+     ValueError, r"c\.txt, line 2: not UTF-8"),
+    ("null text", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": null}\n'), progress=False),
+     ValueError, r"line 1: 'text' is None"),
+    ("corpus of an unknown type", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.csv", b"text\nx\n"), progress=False),
+     ValueError, r"\.csv.*\.txt, \.jsonl or \.parquet"),
+    ("out= is a directory", lambda m, s, t: scope.mine(m, s, [TEXT], out=t, progress=False), IsADirectoryError,
+     r"is a directory"),
+    ("checkpoint_every zero", lambda m, s, t: scope.mine(m, s, [TEXT], checkpoint_every=0, progress=False), ValueError,
+     r"checkpoint_every must be a positive integer"),
+    ("features listed twice", lambda m, s, t: scope.mine(m, s, [TEXT], features=[3, 3], progress=False), ValueError,
+     r"lists a feature twice"),
+    ("dashboard of a feature past the width", lambda m, s, t: scope.dashboard(m, s, 99, [TEXT], t / "f.html"),
+     ValueError, r"feature 99 is out of range"),
+    # ShieldGemma
+    ("unknown policy", lambda m, s, t: shield.score(m, [TEXT], "dangerous"), ValueError, r"dangerous.*dangerous_content"),
+    ("responses of another length", lambda m, s, t: shield.score(m, [TEXT, TEXT], "harassment", responses=["a"]),
+     ValueError, r"2 texts but 1 responses"),
+    ("ShieldGemma prompt past the context", lambda m, s, t: shield.score(m, [TEXT], "harassment"), ValueError,
+     r"ShieldGemma prompt has \d+ tokens.*context of 256"),
+    ("labels not 0/1", lambda m, s, t: shield.evaluate([0.1, 0.9], [0, 2]), ValueError, r"labels must be 0/1"),
+    ("attribution by an unknown unit", lambda m, s, t: shield.attribute(m, s, TEXT, "harassment", by="token"),
+     ValueError, r"by must be one of 'feature', 'position'"),
+]
+
+
+def _npz(tmp: Path) -> Path:
+    from tests.sae_util import random_params, write_params
+
+    return write_params(tmp / "bare" / "params.npz", random_params(64, 8))
+
+
+def _sae_at(tmp: Path, hook: str, d_in: int = 64):
+    from tests.sae_util import random_params, write_params
+
+    path = write_params(tmp / hook.replace(".", "_") / "params.npz", random_params(d_in, 8))
+    return scope.load_sae(path, hook=hook, device="cpu")
+
+
+def _wide_sae(tmp: Path):
+    return _sae_at(tmp, "blocks.1.hook_resid_post", d_in=128)
+
+
+@pytest.fixture
+def sae(make_sae):
+    return make_sae(hook="blocks.1.hook_resid_post", d_sae=48)[0]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input(case, tiny_model, sae, tmp_path):
+    _, call, error, pattern = case
+    work = tmp_path / "work"
+    work.mkdir()
+    before = sorted(work.rglob("*"))
+    with pytest.raises(error, match=pattern):
+        call(tiny_model, sae, work)
+    assert not any(hp._forward_hooks or hp._backward_hooks for hp in tiny_model.hook_dict.values())
+    assert not tiny_model._forward_pre_hooks and not getattr(tiny_model, "acts_to_saes", {})
+    written = [p for p in sorted(work.rglob("*")) if p not in before and not _made_by_the_case(p)]
+    assert not written, f"left behind: {written}"
+
+
+def _made_by_the_case(path: Path) -> bool:
+    """Inputs a case writes itself (corpora, SAE files), as opposed to results."""
+    return path.suffix in (".jsonl", ".txt", ".csv", ".npz") or path.is_dir()
+
+
+def test_numpy_and_torch_scalars_are_accepted_everywhere(tiny_model, sae):
+    import torch
+
+    feature = scope.top_features(tiny_model, sae, TEXT, k=1).feature.iloc[0]
+    assert isinstance(feature, np.integer)
+    plain = scope.generate(tiny_model, TEXT, max_new_tokens=np.int64(4), sae=sae,
+                           steering=[scope.Clamp(int(feature), 5.0)], positions=[2, 3])
+    same = scope.generate(tiny_model, TEXT, max_new_tokens=torch.tensor(4), sae=sae,
+                          steering=[scope.Clamp(feature, np.float32(5.0))], positions=[np.int64(2), torch.tensor(3)])
+    assert plain == same
+    table = scope.top_features(tiny_model, sae, TEXT, k=np.int64(2))
+    assert table["rank"].max() == 2
