@@ -21,6 +21,7 @@ _EXPORTS = {
     "list_models": "scope.models",
     "load_model": "scope.models",
     "ModelUnavailableError": "scope.subjects",
+    "CacheError": "scope.bundled",
     "GemmaScopeId": "scope.gemma_scope",
     "gemma_scope_id": "scope.gemma_scope",
     "load_sae": "scope.saes",
@@ -49,19 +50,72 @@ _EXPORTS = {
     "attribute": "scope.attribution",
 }
 # Submodules listed in __all__ (any other scope.<module> is importable as an attribute too).
-_SUBMODULES = ("attribution", "chat", "examples", "features", "generation", "hooks", "inputs", "logits", "pages", "plots",
-               "residuals", "saes", "shield", "steering")
+_SUBMODULES = (
+    "attribution",
+    "chat",
+    "examples",
+    "features",
+    "generation",
+    "hooks",
+    "inputs",
+    "logits",
+    "pages",
+    "plots",
+    "residuals",
+    "saes",
+    "shield",
+    "steering",
+)
 # Old public names, kept for one release: name -> (module, new name).
 _DEPRECATED = {
     "tokenize_prompt": ("scope.inputs", "to_tokens"),
 }
 
 __all__ = [
-    "Ablate", "Add", "Attribution", "Clamp", "FeatureActs", "GemmaScopeId", "LazySAEs", "Mined", "ModelUnavailableError",
-    "Scale", "attribute", "attribution", "chat", "check_compatible", "dashboard", "encode", "examples", "feature_logits",
-    "features", "gemma_scope_id", "generate", "generate_tokens", "generation", "hooks", "inputs", "list_models",
-    "load_model", "load_sae", "load_saes", "logits", "mine", "pages", "plots", "residuals", "saes", "shield", "steer",
-    "steering", "sweep", "to_tokens", "top_examples", "top_features", "trace",
+    "Ablate",
+    "Add",
+    "Attribution",
+    "CacheError",
+    "Clamp",
+    "FeatureActs",
+    "GemmaScopeId",
+    "LazySAEs",
+    "Mined",
+    "ModelUnavailableError",
+    "Scale",
+    "attribute",
+    "attribution",
+    "chat",
+    "check_compatible",
+    "dashboard",
+    "encode",
+    "examples",
+    "feature_logits",
+    "features",
+    "gemma_scope_id",
+    "generate",
+    "generate_tokens",
+    "generation",
+    "hooks",
+    "inputs",
+    "list_models",
+    "load_model",
+    "load_sae",
+    "load_saes",
+    "logits",
+    "mine",
+    "pages",
+    "plots",
+    "residuals",
+    "saes",
+    "shield",
+    "steer",
+    "steering",
+    "sweep",
+    "to_tokens",
+    "top_examples",
+    "top_features",
+    "trace",
 ]
 assert sorted(__all__) == sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -86,10 +140,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from scope import (attribution, chat, examples, features, generation, hooks, inputs, logits, pages, plots, residuals,
-                       saes, shield, steering)
+    from scope import (
+        attribution,
+        chat,
+        examples,
+        features,
+        generation,
+        hooks,
+        inputs,
+        logits,
+        pages,
+        plots,
+        residuals,
+        saes,
+        shield,
+        steering,
+    )
     from scope.attribution import Attribution, attribute
-    from scope.pages import dashboard
+    from scope.bundled import CacheError
     from scope.examples import Mined, mine, top_examples
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
@@ -97,6 +165,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.hooks import check_compatible
     from scope.inputs import to_tokens
     from scope.models import list_models, load_model
+    from scope.pages import dashboard
     from scope.saes import LazySAEs, load_sae, load_saes
     from scope.steering import Ablate, Add, Clamp, Scale, generate, steer, sweep
     from scope.subjects import ModelUnavailableError

@@ -54,8 +54,7 @@ def index(value: Any, size: int, name: str, what: str = "features") -> int:
     """An index into ``size`` things (a feature of an SAE, a layer of a model)."""
     number = integer(value, name)
     if not 0 <= number < size:
-        raise ValueError(f"{name} {number} is out of range: there are {size} {what} "
-                         f"(valid indices 0..{size - 1}).")
+        raise ValueError(f"{name} {number} is out of range: there are {size} {what} (valid indices 0..{size - 1}).")
     return number
 
 
@@ -140,8 +139,10 @@ def device(value: Any = None) -> str:
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"Unknown device {value!r}: {err}. Use e.g. 'cpu' or 'cuda'.") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(value)!r} but this machine has no CUDA GPU torch can use "
-                         f"(torch {torch.__version__}); use device='cpu'.")
+        raise ValueError(
+            f"device={str(value)!r} but this machine has no CUDA GPU torch can use "
+            f"(torch {torch.__version__}); use device='cpu'."
+        )
     return str(resolved)
 
 
@@ -158,8 +159,9 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
                 if old in kwargs:
                     if new in kwargs:
                         raise TypeError(f"{function.__name__}() got both {old}= and its new name {new}=.")
-                    warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=.",
-                                  DeprecationWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{function.__name__}({old}=...) is deprecated; use {new}=.", DeprecationWarning, stacklevel=2
+                    )
                     kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 

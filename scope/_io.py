@@ -42,8 +42,9 @@ def check_writable_file(path: str | os.PathLike, name: str = "out") -> Path:
     """Fail in milliseconds, before any work, when a result could not be written to ``path``."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{name}={str(path)!r} is a directory; give a file path, "
-                                f"e.g. {str(path / 'result.parquet')!r}.")
+        raise IsADirectoryError(
+            f"{name}={str(path)!r} is a directory; give a file path, e.g. {str(path / 'result.parquet')!r}."
+        )
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise NotADirectoryError(f"{name}={str(path)!r}: {str(parent)!r} is a file, not a folder.")
@@ -88,8 +89,9 @@ def iter_texts(texts: Any) -> Iterator[str]:
     try:
         items = iter(texts)
     except TypeError:
-        raise TypeError(f"texts must be strings, a corpus file path or a dataset, "
-                        f"got {type(texts).__name__}.") from None
+        raise TypeError(
+            f"texts must be strings, a corpus file path or a dataset, got {type(texts).__name__}."
+        ) from None
     for i, text in enumerate(items):
         if not isinstance(text, str):
             raise TypeError(f"texts must hold strings; item {i} is a {type(text).__name__}.")
@@ -103,8 +105,9 @@ def check_corpus_file(path: str | os.PathLike) -> Path:
     if suffix not in CORPUS_SUFFIXES:
         raise ValueError(f"Unknown corpus file type {suffix!r} for {path}; use .txt, .jsonl or .parquet.")
     if not path.is_file():
-        raise FileNotFoundError(f"No corpus file at {path}. Pass a .txt, .jsonl or .parquet file, "
-                                "or an iterable of strings.")
+        raise FileNotFoundError(
+            f"No corpus file at {path}. Pass a .txt, .jsonl or .parquet file, or an iterable of strings."
+        )
     return path
 
 
@@ -125,14 +128,18 @@ def _read_parquet(path: Path) -> Iterator[str]:
     except Exception as err:  # pyarrow raises its own error types for a file that is not Parquet
         raise ValueError(f"{path} is not a readable Parquet file: {err}") from err
     if "text" not in file.schema_arrow.names:
-        raise ValueError(f"{path} has no 'text' column; its columns are {file.schema_arrow.names}. "
-                         "A Parquet corpus holds one text per row in a string column named 'text'.")
+        raise ValueError(
+            f"{path} has no 'text' column; its columns are {file.schema_arrow.names}. "
+            "A Parquet corpus holds one text per row in a string column named 'text'."
+        )
     row = 0
     for batch in file.iter_batches(columns=["text"]):
         for value in batch.column("text").to_pylist():
             if not isinstance(value, str):
-                raise ValueError(f"{path}, row {row}: 'text' is {value!r}, not a string. "
-                                 "A Parquet corpus holds one text per row in a string column named 'text'.")
+                raise ValueError(
+                    f"{path}, row {row}: 'text' is {value!r}, not a string. "
+                    "A Parquet corpus holds one text per row in a string column named 'text'."
+                )
             yield value
             row += 1
 
@@ -143,8 +150,10 @@ def _read_lines(path: Path, *, jsonl: bool) -> Iterator[str]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start}); "
-                                 "corpus files must be UTF-8 text.") from None
+                raise ValueError(
+                    f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start}); "
+                    "corpus files must be UTF-8 text."
+                ) from None
             if not line.strip():
                 continue
             yield _json_text(path, number, line) if jsonl else line.rstrip("\r\n")

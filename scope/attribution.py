@@ -67,13 +67,15 @@ class Attribution:
         # Until 0.1 attribute() returned the table itself: forward DataFrame use, for one release.
         if name.startswith("_") or name in ("table",):
             raise AttributeError(name)
-        warnings.warn("Using an Attribution as a DataFrame is deprecated; use its .table.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Using an Attribution as a DataFrame is deprecated; use its .table.", DeprecationWarning, stacklevel=2
+        )
         return getattr(self.table, name)
 
     def __getitem__(self, key: Any) -> Any:
-        warnings.warn("Using an Attribution as a DataFrame is deprecated; use its .table.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Using an Attribution as a DataFrame is deprecated; use its .table.", DeprecationWarning, stacklevel=2
+        )
         return self.table[key]
 
     def __len__(self) -> int:
@@ -93,8 +95,17 @@ class _Pass:
     metric: float
 
 
-def attribute(model: Any, sae: Any, text: str, metric: Metric, *, k: int = 10, by: str = "feature",
-              metric_name: str = "metric", labels: tuple[str, str] = ("raises", "lowers")) -> Attribution:
+def attribute(
+    model: Any,
+    sae: Any,
+    text: str,
+    metric: Metric,
+    *,
+    k: int = 10,
+    by: str = "feature",
+    metric_name: str = "metric",
+    labels: tuple[str, str] = ("raises", "lowers"),
+) -> Attribution:
     """The SAE features that most raise or lower ``metric`` on ``text`` (see the module docstring).
 
     Args:
@@ -112,13 +123,21 @@ def attribute(model: Any, sae: Any, text: str, metric: Metric, *, k: int = 10, b
     tokens = to_tokens(model, _checks.text(text))
     result = _gradient_pass(model, sae, tokens, metric)
     rows = _feature_rows(result, k) if by == "feature" else _position_rows(result, k)
-    types = {"rank": int, "feature": int, "attribution": float, "position": int, "token": str,
-             "activation": float} | ({"positions": int} if by == "feature" else {})
+    types = {"rank": int, "feature": int, "attribution": float, "position": int, "token": str, "activation": float} | (
+        {"positions": int} if by == "feature" else {}
+    )
     table = pd.DataFrame(rows, columns=list(types)).astype(types)  # typed even when nothing fires
     table.insert(3, "direction", np.where(table["attribution"] >= 0, labels[0], labels[1]))
-    return Attribution(table=with_urls(table, sae), metric=result.metric, error=result.error, bias=result.bias,
-                       features_total=float(result.attribution.sum()), hook=sae_hook(sae), by=by,
-                       metric_name=metric_name)
+    return Attribution(
+        table=with_urls(table, sae),
+        metric=result.metric,
+        error=result.error,
+        bias=result.bias,
+        features_total=float(result.attribution.sum()),
+        hook=sae_hook(sae),
+        by=by,
+        metric_name=metric_name,
+    )
 
 
 def _gradient_pass(model: Any, sae: Any, tokens: torch.Tensor, metric: Metric) -> _Pass:
@@ -138,8 +157,10 @@ def _gradient_pass(model: Any, sae: Any, tokens: torch.Tensor, metric: Metric) -
     with model_lock(model), torch.enable_grad(), model.hooks(fwd_hooks=[(hook, leaf_h), (hook, splice)]):
         residual = model(tokens.to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
         if "acts" not in leaves:
-            raise ValueError(f"The SAE's hook {hook} is not inside the model's blocks; attribution needs "
-                             "an SAE on a block hook (e.g. blocks.L.hook_resid_post).")
+            raise ValueError(
+                f"The SAE's hook {hook} is not inside the model's blocks; attribution needs "
+                "an SAE on a block hook (e.g. blocks.L.hook_resid_post)."
+            )
         value = metric(residual)
         grad_acts, grad_h = torch.autograd.grad(value, [leaves["acts"], leaves["h"]])
     keep = (tokens[0] != model.tokenizer.bos_token_id).nonzero().flatten().to(grad_acts.device)
@@ -151,9 +172,12 @@ def _gradient_pass(model: Any, sae: Any, tokens: torch.Tensor, metric: Metric) -
         error = (x - sae.decode(sae.encode(x)).reshape(x.shape)).flatten(1).to(dtype)
     grad_h = grad_h[0, keep].flatten(1).to(dtype)  # hook_z: heads x d_head, as the SAE reads it
     return _Pass(
-        tokens=str_tokens(model, tokens[0]), positions=keep.cpu(), acts=acts.cpu(),
+        tokens=str_tokens(model, tokens[0]),
+        positions=keep.cpu(),
+        acts=acts.cpu(),
         attribution=(acts * grad_acts[0, keep].to(dtype)).cpu(),
-        error=float((grad_h * error).sum()), bias=float((grad_h @ sae.b_dec.detach().to(dtype)).sum()),
+        error=float((grad_h * error).sum()),
+        bias=float((grad_h @ sae.b_dec.detach().to(dtype)).sum()),
         metric=float(value.detach()),
     )
 
@@ -166,8 +190,17 @@ def _feature_rows(result: _Pass, k: int) -> list[tuple]:
     for rank, feature in enumerate(order, 1):
         best = int(result.attribution[:, feature].abs().argmax())
         position = int(result.positions[best])
-        rows.append((rank, feature, float(total[feature]), position, result.tokens[position],
-                     float(result.acts[best, feature]), int(fired[feature])))
+        rows.append(
+            (
+                rank,
+                feature,
+                float(total[feature]),
+                position,
+                result.tokens[position],
+                float(result.acts[best, feature]),
+                int(fired[feature]),
+            )
+        )
     return rows
 
 
@@ -180,6 +213,7 @@ def _position_rows(result: _Pass, k: int) -> list[tuple]:
     for rank, index in enumerate(order, 1):
         row, feature = divmod(index, d_sae)
         position = int(result.positions[row])
-        rows.append((rank, feature, float(flat[index]), position, result.tokens[position],
-                     float(result.acts[row, feature])))
+        rows.append(
+            (rank, feature, float(flat[index]), position, result.tokens[position], float(result.acts[row, feature]))
+        )
     return rows

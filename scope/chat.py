@@ -47,8 +47,12 @@ def format_chat(messages: Sequence[Message], add_generation_prompt: bool = True)
 
 def is_messages(value: object) -> bool:
     """True for a chat message list (as opposed to a plain prompt string)."""
-    return (not isinstance(value, str) and isinstance(value, Sequence) and len(value) > 0
-            and all(isinstance(m, Mapping) for m in value))
+    return (
+        not isinstance(value, str)
+        and isinstance(value, Sequence)
+        and len(value) > 0
+        and all(isinstance(m, Mapping) for m in value)
+    )
 
 
 def _normalised(messages: Sequence[Message]) -> list[tuple[str, str]]:

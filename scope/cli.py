@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -36,27 +39,32 @@ def _short_release_list(releases: list[str]) -> str:
 def cmd_generate(args: argparse.Namespace) -> None:
     import scope
 
+    _check_model(args.model)
     model = scope.load_model(args.model)
     prompt = _prompt(args)
-    text = scope.generate(model, prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    text = scope.generate(
+        model,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     print(text)
 
 
 def cmd_features(args: argparse.Namespace) -> None:
     import scope
 
-    model = scope.load_model(args.model or "gemma-3-270m")
-    sae = scope.load_sae(args.sae or "demo", hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
-    scope.check_compatible(model, sae)
+    model, sae = _model_and_sae(args)
     print(_table(scope.top_features(model, sae, args.text, k=args.k)))
 
 
 def cmd_steer(args: argparse.Namespace) -> None:
     import scope
 
-    model = scope.load_model(args.model)
-    sae = scope.load_sae(args.sae, hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
+    model, sae = _model_and_sae(args)
+    intervention: scope.steering.Intervention
     if args.mode == "add":
         intervention = scope.Add(args.feature, args.value)
     else:
@@ -76,8 +84,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     model = scope.load_model("gemma-3-270m")
-    print(f"Loaded the bundled Gemma 3 270M ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}) "
-          f"in {time.perf_counter() - started:.1f} s\n")
+    print(
+        f"Loaded the bundled Gemma 3 270M ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}) "
+        f"in {time.perf_counter() - started:.1f} s\n"
+    )
 
     started = time.perf_counter()
     continuation = scope.generate(model, DEMO_PROMPT, max_new_tokens=args.max_new_tokens)
@@ -93,28 +103,56 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(_table(table.round({"activation": 1})))
         return
     norms = residual_norms(model, DEMO_SENTENCE)
-    summary = (norms.assign(is_bos=norms["position"] == 0)
-               .pivot_table(index="layer", columns="is_bos", values="norm", aggfunc="mean")
-               .rename(columns={True: "norm at BOS", False: "mean norm elsewhere"})
-               .reset_index())
+    summary = (
+        norms.assign(is_bos=norms["position"] == 0)
+        .pivot_table(index="layer", columns="is_bos", values="norm", aggfunc="mean")
+        .rename(columns={True: "norm at BOS", False: "mean norm elsewhere"})
+        .reset_index()
+    )
     summary.columns.name = None
     print(f"Residual stream (blocks.L.hook_resid_post) on: {DEMO_SENTENCE!r}")
     print("(the bundled demo SAE is not in data/demo_sae yet: scripts/train_demo_sae.py builds it)")
     print(_table(summary.round(1)))
 
 
-def _feature_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(f) for f in text.split(",") if f.strip()]
-    except ValueError:
-        raise ValueError(f"--features must be comma-separated integers like 1,2,3, got {text!r}.") from None
+def _check_model(name: str) -> None:
+    """An unknown model name is a ValueError before anything loads."""
+    from scope.subjects import subject
+
+    subject(name)
+
+
+def _check_sae_spec(spec: str, hook: str | None) -> None:
+    """Cheap checks of an SAE spec before the model loads: a local path (or the demo SAE) that is
+    not there, a release or id that is not in sae-lens' registry."""
+    from scope.gemma_scope import registry, split_spec
+    from scope.saes import DEMO_SAE_DIR
+
+    if spec == "demo" and (DEMO_SAE_DIR / "cfg.json").is_file():
+        return
+    path = Path(spec).expanduser()
+    if spec != "demo" and path.exists():
+        npz = path / "params.npz" if path.is_dir() else path
+        if hook is None and npz.suffix == ".npz" and not (path / "cfg.json").is_file():
+            raise ValueError(
+                f"--sae {spec} is a Gemma Scope params.npz, which does not record the hook it was "
+                "trained at: pass --hook, e.g. --hook blocks.20.hook_resid_post."
+            )
+        return  # read (and checked) when the SAE loads
+    parts = split_spec(spec)
+    if parts is not None and parts.sae_id in registry()[parts.release].ids:
+        return  # downloaded, or found in the hub cache, when the SAE loads
+    import scope
+
+    # A spec of neither kind: load_sae refuses it with its own message, before reading or downloading anything.
+    scope.load_sae(spec, hook=hook, device="cpu")
 
 
 def _model_and_sae(args: argparse.Namespace):
     import scope
 
+    _check_model(args.model)
+    _check_sae_spec(args.sae, args.hook)
     model = scope.load_model(args.model)
     sae = scope.load_sae(args.sae, hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
     scope.check_compatible(model, sae)
@@ -125,12 +163,21 @@ def cmd_examples(args: argparse.Namespace) -> None:
     import scope
     from scope._io import check_corpus_file, check_writable_file
 
-    features = _feature_list(args.features)
     check_writable_file(args.out, "--out")  # fail before a model loads
     check_corpus_file(args.corpus)
     model, sae = _model_and_sae(args)
-    frame = scope.top_examples(model, sae, args.corpus, features=features, k=args.k, context=args.context,
-                               out=args.out)
+    frame = scope.top_examples(
+        model,
+        sae,
+        args.corpus,
+        features=args.features,
+        k=args.k,
+        context=args.context,
+        out=args.out,
+        checkpoint_every=args.checkpoint_every,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
     print(_table(frame.drop(columns=["text_id"]).head(args.show)))
     print(f"\n{len(frame)} rows for {frame.feature.nunique()} features written to {args.out}")
 
@@ -139,12 +186,11 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     from scope._io import check_corpus_file, check_writable_dir
     from scope.pages import dashboards
 
-    features = _feature_list(args.features)
     check_writable_dir(args.out, "--out")  # fail before a model loads
     check_corpus_file(args.corpus)
     model, sae = _model_and_sae(args)
-    index = dashboards(model, sae, features, args.corpus, args.out, k=args.k)
-    print(f"{len(features)} feature pages and their index: {index}")
+    index = dashboards(model, sae, args.features, args.corpus, args.out, k=args.k, progress=sys.stderr.isatty())
+    print(f"{len(args.features)} feature pages and their index: {index}")
 
 
 def cmd_shield(args: argparse.Namespace) -> None:
@@ -154,29 +200,110 @@ def cmd_shield(args: argparse.Namespace) -> None:
     policies = args.policies or list(shield.TRAINED_HARM_TYPES)
     for key in policies:  # fail on a bad key before loading a model
         shield.resolve_policy(key)
+    _check_model(args.model)
     model = scope.load_model(args.model, weights=args.weights)
     if not args.model.startswith("shieldgemma"):
         print(f"note: {args.model} is not ShieldGemma; P(Yes) below is a stand-in, not a safety verdict.\n")
     # One policy per call, as the model card recommends (ShieldGemma was trained on one at a time).
-    rows = [{"policy": key, "P(Yes)": shield.score(model, args.prompt, key, responses=args.response,
-                                                   progress=False)[0]} for key in policies]
+    rows = [
+        {"policy": key, "P(Yes)": shield.score(model, args.prompt, key, responses=args.response, progress=False)[0]}
+        for key in policies
+    ]
     print(_table(pd.DataFrame(rows).round(4)))
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from scope.bundled import inspect_cache
+    from scope.models import hub_status
+
+    status = inspect_cache()  # size and sha256 of every file of the bundled model's cache
+    print(status)
+    print(f"Hugging Face Hub: {hub_status()}")
+    if not status.ok:
+        raise RuntimeError(
+            f"the bundled model cache {status.folder} is corrupted: the next "
+            "scope.load_model('gemma-3-270m') deletes it and converts it again"
+        )
+
+
+# ----------------------------------------------------------------------------- arguments
+# Cheap arguments are checked as they are parsed, before any model loads: a bad one is a usage
+# error on one line (exit 2), like every error of argparse's own.
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the option is required or its help
+    already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of ``scope`` and of each subcommand: defaults in every help, and a usage error
+    on one line, ``scope: error: ...`` (exit 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"scope: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(parse: Callable[[str], Any], valid: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)`` if ``valid``, else ``argument --x: must be WHAT, got 'text'``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+def _integers(text: str) -> list[int] | None:
+    values = [int(f) for f in text.split(",") if f.strip()]
+    return values or None
+
+
+POSITIVE_INT = _checked(int, lambda v: v >= 1, "a positive integer")
+NON_NEGATIVE_INT = _checked(int, lambda v: v >= 0, "a non-negative integer")
+FINITE = _checked(float, math.isfinite, "a finite number")
+TEMPERATURE = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
+
+
 def _add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
-    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
     parser.add_argument("--chat", action="store_true", help="send the prompt as a user turn")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=max_new_tokens, help="tokens to generate")
+    parser.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="sampling temperature; 0 is greedy")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: unseeded)")
 
 
 def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sae", default="demo", help="any scope.load_sae spec (default: the demo SAE)")
-    parser.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
-    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument(
+        "--sae",
+        default="demo",
+        help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
+        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+    )
+    parser.add_argument(
+        "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
+    )
+    parser.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
     parser.add_argument("--corpus", required=True, help="a .txt (one text per line), .jsonl or .parquet file")
-    parser.add_argument("--k", type=int, default=20, help="examples per feature")
+    parser.add_argument("--k", type=POSITIVE_INT, default=20, help="examples per feature")
 
 
 def _prompt(args: argparse.Namespace):
@@ -184,73 +311,146 @@ def _prompt(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scope", description="Interpretability toolkit for Gemma 2.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="scope", description="Interpretability toolkit for Gemma 2.")
+    commands = parser.add_subparsers(dest="command", required=True)  # each a _Parser too
 
     commands.add_parser("models", help="list the models scope can load").set_defaults(run=cmd_models)
 
     generate = commands.add_parser("generate", help="generate a continuation (or a chat reply)")
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
     _add_generation_arguments(generate, max_new_tokens=64)
-    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument(
+        "--top-p",
+        type=TOP_P,
+        default=1.0,
+        help="nucleus sampling: keep the most likely tokens up to this probability mass",
+    )
     generate.set_defaults(run=cmd_generate)
 
     features = commands.add_parser("features", help="top SAE features per token of a text")
-    features.add_argument("text")
-    features.add_argument("--model", default=None, help="default: the bundled gemma-3-270m")
-    features.add_argument("--sae", default=None, help="any scope.load_sae spec; default: the bundled demo SAE")
-    features.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
-    features.add_argument("--k", type=int, default=5)
+    features.add_argument("text", help="the text to encode")
+    features.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
+    features.add_argument(
+        "--sae",
+        default="demo",
+        help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
+        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+    )
+    features.add_argument(
+        "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
+    )
+    features.add_argument("--k", type=POSITIVE_INT, default=5, help="features shown per token")
     features.set_defaults(run=cmd_features)
 
     steer = commands.add_parser("steer", help="unsteered vs steered continuation of a prompt")
-    steer.add_argument("prompt")
-    steer.add_argument("--feature", type=int, required=True)
-    steer.add_argument("--value", type=float, required=True, help="clamp value, or add coefficient")
-    steer.add_argument("--mode", choices=["clamp", "add"], default="clamp")
+    steer.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
+    steer.add_argument("--feature", type=NON_NEGATIVE_INT, required=True, help="the SAE feature to steer")
+    steer.add_argument("--value", type=FINITE, required=True, help="clamp value, or add coefficient")
+    steer.add_argument(
+        "--mode", choices=["clamp", "add"], default="clamp", help="clamp the feature, or add its decoder direction"
+    )
     steer.add_argument("--unit", choices=["act", "max"], default="act", help="clamp unit (max: x max activation)")
-    steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all")
-    steer.add_argument("--sae", default="demo")
-    steer.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
+    steer.add_argument("--positions", choices=["all", "prompt", "generated"], default="all", help="the tokens steered")
+    steer.add_argument(
+        "--sae",
+        default="demo",
+        help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
+        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+    )
+    steer.add_argument(
+        "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
+    )
     _add_generation_arguments(steer, max_new_tokens=40)
     steer.set_defaults(run=cmd_steer)
 
     examples = commands.add_parser("examples", help="top activating examples of SAE features over a corpus")
     _add_mining_arguments(examples)
-    examples.add_argument("--features", default=None, help="comma-separated, e.g. 1,2,3 (default: all)")
+    examples.add_argument("--features", type=FEATURES, default=None, help="comma-separated, e.g. 1,2,3 (default: all)")
     examples.add_argument("--out", required=True, help="Parquet file for the results (resumes if interrupted)")
-    examples.add_argument("--context", type=int, default=8, help="tokens shown either side of the peak")
-    examples.add_argument("--show", type=int, default=20, help="rows printed")
+    examples.add_argument("--context", type=NON_NEGATIVE_INT, default=8, help="tokens shown either side of the peak")
+    examples.add_argument("--show", type=NON_NEGATIVE_INT, default=20, help="rows printed")
+    examples.add_argument(
+        "--checkpoint-every",
+        type=POSITIVE_INT,
+        default=50,
+        help="batches between checkpoints (beside --out; a rerun resumes from them)",
+    )
+    examples.add_argument(
+        "--overwrite", action="store_true", help="discard a checkpoint of another run beside --out and start again"
+    )
     examples.set_defaults(run=cmd_examples)
 
     dashboard = commands.add_parser("dashboard", help="self-contained HTML pages for SAE features")
     _add_mining_arguments(dashboard)
-    dashboard.add_argument("--features", required=True, help="comma-separated, e.g. 1,2,3")
+    dashboard.add_argument("--features", type=FEATURES, required=True, help="comma-separated, e.g. 1,2,3")
     dashboard.add_argument("--out", required=True, help="folder for the pages and index.html")
     dashboard.set_defaults(run=cmd_dashboard)
 
     shield = commands.add_parser("shield", help="ShieldGemma P(Yes) per policy for a prompt (and response)")
-    shield.add_argument("prompt")
-    shield.add_argument("--response", default=None, help="the chatbot's response (prompt-response use case)")
-    shield.add_argument("--policy", action="append", dest="policies",
-                        help="a scope.shield.POLICIES key, repeatable (default: the four trained harm types)")
-    shield.add_argument("--model", default="shieldgemma-2b")
-    shield.add_argument("--weights", default=None, help="local checkpoint folder for --model")
+    shield.add_argument("prompt", help="the user's prompt to classify")
+    shield.add_argument(
+        "--response",
+        default=None,
+        help="the chatbot's response (prompt-response use case; default: none, the prompt is classified)",
+    )
+    shield.add_argument(
+        "--policy",
+        action="append",
+        dest="policies",
+        help="a scope.shield.POLICIES key, repeatable (default: the four trained harm types)",
+    )
+    shield.add_argument("--model", default="shieldgemma-2b", help="a model of `scope models`")
+    shield.add_argument(
+        "--weights", default=None, help="local checkpoint folder for --model (default: the Hugging Face Hub's)"
+    )
     shield.set_defaults(run=cmd_shield)
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--max-new-tokens", type=POSITIVE_INT, default=24, help="tokens to generate")
     demo.set_defaults(run=cmd_demo)
+
+    commands.add_parser("doctor", help="check the bundled model's cache and the hub").set_defaults(run=cmd_doctor)
     return parser
 
 
+def _error(err: BaseException) -> None:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    print(f"scope: error: {' '.join(lines) or type(err).__name__}", file=sys.stderr)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    if args.command == "examples":
+        from scope.examples import _checkpoint_path
+
+        checkpoint = _checkpoint_path(Path(args.out))
+        if checkpoint.is_file():
+            return (
+                f"scope: interrupted; {checkpoint} keeps the work done up to its last save: "
+                "run the same command again to resume"
+            )
+    return "scope: interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``scope ARGV``; the exit status: 0, 2 for a bad argument (argparse's own errors, and a
+    ValueError or TypeError found checking one), 1 for a failure at run time (a file or folder, a
+    download: OSError, scope.ModelUnavailableError and other RuntimeErrors), 130 for Ctrl-C. Every
+    error is one line on stderr, ``scope: error: ...``, never a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help (0), or a usage error argparse printed on one line (2)
+        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
     try:
         args.run(args)
-    except (ValueError, RuntimeError, OSError) as err:  # user errors (a bad file or folder too): one clear line
-        print(f"scope: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(_interrupted(args), file=sys.stderr)
+        return 130
+    except (ValueError, TypeError) as err:
+        _error(err)
         return 2
+    except (OSError, RuntimeError, ImportError) as err:  # ModelUnavailableError is a RuntimeError
+        _error(err)
+        return 1
     return 0
 
 

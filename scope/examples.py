@@ -12,10 +12,13 @@ its own BOS (as SAEs are trained). Positions count in the whole text's tokens wi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import struct
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +52,18 @@ class Window:
 
 def iter_windows(model, texts: Iterable[str], window: int) -> Iterator[Window]:
     """Every text cut into windows of at most ``window - 1`` tokens (each window gets a BOS)."""
-    window = _checks.integer(window, "window")
-    if window < 2:
-        raise ValueError(f"window must be an integer >= 2 (tokens per example with its BOS), got {window!r}.")
-    size = window - 1
+    size = _check_window(window) - 1
     for text_id, text in enumerate(texts):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
         for offset in range(0, len(ids), size):
-            yield Window(text_id=text_id, start=1 + offset, tokens=ids[offset:offset + size])
+            yield Window(text_id=text_id, start=1 + offset, tokens=ids[offset : offset + size])
+
+
+def _check_window(window: Any) -> int:
+    window = _checks.integer(window, "window")
+    if window < 2:
+        raise ValueError(f"window must be an integer >= 2 (tokens per example with its BOS), got {window!r}.")
+    return window
 
 
 # ----------------------------------------------------------------------------- running top-k
@@ -100,8 +107,14 @@ class RunningTopK:
         self.text_id[slot, feature] = text_id[row]
         return slot, feature, row
 
-    def fill(self, slot: torch.Tensor, feature: torch.Tensor, position: torch.Tensor, tokens: torch.Tensor,
-             acts: torch.Tensor) -> None:
+    def fill(
+        self,
+        slot: torch.Tensor,
+        feature: torch.Tensor,
+        position: torch.Tensor,
+        tokens: torch.Tensor,
+        acts: torch.Tensor,
+    ) -> None:
         """Where the entries :meth:`update` took in peaked (``position`` [entries]) and their
         contexts (``tokens``/``acts`` [entries, 2 * context + 1])."""
         self.position[slot, feature] = position
@@ -117,8 +130,8 @@ def _batch_tokens(model, batch: list[Window]) -> tuple[torch.Tensor, torch.Tenso
     mask = torch.zeros((len(batch), length), dtype=torch.bool)
     tokens[:, 0] = model.tokenizer.bos_token_id
     for row, w in enumerate(batch):
-        tokens[row, 1:1 + len(w.tokens)] = torch.tensor(w.tokens, dtype=torch.long)
-        mask[row, 1:1 + len(w.tokens)] = True
+        tokens[row, 1 : 1 + len(w.tokens)] = torch.tensor(w.tokens, dtype=torch.long)
+        mask[row, 1 : 1 + len(w.tokens)] = True
     return tokens, mask
 
 
@@ -133,8 +146,7 @@ class EncodedBatch:
     lengths: list[int]  # text tokens of each window, in order
 
 
-def _encode_batch(model, sae, tokens: torch.Tensor, mask: torch.Tensor,
-                  selected: torch.Tensor | None) -> EncodedBatch:
+def _encode_batch(model, sae, tokens: torch.Tensor, mask: torch.Tensor, selected: torch.Tensor | None) -> EncodedBatch:
     hook = sae_hook(sae)
     act = run_to_hooks(model, tokens, [hook])[hook]
     if activation_shape(model, hook) is None:  # a hook the config does not describe
@@ -166,8 +178,9 @@ def _peaks(enc: EncodedBatch, window: torch.Tensor, feature: torch.Tensor) -> to
     return peak
 
 
-def _contexts(enc: EncodedBatch, window: torch.Tensor, feature: torch.Tensor, peak: torch.Tensor,
-              context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _contexts(
+    enc: EncodedBatch, window: torch.Tensor, feature: torch.Tensor, peak: torch.Tensor, context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For entries (``window``, ``feature``) peaking at ``peak``: the token ids ``[entries,
     2 * context + 1]`` around the peak (-1 outside the text: beyond the window, BOS, padding)
     and the feature's activations on them (0 outside)."""
@@ -235,43 +248,233 @@ class Mined:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint is one torch.save of tensors, ints, strings, lists and dicts, read back with
+# torch.load(weights_only=True): a file planted in its place cannot run code. It holds what the
+# run must match (options, SAE and model identity: ``key``) and a running hash of the windows read
+# so far (``corpus``), which a resume recomputes as it re-reads those windows: another corpus, or
+# one now shorter than the part read, is refused whatever its source (list, file or dataset).
+
+CHECKPOINT_FORMAT = "scope.mine checkpoint"
+CHECKPOINT_VERSION = 1
+_RESTART = "pass overwrite=True (scope examples --overwrite) to discard it and start again, or choose another out= path"
 
 
 def _checkpoint_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.checkpoint")
 
 
-def _save_checkpoint(path: Path, key: dict, windows_done: int, top: RunningTopK, stats: ActivityStats) -> None:
-    state = {"key": key, "windows_done": windows_done, "top": vars(top), "stats": vars(stats)}
+def _save_checkpoint(
+    path: Path, key: dict, windows_done: int, corpus: str, top: RunningTopK, stats: ActivityStats
+) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "key": key,
+        "windows_done": windows_done,
+        "corpus": corpus,
+        "top": vars(top),
+        "stats": vars(stats),
+    }
     write_atomically(path, lambda tmp: torch.save(state, tmp))  # a kill mid-write keeps the previous one
 
 
-def _load_checkpoint(path: Path, key: dict, top: RunningTopK, stats: ActivityStats) -> int:
-    """Restore ``top`` and ``stats`` from a checkpoint of the same run; returns windows done."""
+def _load_checkpoint(path: Path, key: dict, top: RunningTopK, stats: ActivityStats) -> tuple[int, str | None]:
+    """Restore ``top`` and ``stats`` from a checkpoint of the same run; returns the windows done
+    and the hash of those windows (0 and None without a checkpoint)."""
     if not path.is_file():
-        return 0
-    state = torch.load(path, weights_only=False)
+        return 0, None
+    try:
+        with warnings.catch_warnings():  # torch's notes on a planted pickle's protocol: the error says more
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or a pickle of anything but plain data
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"{path} is not a checkpoint scope.mine can resume (unreadable: {reason[:200]}); {_RESTART}."
+        ) from None
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise ValueError(f"{path} is not a checkpoint scope.mine can resume ({problem}); {_RESTART}.")
     if state["key"] != key:
-        raise ValueError(f"{path} is a checkpoint of a different run ({state['key']}, now {key}); "
-                         "delete it or choose another out= path.")
+        differs = [name for name in key if state["key"].get(name) != key[name]]
+        differs += [name for name in state["key"] if name not in key]
+        shown = ", ".join(
+            name
+            if name in ("features", "sae_weights", "model_weights") or name not in key
+            else f"{name} {state['key'][name]!r} then, {key[name]!r} now"
+            for name in differs
+        )
+        raise ValueError(f"{path} is the checkpoint of a different run ({shown}); {_RESTART}.")
+    problem = _buffers_problem(state, top, stats)
+    if problem:
+        raise ValueError(f"{path} is not a checkpoint scope.mine can resume ({problem}); {_RESTART}.")
     vars(top).update(state["top"])
     vars(stats).update(state["stats"])
-    return state["windows_done"]
+    return state["windows_done"], state["corpus"]
 
 
-def _run_key(sae, selected: torch.Tensor, k: int, context: int, window: int, batch_size: int) -> dict:
-    """What must match for a checkpoint to be resumed (the corpus is the caller's to keep)."""
-    return {"hook": sae_hook(sae), "d_sae": int(sae.cfg.d_sae), "features": selected.tolist(), "k": k,
-            "context": context, "window": window, "batch_size": batch_size,
-            "w_enc_sum": float(sae.W_enc.detach().double().sum())}
+def _checkpoint_problem(state: Any) -> str | None:
+    """What makes ``state`` something other than a checkpoint of scope.mine."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        return f"a file of another kind, not a {CHECKPOINT_FORMAT}"
+    if state.get("version") != CHECKPOINT_VERSION:
+        return f"version {state.get('version')!r}, this scope reads version {CHECKPOINT_VERSION}"
+    if not (
+        isinstance(state.get("key"), dict)
+        and isinstance(state.get("windows_done"), int)
+        and state["windows_done"] >= 0
+        and isinstance(state.get("corpus"), str)
+    ):
+        return "its key, windows read or corpus hash is missing"
+    return None
+
+
+def _buffers_problem(state: dict, top: RunningTopK, stats: ActivityStats) -> str | None:
+    """What keeps the checkpoint's buffers from being this run's (same key, other shapes)."""
+    for part, fresh in (("top", vars(top)), ("stats", vars(stats))):
+        saved = state.get(part)
+        if not isinstance(saved, dict) or saved.keys() != fresh.keys():
+            return f"its {part!r} buffers are missing"
+        for name, value in fresh.items():
+            if isinstance(value, torch.Tensor):
+                ok = (
+                    isinstance(saved[name], torch.Tensor)
+                    and saved[name].shape == value.shape
+                    and saved[name].dtype == value.dtype
+                )
+            else:
+                ok = type(saved[name]) is type(value)
+            if not ok:
+                return f"{part}.{name} is not shaped like this run's"
+    return None
+
+
+def _window_bytes(w: Window) -> bytes:
+    return struct.pack(f"<{3 + len(w.tokens)}q", w.text_id, w.start, len(w.tokens), *w.tokens)
+
+
+@dataclass
+class _Resume:
+    """The checkpoint beside a run's ``out=``: restored at the start (checked against the run's
+    key and, as the windows it covers are re-read, against the corpus), saved every few batches,
+    removed once the result is written."""
+
+    path: Path
+    key: dict
+    done: int = 0
+    hasher: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
+
+    def start(
+        self, windows: Iterator[Window], top: RunningTopK, stats: ActivityStats, *, overwrite: bool
+    ) -> Iterator[Window]:
+        """The windows still to read (those the checkpoint covers are re-read and checked)."""
+        if overwrite:
+            self.path.unlink(missing_ok=True)
+        self.done, corpus = _load_checkpoint(self.path, self.key, top, stats)
+        windows = _hashed(windows, self.hasher)
+        if corpus is not None:
+            _skip_read(windows, self.done, self.hasher, corpus, self.path)
+        return windows
+
+    def save(self, done: int, top: RunningTopK, stats: ActivityStats) -> None:
+        _save_checkpoint(self.path, self.key, done, self.hasher.hexdigest(), top, stats)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _hashed(windows: Iterable[Window], hasher) -> Iterator[Window]:
+    """``windows``, each added to ``hasher`` as it is read."""
+    for w in windows:
+        hasher.update(_window_bytes(w))
+        yield w
+
+
+def _skip_read(windows: Iterator[Window], done: int, hasher, expected: str, path: Path) -> None:
+    """Re-read the ``done`` windows a checkpoint covers; ValueError unless they hash as it says."""
+    read = sum(1 for _ in itertools.islice(windows, done))
+    if read < done:
+        raise ValueError(
+            f"{path} is the checkpoint of a run over a different corpus: it has read {done} windows, "
+            f"but the corpus given now has only {read} windows; {_RESTART}."
+        )
+    if hasher.hexdigest() != expected:
+        raise ValueError(
+            f"{path} is the checkpoint of a run over a different corpus: the first {done} windows "
+            f"(token ids) of the corpus given now differ from those it has read; {_RESTART}."
+        )
+
+
+def _tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for name, tensor in named:
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        hasher.update(f"{name}:{tensor.dtype}:{tensor.numel()};".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def _first_values(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` values of ``tensor``, never copying all of it."""
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor[(0,) * (tensor.ndim - 1)] if tensor.ndim > 1 else tensor
+    return tensor.reshape(-1)[:n]
+
+
+def _model_identity(model) -> dict:
+    """The model's name and shapes, and a hash of a sample of its weights (the first values of
+    every tensor: cheap for a 27B model, and different for any other checkpoint)."""
+    from scope.subjects import subject_of
+
+    spec = subject_of(model)
+    cfg = model.cfg
+    sample = [(name, _first_values(tensor, 256)) for name, tensor in model.state_dict().items()]
+    return {
+        "model": spec.name if spec is not None else type(model).__name__,
+        "model_shapes": [int(cfg.n_layers), int(cfg.d_model), int(cfg.d_vocab), int(cfg.n_ctx)],
+        "model_dtype": str(cfg.dtype),
+        "model_weights": _tensors_digest(sample),
+    }
+
+
+def _run_key(model, sae, selected: torch.Tensor, k: int, context: int, window: int, batch_size: int) -> dict:
+    """Everything that changes the result of a run and must match for its checkpoint to be resumed
+    (the corpus is checked apart, as it is re-read)."""
+    settings = {name: value for name, value in vars(sae.cfg).items() if name not in ("metadata", "device")}
+    return {
+        "hook": sae_hook(sae),
+        "d_sae": int(sae.cfg.d_sae),
+        "features": selected.tolist(),
+        "k": k,
+        "context": context,
+        "window": window,
+        "batch_size": batch_size,
+        "sae": f"{type(sae).__name__} {sorted(settings.items())!r}",  # architecture, normalisation, dtype
+        "sae_weights": _tensors_digest(sorted(sae.state_dict().items())),
+        **_model_identity(model),
+    }
 
 
 # ----------------------------------------------------------------------------- the public entry
 
 
-def top_examples(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | None = None, k: int = 20,
-                 context: int = DEFAULT_CONTEXT, out: str | os.PathLike | None = None, window: int = 128,
-                 batch_size: int = 16, checkpoint_every: int = 50, progress: bool = True) -> pd.DataFrame:
+def top_examples(
+    model: Any,
+    sae: Any,
+    texts: Any,
+    *,
+    features: Sequence[int] | None = None,
+    k: int = 20,
+    context: int = DEFAULT_CONTEXT,
+    out: str | os.PathLike | None = None,
+    window: int = 128,
+    batch_size: int = 16,
+    checkpoint_every: int = 50,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
     """The ``k`` examples where each feature fires hardest over ``texts``.
 
     ``texts``: an iterable of strings, a ``datasets`` dataset, or a .txt/.jsonl/.parquet file.
@@ -282,33 +485,69 @@ def top_examples(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | 
 
     ``out``: write the table to this Parquet path (atomically). The run then checkpoints every
     ``checkpoint_every`` batches beside it, and a run that was interrupted (even killed) resumes
-    from its checkpoint and ends with exactly the table an uninterrupted run gives. Densities and
-    activation histograms come from the same pass: see :func:`mine`.
+    from its checkpoint and ends with exactly the table an uninterrupted run gives. A checkpoint
+    resumes only the same run: the same options, SAE and model, and a corpus whose windows read so
+    far hash as they did (whether it comes from a list, a file or a dataset); anything else is a
+    ValueError naming the checkpoint. ``overwrite=True`` discards it and starts again. Densities
+    and activation histograms come from the same pass: see :func:`mine`.
     """
-    return mine(model, sae, texts, features=features, k=k, context=context, out=out, window=window,
-                batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress).examples
+    return mine(
+        model,
+        sae,
+        texts,
+        features=features,
+        k=k,
+        context=context,
+        out=out,
+        window=window,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        overwrite=overwrite,
+        progress=progress,
+    ).examples
 
 
-def mine(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | None = None, k: int = 20,
-         context: int = DEFAULT_CONTEXT, out: str | os.PathLike | None = None, window: int = 128,
-         batch_size: int = 16, checkpoint_every: int = 50, progress: bool = True) -> Mined:
+def mine(
+    model: Any,
+    sae: Any,
+    texts: Any,
+    *,
+    features: Sequence[int] | None = None,
+    k: int = 20,
+    context: int = DEFAULT_CONTEXT,
+    out: str | os.PathLike | None = None,
+    window: int = 128,
+    batch_size: int = 16,
+    checkpoint_every: int = 50,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Mined:
     """:func:`top_examples` plus each feature's density and activation histogram, in one pass."""
     k = _checks.positive_int(k, "k")
     context = _checks.non_negative_int(context, "context")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
-    window = _checks.integer(window, "window")
+    window = _check_window(window)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}.")
     if out is not None:
         check_writable_file(out)
     check_compatible(model, sae)
     selected = _selected_features(sae, features)
     top, stats = RunningTopK(len(selected), k, context), ActivityStats(len(selected))
-    checkpoint = _checkpoint_path(Path(out)) if out is not None else None
-    key = _run_key(sae, selected, k, context, window, batch_size)
-    done = _load_checkpoint(checkpoint, key, top, stats) if checkpoint else 0
-    windows = itertools.islice(iter_windows(model, iter_texts(texts), window), done, None)
-    bar = tqdm(batched(windows, batch_size), desc="top examples", unit="batch", disable=not progress,
-               initial=done // batch_size)
+    windows: Iterator[Window] = iter_windows(model, iter_texts(texts), window)
+    resume = None
+    if out is not None:
+        resume = _Resume(_checkpoint_path(Path(out)), _run_key(model, sae, selected, k, context, window, batch_size))
+        windows = resume.start(windows, top, stats, overwrite=overwrite)
+    done = resume.done if resume else 0
+    bar = tqdm(
+        batched(windows, batch_size),
+        desc="top examples",
+        unit="batch",
+        disable=not progress,
+        initial=done // batch_size,
+    )
     for n, batch in enumerate(bar, 1):
         tokens, mask = _batch_tokens(model, batch)
         enc = _encode_batch(model, sae, tokens, mask, None if features is None else selected)
@@ -318,15 +557,24 @@ def mine(model: Any, sae: Any, texts: Any, *, features: Sequence[int] | None = N
         starts = torch.tensor([w.start for w in batch])
         top.fill(slot, feature, starts[row] + peak - 1, *_contexts(enc, row, feature, peak, context))
         done += len(batch)
-        if checkpoint and n % checkpoint_every == 0:
-            _save_checkpoint(checkpoint, key, done, top, stats)
+        if resume and n % checkpoint_every == 0:
+            resume.save(done, top, stats)
     frame, context_ids, context_acts, token_strings = _frame(model, top, selected)
     if out is not None:
         write_parquet(frame, out)
-        checkpoint.unlink(missing_ok=True)
-    return Mined(examples=frame, features=selected.tolist(), n_tokens=stats.n_tokens, density=stats.density(),
-                 histogram=stats.histogram, histogram_edges=HISTOGRAM_EDGES.clone(),
-                 context_ids=context_ids, context_acts=context_acts, token_strings=token_strings)
+    if resume:
+        resume.finish()
+    return Mined(
+        examples=frame,
+        features=selected.tolist(),
+        n_tokens=stats.n_tokens,
+        density=stats.density(),
+        histogram=stats.histogram,
+        histogram_edges=HISTOGRAM_EDGES.clone(),
+        context_ids=context_ids,
+        context_acts=context_acts,
+        token_strings=token_strings,
+    )
 
 
 def _selected_features(sae, features: Sequence[int] | None) -> torch.Tensor:
@@ -340,8 +588,9 @@ def _selected_features(sae, features: Sequence[int] | None) -> torch.Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def _frame(model, top: RunningTopK, selected: torch.Tensor) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor,
-                                                                     dict[int, str]]:
+def _frame(
+    model, top: RunningTopK, selected: torch.Tensor
+) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, dict[int, str]]:
     """The buffers as rows (features in the order asked, only activations above zero), the
     rows' context ids and activations, and the decoded string of every id in them."""
     rank, column = torch.nonzero(top.values > 0, as_tuple=True)
@@ -353,21 +602,24 @@ def _frame(model, top: RunningTopK, selected: torch.Tensor) -> tuple[pd.DataFram
     # Ids outside the text (-1) only ever sit at the ends of a context, so slices skip them.
     inside = context_ids >= 0
     first = (~inside[:, :c]).sum(1).tolist()
-    last = (c + 1 + inside[:, c + 1:].sum(1)).tolist()
+    last = (c + 1 + inside[:, c + 1 :].sum(1)).tolist()
     ids = context_ids.tolist()
     piece = _token_strings(model, torch.unique(context_ids[inside]).tolist())
     before = _decode_many(model.tokenizer, [row[a:c] for row, a in zip(ids, first)])
-    after = _decode_many(model.tokenizer, [row[c + 1:b] for row, b in zip(ids, last)])
+    after = _decode_many(model.tokenizer, [row[c + 1 : b] for row, b in zip(ids, last)])
     peak = [piece[row[c]] for row in ids]
-    frame = pd.DataFrame({
-        "feature": selected[column].tolist(),
-        "rank": (rank + 1).tolist(),
-        "activation": top.values[rank, column].tolist(),
-        "text_id": top.text_id[rank, column].tolist(),
-        "position": top.position[rank, column].tolist(),
-        "token": peak,
-        "context": [f"{b}{PEAK_OPEN}{p}{PEAK_CLOSE}{a}" for b, p, a in zip(before, peak, after)],
-    }, columns=COLUMNS)
+    frame = pd.DataFrame(
+        {
+            "feature": selected[column].tolist(),
+            "rank": (rank + 1).tolist(),
+            "activation": top.values[rank, column].tolist(),
+            "text_id": top.text_id[rank, column].tolist(),
+            "position": top.position[rank, column].tolist(),
+            "token": peak,
+            "context": [f"{b}{PEAK_OPEN}{p}{PEAK_CLOSE}{a}" for b, p, a in zip(before, peak, after)],
+        },
+        columns=COLUMNS,
+    )
     return frame, context_ids, context_acts, piece
 
 

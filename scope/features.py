@@ -78,8 +78,9 @@ def neuronpedia_url(sae: SAE, feature: int) -> str | None:
     return f"{NEURONPEDIA}/{neuronpedia_id}/{int(feature)}" if neuronpedia_id else None
 
 
-def top_features(model: HookedSAETransformer, sae: SAE, text: str, *, k: int = 5,
-                 include_bos: bool = False) -> pd.DataFrame:
+def top_features(
+    model: HookedSAETransformer, sae: SAE, text: str, *, k: int = 5, include_bos: bool = False
+) -> pd.DataFrame:
     """The ``k`` strongest features at each token of ``text``.
 
     Columns: position, token, rank (1 = strongest), feature, activation; plus url when the SAE
@@ -131,7 +132,7 @@ def check_feature(sae: SAE, feature: Any, name: str = "feature") -> int:
 # ----------------------------------------------------------------------------- logit lens
 
 
-def decoder_direction(model: HookedSAETransformer, sae: SAE, feature: int) -> Float[torch.Tensor, "d_model"]:
+def decoder_direction(model: HookedSAETransformer, sae: SAE, feature: int) -> Float[torch.Tensor, " d_model"]:
     """The residual-stream direction ``[d_model]`` that ``feature`` writes.
 
     Residual and MLP-output SAEs write ``W_dec[feature]`` directly; attention (hook_z) SAEs write
@@ -147,8 +148,10 @@ def decoder_direction(model: HookedSAETransformer, sae: SAE, feature: int) -> Fl
     if hook.endswith("attn.hook_z") and layer is not None and layer >= 0:
         W_O = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
         return torch.einsum("hd,hdm->m", direction.reshape(W_O.shape[:2]).to(W_O), W_O)
-    raise ValueError(f"Cannot read feature {feature} through the unembedding: the SAE at {hook} has d_in "
-                     f"{sae.cfg.d_in}, not the residual width {model.cfg.d_model}.")
+    raise ValueError(
+        f"Cannot read feature {feature} through the unembedding: the SAE at {hook} has d_in "
+        f"{sae.cfg.d_in}, not the residual width {model.cfg.d_model}."
+    )
 
 
 def feature_logits(model: HookedSAETransformer, sae: SAE, feature: int, *, k: int = 10) -> pd.DataFrame:
@@ -174,8 +177,14 @@ def feature_logits(model: HookedSAETransformer, sae: SAE, feature: int, *, k: in
 # ----------------------------------------------------------------------------- trace
 
 
-def trace(model: HookedSAETransformer, saes: Mapping[int, SAE] | Sequence[SAE], text: str, *, k: int = 5,
-          include_bos: bool = False) -> pd.DataFrame:
+def trace(
+    model: HookedSAETransformer,
+    saes: Mapping[int, SAE] | Sequence[SAE],
+    text: str,
+    *,
+    k: int = 5,
+    include_bos: bool = False,
+) -> pd.DataFrame:
     """Top-``k`` features per token at every given layer, from ONE forward pass.
 
     The pass reads every SAE's hook and stops after the deepest one; SAEs only read (nothing is
@@ -210,19 +219,23 @@ def trace(model: HookedSAETransformer, saes: Mapping[int, SAE] | Sequence[SAE], 
 
 def _by_layer(saes: Mapping[int, Any] | Sequence[Any]) -> dict[int, Any]:
     if isinstance(saes, Mapping):
-        by_layer = {int(layer): saes[layer] for layer in saes}
-        for layer, sae in by_layer.items():
-            if hook_layer(sae_hook(sae)) not in (layer, None):
-                raise ValueError(f"The SAE under key {layer} reads {sae_hook(sae)!r}, another layer; "
-                                 "key each SAE by the layer of its hook.")
-        return by_layer
+        keyed = {int(key): saes[key] for key in saes}
+        for key, sae in keyed.items():
+            if hook_layer(sae_hook(sae)) not in (key, None):
+                raise ValueError(
+                    f"The SAE under key {key} reads {sae_hook(sae)!r}, another layer; "
+                    "key each SAE by the layer of its hook."
+                )
+        return keyed
     by_layer: dict[int, Any] = {}
     for sae in saes:
         layer = hook_layer(sae_hook(sae))
         if layer is None:
             raise ValueError(f"Cannot tell the layer of an SAE at {sae_hook(sae)!r}; pass a {{layer: sae}} dict.")
         if layer in by_layer:
-            raise ValueError(f"Two SAEs for layer {layer} ({sae_hook(by_layer[layer])!r} and {sae_hook(sae)!r}); "
-                             "a trace holds one SAE per layer: trace the other site separately.")
+            raise ValueError(
+                f"Two SAEs for layer {layer} ({sae_hook(by_layer[layer])!r} and {sae_hook(sae)!r}); "
+                "a trace holds one SAE per layer: trace the other site separately."
+            )
         by_layer[layer] = sae
     return by_layer

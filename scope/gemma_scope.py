@@ -19,11 +19,22 @@ from scope.subjects import SUBJECTS, model_name, subject
 
 SITES = ("res", "mlp", "att")
 SITE_NAMES = {"res": "residual stream", "mlp": "MLP output", "att": "attention output (hook_z)"}
-SITE_HOOKS = {"res": "blocks.{layer}.hook_resid_post", "mlp": "blocks.{layer}.hook_mlp_out",
-              "att": "blocks.{layer}.attn.hook_z"}
+SITE_HOOKS = {
+    "res": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "att": "blocks.{layer}.attn.hook_z",
+}
 
-_WIDTHS = {"4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072,
-           "262k": 262144, "524k": 524288, "1m": 1048576}
+_WIDTHS = {
+    "4k": 4096,
+    "16k": 16384,
+    "32k": 32768,
+    "65k": 65536,
+    "131k": 131072,
+    "262k": 262144,
+    "524k": 524288,
+    "1m": 1048576,
+}
 _RELEASE_RE = re.compile(r"^gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att)(-canonical)?$")
 _ID_RE = re.compile(r"^layer_(\d+)/width_(\w+)/(canonical|average_l0_(\d+))$")
 
@@ -62,9 +73,15 @@ def registry() -> dict[str, Release]:
     path = Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    return {name: Release(name, str(entry.get("model", "")), tuple(sae["id"] for sae in entry.get("saes", [])),
-                          {sae["id"]: sae["neuronpedia"] for sae in entry.get("saes", []) if sae.get("neuronpedia")})
-            for name, entry in data.items()}
+    return {
+        name: Release(
+            name,
+            str(entry.get("model", "")),
+            tuple(sae["id"] for sae in entry.get("saes", [])),
+            {sae["id"]: sae["neuronpedia"] for sae in entry.get("saes", []) if sae.get("neuronpedia")},
+        )
+        for name, entry in data.items()
+    }
 
 
 def split_spec(text: str) -> GemmaScopeId | None:
@@ -105,7 +122,7 @@ class _Family:
 
     def widths(self, layer: int) -> list[str]:
         found = {w for lay, w in self.canonical | set(self.l0s) if lay == layer}
-        return sorted(found, key=_WIDTHS.get)
+        return sorted(found, key=lambda width: _WIDTHS[width])
 
 
 @functools.lru_cache(maxsize=1)
@@ -156,20 +173,27 @@ def _family_for(name: str, site: str) -> _Family:
         raise ValueError(
             f"There are no Gemma Scope (Gemma 2) SAEs for {name!r}. Models with Gemma Scope SAEs: "
             f"{', '.join(_gemma_scope_models())}."
-            + (" For the bundled model use scope.load_sae('demo'), or a 'RELEASE/SAE_ID' spec from "
-               "sae-lens' registry (e.g. the gemma-scope-2-270m-pt-res releases)." if "gemma-3" in name else "")
+            + (
+                " For the bundled model use scope.load_sae('demo'), or a 'RELEASE/SAE_ID' spec from "
+                "sae-lens' registry (e.g. the gemma-scope-2-270m-pt-res releases)."
+                if "gemma-3" in name
+                else ""
+            )
         )
     if site not in SITES:
-        raise ValueError(f"Unknown site {site!r}. Valid sites: {', '.join(map(repr, SITES))} "
-                         f"({', '.join(SITE_NAMES.values())}).")
+        raise ValueError(
+            f"Unknown site {site!r}. Valid sites: {', '.join(map(repr, SITES))} ({', '.join(SITE_NAMES.values())})."
+        )
     index = _gemma_scope_index()
     if name.startswith("gemma-2-") and name.endswith("-it") and (size, "it", site) in index:
         return index[(size, "it", site)]
     if (size, "pt", site) in index:
         return index[(size, "pt", site)]
     sites = [s for s in SITES if (size, "pt", s) in index or (size, "it", s) in index]
-    raise ValueError(f"Gemma Scope has no {SITE_NAMES[site]} SAEs for {name}; it has site(s) "
-                     f"{', '.join(map(repr, sites))} for this model size.")
+    raise ValueError(
+        f"Gemma Scope has no {SITE_NAMES[site]} SAEs for {name}; it has site(s) "
+        f"{', '.join(map(repr, sites))} for this model size."
+    )
 
 
 def _normalize_width(width: str | int) -> str:
@@ -179,8 +203,10 @@ def _normalize_width(width: str | int) -> str:
                 return name
     elif isinstance(width, str) and width.lower() in _WIDTHS:
         return width.lower()
-    raise ValueError(f"Unknown width {width!r}. Gemma Scope widths: {', '.join(_WIDTHS)} "
-                     f"(or the numbers {', '.join(str(v) for v in _WIDTHS.values())}).")
+    raise ValueError(
+        f"Unknown width {width!r}. Gemma Scope widths: {', '.join(_WIDTHS)} "
+        f"(or the numbers {', '.join(str(v) for v in _WIDTHS.values())})."
+    )
 
 
 def covered_layers(model: Any, site: str = "res") -> list[int]:
@@ -232,8 +258,10 @@ def gemma_scope_id(
     width = _normalize_width(width)
     layer = _check_layer(family, name, site, layer)
     if width not in family.widths(layer):
-        raise ValueError(f"No {width}-wide Gemma Scope {site} SAE for {name} at layer {layer}; "
-                         f"widths there: {', '.join(family.widths(layer))}.")
+        raise ValueError(
+            f"No {width}-wide Gemma Scope {site} SAE for {name} at layer {layer}; "
+            f"widths there: {', '.join(family.widths(layer))}."
+        )
     if isinstance(l0, str) and l0 == "canonical":
         return _canonical_id(family, name, site, layer, width)
     return _nearest_l0_id(family, name, site, layer, width, l0)
@@ -244,32 +272,36 @@ def _check_layer(family: _Family, name: str, site: str, layer: Any) -> int:
     layers = family.layers()
     if layer in layers:
         return layer
-    message = (f"No Gemma Scope {site} SAE for {name} at layer {layer}; {family.release} covers "
-               f"layer(s) {describe_layers(layers)} only.")
+    message = (
+        f"No Gemma Scope {site} SAE for {name} at layer {layer}; {family.release} covers "
+        f"layer(s) {describe_layers(layers)} only."
+    )
     if family.release.startswith("gemma-scope-9b-it"):
-        message += (" The base model's SAEs transfer to the IT model: "
-                    f"scope.gemma_scope_id('gemma-2-9b', {layer}, site={site!r}).")
+        message += (
+            " The base model's SAEs transfer to the IT model: "
+            f"scope.gemma_scope_id('gemma-2-9b', {layer}, site={site!r})."
+        )
     raise ValueError(message)
 
 
 def _canonical_id(family: _Family, name: str, site: str, layer: int, width: str) -> GemmaScopeId:
     if (layer, width) not in family.canonical:
         listed = family.l0s.get((layer, width), [])
-        raise ValueError(f"Gemma Scope lists no canonical {width} {site} SAE for {name} at layer {layer}; "
-                         f"pass l0= one of {listed} instead.")
+        raise ValueError(
+            f"Gemma Scope lists no canonical {width} {site} SAE for {name} at layer {layer}; "
+            f"pass l0= one of {listed} instead."
+        )
     return GemmaScopeId(f"{family.release}-canonical", f"layer_{layer}/width_{width}/canonical")
 
 
-def _nearest_l0_id(family: _Family, name: str, site: str, layer: int, width: str,
-                   l0: Any) -> GemmaScopeId:
+def _nearest_l0_id(family: _Family, name: str, site: str, layer: int, width: str, l0: Any) -> GemmaScopeId:
     if isinstance(l0, str):
         raise ValueError(f"l0 must be 'canonical' or a number (the target average L0), got {l0!r}.")
     l0 = _checks.finite(l0, "l0")
     listed = family.l0s.get((layer, width), [])
     if not listed:
-        raise ValueError(f"Gemma Scope lists only the canonical {width} {site} SAE for {name} at layer "
-                         f"{layer}; use l0='canonical'.")
+        raise ValueError(
+            f"Gemma Scope lists only the canonical {width} {site} SAE for {name} at layer {layer}; use l0='canonical'."
+        )
     nearest = min(listed, key=lambda value: (abs(value - l0), value))
     return GemmaScopeId(family.release, f"layer_{layer}/width_{width}/average_l0_{nearest}")
-
-

@@ -68,8 +68,9 @@ def sample_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def check_sampling(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any,
-                   seed: Any = None) -> tuple[int, float, int | None, float, int | None]:
+def check_sampling(
+    max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any = None
+) -> tuple[int, float, int | None, float, int | None]:
     """The sampling options, checked (cheap: callers run this before anything heavy)."""
     max_new_tokens = _checks.non_negative_int(max_new_tokens, "max_new_tokens")
     temperature = _checks.finite(temperature, "temperature")
@@ -96,7 +97,7 @@ def generate_tokens(
     seed: int | None = None,
     stop_at_eos: bool = True,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-) -> Int[torch.Tensor, "n_new"]:
+) -> Int[torch.Tensor, " n_new"]:
     """Generated token ids ``[n_new]`` after the prompt ``tokens`` ``[1, pos]`` (stop token
     excluded), with ``fwd_hooks`` attached for the duration (and any hooks already on the model)."""
     max_new_tokens, temperature, top_k, top_p, seed = check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
@@ -117,8 +118,7 @@ def generate_tokens(
         step_input = tokens.to(device)
         for _ in range(max_new_tokens):
             logits = next_token_logits(model, step_input, cache)
-            step_input = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      generator=generator)
+            step_input = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             token = int(step_input.item())
             if token in stops:
                 break

@@ -28,9 +28,17 @@ import torch
 from scope.subjects import describe_model
 
 _BLOCK_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_RESIDUAL_WIDE = {"hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-                  "ln1.hook_normalized", "ln2.hook_normalized", "ln1_post.hook_normalized",
-                  "ln2_post.hook_normalized"}
+_RESIDUAL_WIDE = {
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "ln1.hook_normalized",
+    "ln2.hook_normalized",
+    "ln1_post.hook_normalized",
+    "ln2_post.hook_normalized",
+}
 _MLP_WIDE = {"mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear"}
 _HEADS_WIDE = {"attn.hook_z", "attn.hook_q"}
 
@@ -44,8 +52,9 @@ def sae_hook(sae: Any) -> str:
     """The hook name an SAE reads (sae-lens 6 keeps it in ``cfg.metadata``)."""
     hook = sae.cfg.metadata.hook_name
     if not hook:
-        raise ValueError("This SAE records no hook name; load it with "
-                         "scope.load_sae(..., hook='blocks.L.hook_resid_post').")
+        raise ValueError(
+            "This SAE records no hook name; load it with scope.load_sae(..., hook='blocks.L.hook_resid_post')."
+        )
     return hook
 
 
@@ -92,18 +101,22 @@ def check_hook_exists(model: Any, hook: str) -> None:
         return
     close = difflib.get_close_matches(hook, list(model.hook_dict), n=3)
     last = model.cfg.n_layers - 1
-    raise ValueError(f"{describe_model(model)} has no hook {hook!r}"
-                     + (f"; closest: {', '.join(close)}" if close else "")
-                     + f". Blocks are 0..{last}, e.g. blocks.{last}.hook_resid_post, "
-                     f"blocks.{last}.hook_mlp_out, blocks.{last}.attn.hook_z.")
+    raise ValueError(
+        f"{describe_model(model)} has no hook {hook!r}"
+        + (f"; closest: {', '.join(close)}" if close else "")
+        + f". Blocks are 0..{last}, e.g. blocks.{last}.hook_resid_post, "
+        f"blocks.{last}.hook_mlp_out, blocks.{last}.attn.hook_z."
+    )
 
 
 def check_hook_free(model: Any, hook: str) -> None:
     """ValueError when an SAE is attached at ``hook`` (``model.add_sae``): the model's own
     activation there is then not observable, and scope would splice a second SAE on top."""
     if hook in getattr(model, "acts_to_saes", {}):
-        raise ValueError(f"An SAE is attached at {hook} (model.add_sae); scope reads and edits hook points "
-                         "itself. Call model.reset_saes() first.")
+        raise ValueError(
+            f"An SAE is attached at {hook} (model.add_sae); scope reads and edits hook points "
+            "itself. Call model.reset_saes() first."
+        )
 
 
 def check_width(model: Any, sae: Any, shape: tuple[int, ...]) -> None:
@@ -111,8 +124,10 @@ def check_width(model: Any, sae: Any, shape: tuple[int, ...]) -> None:
     hook = sae_hook(sae)
     width = math.prod(shape) if sae.cfg.reshape_activations == "hook_z" else shape[-1]
     if width != sae.cfg.d_in:
-        raise ValueError(f"SAE d_in is {sae.cfg.d_in} but {describe_model(model)} has width {width} at {hook} "
-                         f"(activation shape {list(shape)}): this SAE was made for another model or hook.")
+        raise ValueError(
+            f"SAE d_in is {sae.cfg.d_in} but {describe_model(model)} has width {width} at {hook} "
+            f"(activation shape {list(shape)}): this SAE was made for another model or hook."
+        )
 
 
 def check_compatible(model: Any, sae: Any) -> None:
@@ -130,8 +145,10 @@ def check_compatible(model: Any, sae: Any) -> None:
     if shape is not None:
         check_width(model, sae, shape)
     if torch.device(sae.device).type != torch.device(model.cfg.device).type:
-        raise ValueError(f"SAE is on {sae.device} but the model is on {model.cfg.device}; "
-                         f"load it with device={str(model.cfg.device)!r} or call sae.to(...).")
+        raise ValueError(
+            f"SAE is on {sae.device} but the model is on {model.cfg.device}; "
+            f"load it with device={str(model.cfg.device)!r} or call sae.to(...)."
+        )
 
 
 # ----------------------------------------------------------------------------- the model lock
@@ -158,8 +175,9 @@ def model_lock(model: Any) -> threading.RLock:
 # ----------------------------------------------------------------------------- running
 
 
-def run_to_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str], *,
-                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def run_to_hooks(
+    model: Any, tokens: torch.Tensor, hooks: Sequence[str], *, attention_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The model's activations at ``hooks`` for ``tokens`` [batch, pos], from one forward pass
     that stops after the last block any hook needs."""
     for hook in hooks:
@@ -173,8 +191,12 @@ def run_to_hooks(model: Any, tokens: torch.Tensor, hooks: Sequence[str], *,
     device = model.cfg.device
     mask = attention_mask.to(device) if attention_mask is not None else None
     with model_lock(model), torch.no_grad():
-        model.run_with_hooks(tokens.to(device), stop_at_layer=stop_layer(hooks), attention_mask=mask,
-                             fwd_hooks=[(hook, capture) for hook in hooks])
+        model.run_with_hooks(
+            tokens.to(device),
+            stop_at_layer=stop_layer(hooks),
+            attention_mask=mask,
+            fwd_hooks=[(hook, capture) for hook in hooks],
+        )
     return captured
 
 

@@ -28,8 +28,7 @@ def as_text(text: Any, name: str = "text") -> str:
         return format_chat(text, add_generation_prompt=True)
     if isinstance(text, str):
         return text
-    raise TypeError(f"{name} must be a string or a list of {{'role', 'content'}} messages, "
-                    f"got {type(text).__name__}.")
+    raise TypeError(f"{name} must be a string or a list of {{'role', 'content'}} messages, got {type(text).__name__}.")
 
 
 def to_tokens(model: Any, text: Any, *, reserve: int = 0, name: str = "text") -> torch.Tensor:
@@ -41,7 +40,7 @@ def to_tokens(model: Any, text: Any, *, reserve: int = 0, name: str = "text") ->
     prompt = as_text(text, name)
     bos = model.tokenizer.bos_token
     if bos and prompt.startswith(bos):  # tokenization adds the one BOS
-        prompt = prompt[len(bos):]
+        prompt = prompt[len(bos) :]
     tokens = model.to_tokens(prompt, prepend_bos=True, truncate=False)
     check_length(model, tokens.shape[1], reserve=reserve, name=name)
     return tokens
@@ -53,11 +52,15 @@ def check_length(model: Any, length: int, *, reserve: int = 0, name: str = "text
     if length + reserve <= n_ctx:
         return
     if reserve:
-        raise ValueError(f"The {name} has {length} tokens; with max_new_tokens={reserve} that exceeds the "
-                         f"model's context of {n_ctx} tokens. Shorten it or lower max_new_tokens "
-                         f"(at most {max(n_ctx - length, 0)} here).")
-    raise ValueError(f"The {name} has {length} tokens, more than the model's context of {n_ctx}; nothing "
-                     "is cut silently. Split it, or use scope.mine, which reads long texts in windows.")
+        raise ValueError(
+            f"The {name} has {length} tokens; with max_new_tokens={reserve} that exceeds the "
+            f"model's context of {n_ctx} tokens. Shorten it or lower max_new_tokens "
+            f"(at most {max(n_ctx - length, 0)} here)."
+        )
+    raise ValueError(
+        f"The {name} has {length} tokens, more than the model's context of {n_ctx}; nothing "
+        "is cut silently. Split it, or use scope.mine, which reads long texts in windows."
+    )
 
 
 def str_tokens(model: Any, tokens: torch.Tensor) -> list[str]:
@@ -65,13 +68,13 @@ def str_tokens(model: Any, tokens: torch.Tensor) -> list[str]:
     return list(model.to_str_tokens(tokens))
 
 
-def pad(sequences: Sequence[torch.Tensor], pad_id: int, *,
-        side: Literal["left", "right"]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(
+    sequences: Sequence[torch.Tensor], pad_id: int, *, side: Literal["left", "right"]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """1-D token tensors as one ``[batch, pos]`` tensor padded on ``side``, and the mask of real
     tokens (``[batch, pos]`` long, 1 = token). transformer-lens derives rotary positions from
     the mask, so a left-padded row sees the positions it would see alone."""
-    tokens = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=pad_id,
-                                             padding_side=side)
+    tokens = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=pad_id, padding_side=side)
     ones = [torch.ones(len(s), dtype=torch.long) for s in sequences]
     mask = torch.nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_value=0, padding_side=side)
     return tokens, mask

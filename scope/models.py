@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +40,17 @@ def list_models() -> pandas.DataFrame:
         fitting = [r for m in s.sae_models for r in releases.get(m, [])]
         if s.name == BUNDLED:
             fitting = ["demo (bundled)"] + fitting
-        rows.append({"name": s.name, "family": s.family, "parameters": s.parameters,
-                     "hub_id": s.hub_id or "(bundled, offline)", "gated": s.gated,
-                     "chat": s.chat, "gemma_scope_releases": fitting})
+        rows.append(
+            {
+                "name": s.name,
+                "family": s.family,
+                "parameters": s.parameters,
+                "hub_id": s.hub_id or "(bundled, offline)",
+                "gated": s.gated,
+                "chat": s.chat,
+                "gemma_scope_releases": fitting,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -53,6 +64,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     weights: str | Path | None = None,
+    verify: bool = False,
 ) -> HookedSAETransformer:
     """Load a subject as a sae-lens ``HookedSAETransformer`` (no weight processing).
 
@@ -63,55 +75,174 @@ def load_model(
         dtype: default bfloat16 on cuda, float32 on cpu (Google recommends bfloat16 for Gemma 2).
         weights: a local folder holding the HF checkpoint (config, weights, tokenizer) to use
             instead of the hub, e.g. a snapshot you downloaded or a fine-tune of the same
-            architecture. The architecture template still comes from ``name``.
+            architecture. The architecture template still comes from ``name``: the checkpoint's
+            ``model_type`` must be the subject's (``gemma2`` for Gemma 2 and ShieldGemma,
+            ``gemma3_text`` for Gemma 3); its sizes may differ.
+        verify: check the sha256 of every file of the bundled model's cache on this load (it is
+            checked on the first load of each process anyway, sizes on every load); a cache that
+            does not match is converted again. Only for the bundled model.
+
+    Every argument is checked before anything loads. Without network (or with
+    ``HF_HUB_OFFLINE=1``) a hub model loads from the local Hugging Face cache, or fails at once.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, bad device or dtype, a weights folder that does not exist or
+            holds another architecture.
         ModelUnavailableError: a hub model that cannot be fetched (offline, or gated without login).
+        scope.bundled.CacheError: (an OSError) the bundled model's cache folder ($SCOPE_CACHE) is
+            read-only or full.
     """
     spec = subject(name)
     device = _checks.device(device)
     dtype = _checks.dtype(dtype) if dtype is not None else default_dtype(device)
-    if spec.hub_id is None and weights is None:
-        source: str | Path = ensure_bundled_checkpoint()
+    folder = _weights_folder(spec, weights) if weights is not None else None
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be True or False, got {verify!r}.")
+    if verify and (spec.hub_id is not None or folder is not None):
+        raise ValueError(
+            f"verify=True checks the checksums scope records for the bundled {BUNDLED!r} cache; "
+            f"{spec.name} from {folder or spec.hub_id} has none to check. Leave verify out."
+        )
+    local_files_only = False
+    if folder is not None:
+        source: str | Path = folder
+    elif spec.hub_id is None:
+        source = ensure_bundled_checkpoint(verify=verify)
     else:
-        source = weights if weights is not None else spec.hub_id
-    tokenizer, hf_model = _load_hf(spec, source, dtype)
+        source = spec.hub_id
+        local_files_only = _hub_offline() or not _hub_reachable()
+    tokenizer, hf_model = _load_hf(spec, source, dtype, local_files_only=local_files_only)
     model = hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device, consume_hf=True)
     register(model, spec)
     return model
 
 
-def _load_hf(spec: Subject, source: str | Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Tokenizer and HF model from a hub id or a local checkpoint folder."""
+def _load_hf(
+    spec: Subject, source: str | Path, dtype: torch.dtype, *, local_files_only: bool = False
+) -> tuple[Any, Any]:
+    """Tokenizer and HF model from a hub id or a local checkpoint folder.
+
+    ``local_files_only``: the hub is not reachable (or HF_HUB_OFFLINE): only the local HF cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local = isinstance(source, Path) or Path(str(source)).exists()
-    if local:
-        _check_checkpoint_folder(spec, Path(source))
+    local = isinstance(source, Path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local_files_only)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=local_files_only)
     except (OSError, ValueError) as err:
         if local:
             raise ValueError(f"Could not load {spec.name} weights from {source}: {err}") from err
         if isinstance(err, ValueError):
             raise
-        raise ModelUnavailableError(_unavailable_message(spec, err)) from err
+        raise ModelUnavailableError(_unavailable_message(spec, err, offline=local_files_only)) from err
     hf_model.eval()
     return tokenizer, hf_model
 
 
-def _check_checkpoint_folder(spec: Subject, folder: Path) -> None:
-    if not folder.is_dir() or not (folder / "config.json").is_file():
+def _weights_folder(spec: Subject, weights: Any) -> Path:
+    """``weights`` as a checkpoint folder of ``spec``'s architecture; TypeError/ValueError otherwise."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be a folder (a str or Path), got {type(weights).__name__}: {weights!r}.")
+    folder = Path(weights).expanduser()
+    how = "config.json, the weights (*.safetensors) and the tokenizer files, as written by save_pretrained()"
+    if spec.hub_id:
+        how += f" or downloaded with `hf download {spec.hub_id} --local-dir <folder>`"
+    if not folder.exists():
         raise ValueError(
-            f"weights={str(folder)!r} is not a Hugging Face checkpoint folder for {spec.name}: it needs "
-            "config.json, the weights (*.safetensors) and the tokenizer files, as written by "
-            "save_pretrained() or downloaded with `hf download " + (spec.hub_id or "<repo>") + "`."
+            f"weights={str(weights)!r}: the folder {folder} does not exist. Pass a local folder "
+            f"holding a checkpoint of {spec.name} ({how}), or leave weights out to load "
+            + (f"{spec.hub_id} from the hub." if spec.hub_id else "the bundled model.")
         )
+    if not folder.is_dir():
+        raise ValueError(f"weights={str(weights)!r} is a file, not a folder: pass the folder that holds {how}.")
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"weights={str(folder)!r} is not a Hugging Face checkpoint folder for {spec.name}: it needs {how}."
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        found = config.get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(
+            f"weights={str(folder)!r}: its config.json cannot be read as a Hugging Face config ({err})."
+        ) from None
+    if spec.model_types and found not in spec.model_types:
+        expected = " or ".join(map(repr, spec.model_types))
+        fitting = [s for s in SUBJECTS.values() if found in s.model_types]
+        families = " or ".join(dict.fromkeys(s.family for s in fitting))
+        hint = (
+            f" A {found!r} checkpoint loads under a {families} name, e.g. {fitting[0].name!r}."
+            if fitting
+            else f" scope loads only {', '.join(sorted({t for s in SUBJECTS.values() for t in s.model_types}))} "
+            "checkpoints."
+        )
+        if found is None:
+            raise ValueError(
+                f"weights={str(folder)!r}: its config.json has no model_type, so it cannot be "
+                f"checked to be a {spec.family} checkpoint (model_type {expected}) for {spec.name}."
+            )
+        raise ValueError(
+            f"weights={str(folder)!r} holds a {found!r} checkpoint (model_type in its config.json), "
+            f"but {spec.name} is {spec.family}: model_type {expected} expected. Its weights would "
+            f"run through the wrong architecture.{hint}"
+        )
+    return folder
 
 
-def _unavailable_message(spec: Subject, err: BaseException) -> str:
+# The hub's reachability is probed this long before a download is tried (the hub library's own
+# retries take most of a minute to give up).
+HUB_PROBE_TIMEOUT_S = 2.5
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, in huggingface_hub's settings or the environment."""
+    from huggingface_hub import constants
+
+    env = any(
+        os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    return bool(constants.HF_HUB_OFFLINE) or env
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub endpoint answers an HTTP request within ``timeout`` seconds.
+
+    Through huggingface_hub's own HTTP client (its proxies and endpoint settings), in a thread,
+    so that a name lookup that hangs (which no socket timeout covers) costs ``timeout`` too."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            response = get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+            answered.append(response.status_code < 500)
+        except Exception:  # any failure to get an answer: unreachable
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="scope-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(answered and answered[0])
+
+
+def hub_status() -> str:
+    """One line on whether hub models can be downloaded now (for ``scope doctor``)."""
+    from huggingface_hub import constants
+
+    if _hub_offline():
+        return "offline: HF_HUB_OFFLINE is set; hub models load from the local Hugging Face cache only"
+    if _hub_reachable():
+        return f"{constants.ENDPOINT} answers"
+    return (
+        f"{constants.ENDPOINT} does not answer within {HUB_PROBE_TIMEOUT_S} s; hub models load from the "
+        "local Hugging Face cache only"
+    )
+
+
+def _unavailable_message(spec: Subject, err: BaseException, *, offline: bool = False) -> str:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     chain = _exception_chain(err)
@@ -124,24 +255,33 @@ def _unavailable_message(spec: Subject, err: BaseException) -> str:
         why = f"{spec.hub_id} was not found on the Hugging Face Hub (or is gated without login)"
         fix = f"check {url}, accept its licence and log in with `hf auth login`"
     else:
-        why = f"the Hugging Face Hub could not be reached and {spec.hub_id} is not in the local cache"
-        fix = ("connect to the internet once to download it (it is cached afterwards), or pass "
-               "weights=<local folder> with a downloaded snapshot")
-    return (f"Cannot load {spec.name!r}: {why}. Fix: {fix}. "
-            f"Working offline? The bundled model needs no network: scope.load_model({BUNDLED!r}).")
+        if offline and _hub_offline():
+            why = f"HF_HUB_OFFLINE is set and {spec.hub_id} is not in the local Hugging Face cache"
+            connect = "unset HF_HUB_OFFLINE and connect to the internet once to download it"
+        else:
+            why = f"the Hugging Face Hub could not be reached and {spec.hub_id} is not in the local cache"
+            connect = "connect to the internet once to download it"
+        fix = f"{connect} (it is cached afterwards), or pass weights=<local folder> with a downloaded snapshot"
+    return (
+        f"Cannot load {spec.name!r}: {why}. Fix: {fix}. "
+        f"Working offline? The bundled model needs no network: scope.load_model({BUNDLED!r})."
+    )
 
 
 def _exception_chain(err: BaseException) -> list[BaseException]:
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        chain.append(err)
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        chain.append(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return chain
 
 
-def hooked_from_hf(template: str, hf_model: Any, tokenizer: Any, *, dtype: torch.dtype, device: str,
-                   consume_hf: bool = False):
+def hooked_from_hf(
+    template: str, hf_model: Any, tokenizer: Any, *, dtype: torch.dtype, device: str, consume_hf: bool = False
+):
     """Build a ``HookedSAETransformer`` from a HF model with transformer-lens' official config.
 
     ``template`` names the official architecture (e.g. ``google/gemma-2-2b``). Sizes are read
@@ -162,8 +302,11 @@ def hooked_from_hf(template: str, hf_model: Any, tokenizer: Any, *, dtype: torch
         # deletes each entry once copied, so converted weights are freed as the model fills up.
         model.load_and_process_state_dict(
             _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf),
-            fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False, refactor_factored_attn_matrices=False,
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
         )
     model.move_model_modules_to_device()
     relayout_for_speed(model)  # same values, strides that spare a weight copy per matmul

@@ -24,8 +24,18 @@ from scope.hooks import sae_hook
 SHADE = (255, 127, 14)  # plotly's orange
 
 
-def dashboard(model: Any, sae: Any, feature: int, texts: Any, path: str | os.PathLike, *, k: int = 20,
-              context: int = DEFAULT_CONTEXT, mined: Mined | None = None, progress: bool = True) -> Path:
+def dashboard(
+    model: Any,
+    sae: Any,
+    feature: int,
+    texts: Any,
+    path: str | os.PathLike,
+    *,
+    k: int = 20,
+    context: int = DEFAULT_CONTEXT,
+    mined: Mined | None = None,
+    progress: bool = True,
+) -> Path:
     """Write the page of ``feature`` to ``path`` (an .html file) from its top examples in ``texts``.
 
     ``mined``: reuse the result of :func:`scope.examples.mine` (one pass serves many pages);
@@ -36,14 +46,25 @@ def dashboard(model: Any, sae: Any, feature: int, texts: Any, path: str | os.Pat
     if mined is None:
         mined = mine(model, sae, texts, features=[feature], k=k, context=context, progress=progress)
     if feature not in mined.features:
-        raise ValueError(f"Feature {feature} was not mined; the mined features are {mined.features[:20]}"
-                         f"{'...' if len(mined.features) > 20 else ''}.")
+        raise ValueError(
+            f"Feature {feature} was not mined; the mined features are {mined.features[:20]}"
+            f"{'...' if len(mined.features) > 20 else ''}."
+        )
     page = _page(model, sae, feature, mined)
     return _write_text(Path(path), page)
 
 
-def dashboards(model: Any, sae: Any, features: Sequence[int], texts: Any, folder: str | os.PathLike, *,
-               k: int = 20, context: int = DEFAULT_CONTEXT, progress: bool = True) -> Path:
+def dashboards(
+    model: Any,
+    sae: Any,
+    features: Sequence[int],
+    texts: Any,
+    folder: str | os.PathLike,
+    *,
+    k: int = 20,
+    context: int = DEFAULT_CONTEXT,
+    progress: bool = True,
+) -> Path:
     """Pages for ``features`` from one pass over ``texts``, plus ``index.html`` linking them.
     Returns the index path."""
     folder = check_writable_dir(folder, "folder")
@@ -52,15 +73,20 @@ def dashboards(model: Any, sae: Any, features: Sequence[int], texts: Any, folder
     for i, feature in enumerate(mined.features):
         dashboard(model, sae, feature, texts, folder / f"feature_{feature}.html", mined=mined)
         top = mined.examples[mined.examples.feature == feature]
-        rows.append(f"<tr><td><a href='feature_{feature}.html'>{feature}</a></td>"
-                    f"<td>{float(mined.density[i]):.2e}</td>"
-                    f"<td>{(top.activation.max() if len(top) else 0.0):.2f}</td>"
-                    f"<td>{html.escape(top.token.iloc[0]) if len(top) else ''}</td></tr>")
-    index = _html(f"SAE features at {html.escape(sae_hook(sae))}", f"""
+        rows.append(
+            f"<tr><td><a href='feature_{feature}.html'>{feature}</a></td>"
+            f"<td>{float(mined.density[i]):.2e}</td>"
+            f"<td>{(top.activation.max() if len(top) else 0.0):.2f}</td>"
+            f"<td>{html.escape(top.token.iloc[0]) if len(top) else ''}</td></tr>"
+        )
+    index = _html(
+        f"SAE features at {html.escape(sae_hook(sae))}",
+        f"""
 <h1>Features of the SAE at <code>{html.escape(sae_hook(sae))}</code></h1>
 <p>{mined.n_tokens:,} tokens read.</p>
 <table><tr><th>feature</th><th>density</th><th>max activation</th><th>top token</th></tr>
-{''.join(rows)}</table>""")
+{"".join(rows)}</table>""",
+    )
     return _write_text(folder / "index.html", index)
 
 
@@ -96,8 +122,10 @@ def _examples_html(mined: Mined, rows, max_act: float) -> str:
     for row in rows:
         example = mined.examples.loc[row]
         spans = "".join(_token_span(token, value, max_act) for token, value in zip(*mined.span(row)))
-        lines.append(f"<div class='example' data-rank='{int(example['rank'])}'>"
-                     f"<span class='act'>{example['activation']:.2f}</span> {spans}</div>")
+        lines.append(
+            f"<div class='example' data-rank='{int(example['rank'])}'>"
+            f"<span class='act'>{example['activation']:.2f}</span> {spans}</div>"
+        )
     return "\n".join(lines)
 
 
@@ -105,8 +133,10 @@ def _token_span(token: str, value: float, max_act: float) -> str:
     alpha = 0.0 if max_act <= 0 else min(1.0, max(0.0, value / max_act))
     shown = html.escape(token).replace("\n", "↵").replace(" ", "&nbsp;") or "&#8203;"
     r, g, b = SHADE
-    return (f"<span class='tok' title='activation {value:.3f}' data-act='{value:.4f}' "
-            f"style='background: rgba({r},{g},{b},{alpha:.3f})'>{shown}</span>")
+    return (
+        f"<span class='tok' title='activation {value:.3f}' data-act='{value:.4f}' "
+        f"style='background: rgba({r},{g},{b},{alpha:.3f})'>{shown}</span>"
+    )
 
 
 def _histogram_figure(mined: Mined, i: int, feature: int) -> go.Figure:
@@ -114,12 +144,22 @@ def _histogram_figure(mined: Mined, i: int, feature: int) -> go.Figure:
     counts = mined.histogram[i].tolist()
     centres = [(a * b) ** 0.5 for a, b in zip(edges[:-1], edges[1:])]
     used = [j for j, c in enumerate(counts) if c > 0]
-    figure = go.Figure(go.Bar(x=[centres[j] for j in used], y=[counts[j] for j in used],
-                              marker_color="rgb({},{},{})".format(*SHADE),
-                              hovertemplate="activation ~%{x:.3g}<br>%{y} tokens<extra></extra>"))
-    figure.update_layout(title=f"Feature {feature}: non-zero activations", xaxis_type="log",
-                         xaxis_title="activation", yaxis_title="tokens", height=320,
-                         margin=dict(l=50, r=20, t=50, b=40))
+    figure = go.Figure(
+        go.Bar(
+            x=[centres[j] for j in used],
+            y=[counts[j] for j in used],
+            marker_color="rgb({},{},{})".format(*SHADE),
+            hovertemplate="activation ~%{x:.3g}<br>%{y} tokens<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=f"Feature {feature}: non-zero activations",
+        xaxis_type="log",
+        xaxis_title="activation",
+        yaxis_title="tokens",
+        height=320,
+        margin=dict(l=50, r=20, t=50, b=40),
+    )
     return figure
 
 
@@ -127,8 +167,10 @@ def _logit_lens_html(model, sae, feature: int) -> str:
     table = feature_logits(model, sae, feature, k=10)
     parts = []
     for direction in ("promoted", "suppressed"):
-        cells = "".join(f"<tr><td>{html.escape(repr(r.token))}</td><td>{r.logit:+.3f}</td></tr>"
-                        for r in table[table.direction == direction].itertuples())
+        cells = "".join(
+            f"<tr><td>{html.escape(repr(r.token))}</td><td>{r.logit:+.3f}</td></tr>"
+            for r in table[table.direction == direction].itertuples()
+        )
         parts.append(f"<table class='lens'><tr><th colspan=2>{direction}</th></tr>{cells}</table>")
     return f"<div class='lenses'>{''.join(parts)}</div>"
 
@@ -145,10 +187,11 @@ table { border-collapse: collapse; } td, th { padding: 2px 8px; border-bottom: 1
 
 
 def _html(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
 
 
 def _write_text(path: Path, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-

@@ -22,12 +22,22 @@ def residual_norms_figure(norms: pd.DataFrame, *, log_scale: bool = True) -> go.
     if log_scale:  # BOS dwarfs everything else; a log scale keeps the rest readable
         values = np.log10(values)
         colorbar = "log10 norm"
-    figure = go.Figure(go.Heatmap(
-        z=values, x=_position_labels(norms), y=list(grid.index), colorbar={"title": colorbar},
-        customdata=grid.values, hovertemplate="layer %{y}<br>%{x}<br>norm %{customdata:.1f}<extra></extra>",
-    ))
-    figure.update_layout(title="Residual stream norm (hook_resid_post)", xaxis_title="position: token",
-                         yaxis_title="layer", yaxis_autorange="reversed")
+    figure = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=_position_labels(norms),
+            y=list(grid.index),
+            colorbar={"title": colorbar},
+            customdata=grid.values,
+            hovertemplate="layer %{y}<br>%{x}<br>norm %{customdata:.1f}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title="Residual stream norm (hook_resid_post)",
+        xaxis_title="position: token",
+        yaxis_title="layer",
+        yaxis_autorange="reversed",
+    )
     return figure
 
 
@@ -37,16 +47,22 @@ def steering_tradeoff_figure(results: pd.DataFrame) -> go.Figure:
     Up is more of the concept in the text, right is more fluent: a good strength sits up and right.
     """
     means = results.groupby("value", sort=True)[["concept", "fluency"]].mean().reset_index()
-    figure = go.Figure(go.Scatter(
-        x=means["fluency"], y=means["concept"], mode="lines+markers+text",
-        text=[f"{v:g}" for v in means["value"]], textposition="top center",
-        hovertemplate="strength %{text}<br>fluency %{x:.2f}<br>concept %{y:.2f}<extra></extra>",
-    ))
-    figure.update_layout(title="Steering trade-off: concept vs fluency by strength",
-                         xaxis_title="fluency (mean log-prob of generated tokens, unsteered model)",
-                         yaxis_title="concept (feature's mean activation on the generated text)")
+    figure = go.Figure(
+        go.Scatter(
+            x=means["fluency"],
+            y=means["concept"],
+            mode="lines+markers+text",
+            text=[f"{v:g}" for v in means["value"]],
+            textposition="top center",
+            hovertemplate="strength %{text}<br>fluency %{x:.2f}<br>concept %{y:.2f}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title="Steering trade-off: concept vs fluency by strength",
+        xaxis_title="fluency (mean log-prob of generated tokens, unsteered model)",
+        yaxis_title="concept (feature's mean activation on the generated text)",
+    )
     return figure
-
 
 
 def trace_heatmap(trace: pd.DataFrame, feature: int | None = None, title: str | None = None):
@@ -71,9 +87,17 @@ def trace_heatmap(trace: pd.DataFrame, feature: int | None = None, title: str | 
     hover = "layer %{y}<br>%{x}<br>feature %{customdata[0]}<br>activation %{z:.3g}"
     if urls is not None:
         hover += "<br>%{customdata[1]}"
-    figure = go.Figure(go.Heatmap(z=z, x=labels, y=[str(layer) for layer in layers], customdata=custom,
-                                  hovertemplate=hover + "<extra></extra>", colorscale="Viridis",
-                                  colorbar={"title": "activation"}))
+    figure = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=[str(layer) for layer in layers],
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+            colorscale="Viridis",
+            colorbar={"title": "activation"},
+        )
+    )
     default = "Top SAE feature per token and layer" if feature is None else f"Feature {feature} across layers"
     figure.update_layout(title=title or default, xaxis_title="token", yaxis_title="layer")
     return figure
@@ -121,8 +145,19 @@ def attribution_figure(attribution: Any, title: str | None = None) -> go.Figure:
         default += f"; P(Yes) = {1.0 / (1.0 + np.exp(-attribution.metric)):.3f}"
     elif hasattr(attribution, "metric"):
         default += f"; {metric_name} = {attribution.metric:.3f}"
-    figure = go.Figure(go.Bar(x=values, y=labels, orientation="h", marker_color=colors,
-                              hovertemplate="%{y}<br>attribution %{x:.3g}<extra></extra>"))
-    figure.update_layout(title=title or default, xaxis_title="attribution (+ raises, - lowers)",
-                         yaxis_title="feature @ position: token", height=max(300, 28 * len(labels) + 120))
+    figure = go.Figure(
+        go.Bar(
+            x=values,
+            y=labels,
+            orientation="h",
+            marker_color=colors,
+            hovertemplate="%{y}<br>attribution %{x:.3g}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=title or default,
+        xaxis_title="attribution (+ raises, - lowers)",
+        yaxis_title="feature @ position: token",
+        height=max(300, 28 * len(labels) + 120),
+    )
     return figure

@@ -22,11 +22,11 @@ def residual_norms(model: Any, text: TextOrMessages) -> pd.DataFrame:
     tokens = to_tokens(model, text)
     with model_lock(model), torch.no_grad():
         _, cache = model.run_with_cache(
-            tokens, names_filter=lambda name: name.endswith("hook_resid_post"), return_type=None)
+            tokens, names_filter=lambda name: name.endswith("hook_resid_post"), return_type=None
+        )
     strings = str_tokens(model, tokens[0])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for layer in range(model.cfg.n_layers):
         norms = cache[f"blocks.{layer}.hook_resid_post"][0].float().norm(dim=-1).tolist()
-        rows.extend({"layer": layer, "position": p, "token": strings[p], "norm": n}
-                    for p, n in enumerate(norms))
+        rows.extend({"layer": layer, "position": p, "token": strings[p], "norm": n} for p, n in enumerate(norms))
     return pd.DataFrame(rows)

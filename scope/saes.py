@@ -95,8 +95,10 @@ def _spec_text(spec: Any) -> str:
     if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(p, str) for p in spec):
         return str(GemmaScopeId(*spec))
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"spec must be a 'release/sae_id' string, a (release, sae_id) tuple, a path or 'demo', "
-                        f"got {type(spec).__name__}.")
+        raise TypeError(
+            f"spec must be a 'release/sae_id' string, a (release, sae_id) tuple, a path or 'demo', "
+            f"got {type(spec).__name__}."
+        )
     return os.fspath(spec)
 
 
@@ -181,7 +183,9 @@ def _load_sae_lens_folder(path: Path, hook: str | None, device: str, dtype: str)
 
     weights = path / "sae_weights.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing: a sae-lens SAE folder holds cfg.json and sae_weights.safetensors.")
+        raise FileNotFoundError(
+            f"{weights} is missing: a sae-lens SAE folder holds cfg.json and sae_weights.safetensors."
+        )
 
     def load(path: Any, device: str, cfg_overrides: dict[str, Any] | None = None) -> Any:
         cfg, state = sae_lens_disk_loader(path, device, cfg_overrides)
@@ -218,14 +222,18 @@ def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str)
     ids = directory[release].ids
     if sae_id not in ids:
         close = difflib.get_close_matches(sae_id, list(ids), n=3, cutoff=0.5)
-        raise ValueError(f"SAE id {sae_id!r} is not in release {release!r}"
-                         + (f"; closest ids: {', '.join(close)}" if close else "")
-                         + f". The release has {len(ids)} ids, e.g. {next(iter(ids))!r}.")
+        raise ValueError(
+            f"SAE id {sae_id!r} is not in release {release!r}"
+            + (f"; closest ids: {', '.join(close)}" if close else "")
+            + f". The release has {len(ids)} ids, e.g. {next(iter(ids))!r}."
+        )
     sae = _from_pretrained(release, sae_id, device, dtype)
     if hook is not None and hook != sae.cfg.metadata.hook_name:
-        raise ValueError(f"{release}/{sae_id} was trained at {sae.cfg.metadata.hook_name!r}, not hook={hook!r}; "
-                         "a registry SAE keeps its recorded hook (save it as a sae-lens folder and load "
-                         "that with hook= to move it).")
+        raise ValueError(
+            f"{release}/{sae_id} was trained at {sae.cfg.metadata.hook_name!r}, not hook={hook!r}; "
+            "a registry SAE keeps its recorded hook (save it as a sae-lens folder and load "
+            "that with hook= to move it)."
+        )
     return sae
 
 
@@ -255,8 +263,10 @@ def read_params_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             missing = [key for key in GEMMA_SCOPE_KEYS if key not in data.files]
             if missing:
-                raise ValueError(f"{path}: missing key(s) {', '.join(missing)}; a Gemma Scope params.npz holds "
-                                 f"{', '.join(GEMMA_SCOPE_KEYS)} (found {', '.join(data.files) or 'nothing'}).")
+                raise ValueError(
+                    f"{path}: missing key(s) {', '.join(missing)}; a Gemma Scope params.npz holds "
+                    f"{', '.join(GEMMA_SCOPE_KEYS)} (found {', '.join(data.files) or 'nothing'})."
+                )
             arrays = {key: data[key] for key in GEMMA_SCOPE_KEYS}
     except ValueError as err:
         if str(err).startswith(str(path)):
@@ -278,8 +288,10 @@ def _check_npz_shapes(path: Path, arrays: dict[str, np.ndarray]) -> None:
     expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
     for key, shape in expected.items():
         if arrays[key].shape != shape:
-            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape} "
-                             f"(W_enc is [d_in, d_sae] = {(d_in, d_sae)}).")
+            raise ValueError(
+                f"{path}: {key} has shape {arrays[key].shape}, expected {shape} "
+                f"(W_enc is [d_in, d_sae] = {(d_in, d_sae)})."
+            )
 
 
 def load_gemma_scope_npz(
@@ -298,9 +310,11 @@ def load_gemma_scope_npz(
     from sae_lens import SAE
 
     if not hook:
-        raise ValueError(f"hook= is required to load {path}: a Gemma Scope params.npz does not record where "
-                         "it was trained. Pass e.g. hook='blocks.20.hook_resid_post' (res), "
-                         "'blocks.20.hook_mlp_out' (mlp) or 'blocks.20.attn.hook_z' (att).")
+        raise ValueError(
+            f"hook= is required to load {path}: a Gemma Scope params.npz does not record where "
+            "it was trained. Pass e.g. hook='blocks.20.hook_resid_post' (res), "
+            "'blocks.20.hook_mlp_out' (mlp) or 'blocks.20.attn.hook_z' (att)."
+        )
     converter = functools.partial(_npz_converter, hook=hook)
     return SAE.load_from_disk(path, device=_checks.device(device), dtype=_checks.dtype_name(dtype), converter=converter)
 
@@ -309,16 +323,27 @@ def _npz_converter(path: str | Path, device: str, cfg_overrides: dict[str, Any] 
     arrays = read_params_npz(path)
     d_in, d_sae = arrays["W_enc"].shape
     cfg = {
-        "architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32",
-        "device": device, "hook_name": hook, "hook_head_index": None, "activation_fn": "relu",
-        "apply_b_dec_to_input": False, "normalize_activations": None, "prepend_bos": True,
+        "architecture": "jumprelu",
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "dtype": "float32",
+        "device": device,
+        "hook_name": hook,
+        "hook_head_index": None,
+        "activation_fn": "relu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": None,
+        "prepend_bos": True,
         "reshape_activations": "hook_z" if hook.endswith("hook_z") else "none",
-        "neuronpedia_id": None, "model_name": None,
+        "neuronpedia_id": None,
+        "model_name": None,
     }
     cfg.update(cfg_overrides or {})
-    dtype = getattr(torch, cfg["dtype"])
-    state = {key: torch.from_numpy(np.ascontiguousarray(value)).to(device=device, dtype=dtype)
-             for key, value in arrays.items()}
+    dtype = _checks.dtype(cfg["dtype"])
+    state = {
+        key: torch.from_numpy(np.ascontiguousarray(value)).to(device=device, dtype=dtype)
+        for key, value in arrays.items()
+    }
     return cfg, state
 
 
@@ -403,4 +428,4 @@ def load_saes(
     if not isinstance(model, str):
         device = device if device is not None else str(model.cfg.device)
         dtype = dtype if dtype is not None else model.cfg.dtype
-    return LazySAEs(model, specs, _checks.device(device), dtype)
+    return LazySAEs(model, specs, _checks.device(device), _checks.dtype(dtype) if dtype is not None else "float32")

@@ -24,7 +24,6 @@ from typing import Any
 
 from scope import _checks
 
-
 BUNDLED = "gemma-3-270m"
 
 
@@ -40,6 +39,9 @@ class Subject:
     gated: bool
     chat: bool  # instruction-tuned: speaks the Gemma turn format
     sae_models: tuple[str, ...] = field(default=())  # sae-lens `model` fields whose SAEs fit
+    # config.json `model_type`s of checkpoints with this architecture (checked for weights=; sizes
+    # may differ from the template's: fine-tunes, small test models). Empty: not checked.
+    model_types: tuple[str, ...] = field(default=())
 
 
 def _gemma2(size: str, params: str, it: bool) -> Subject:
@@ -47,26 +49,57 @@ def _gemma2(size: str, params: str, it: bool) -> Subject:
     # Gemma Scope SAEs are trained on the base model; they transfer to the -it
     # model (Gemma Scope tech report), and 9B-IT also has its own.
     sae_models = (f"gemma-2-{size}",) + ((name,) if it else ())
-    return Subject(name, "Gemma 2", params, f"google/{name}", f"google/gemma-2-{size}" + ("-it" if it else ""),
-                   gated=True, chat=it, sae_models=sae_models)
+    return Subject(
+        name,
+        "Gemma 2",
+        params,
+        f"google/{name}",
+        f"google/gemma-2-{size}" + ("-it" if it else ""),
+        gated=True,
+        chat=it,
+        sae_models=sae_models,
+        model_types=("gemma2",),
+    )
 
 
 def _shieldgemma(size: str, params: str) -> Subject:
     # ShieldGemma is fine-tuned from Gemma 2 of the same size: base SAEs fit its shapes.
-    return Subject(f"shieldgemma-{size}", "ShieldGemma", params, f"google/shieldgemma-{size}",
-                   f"google/gemma-2-{size}", gated=True, chat=True,
-                   sae_models=(f"gemma-2-{size}", f"gemma-2-{size}-it"))
+    return Subject(
+        f"shieldgemma-{size}",
+        "ShieldGemma",
+        params,
+        f"google/shieldgemma-{size}",
+        f"google/gemma-2-{size}",
+        gated=True,
+        chat=True,
+        sae_models=(f"gemma-2-{size}", f"gemma-2-{size}-it"),
+        model_types=("gemma2",),
+    )
 
 
 SUBJECTS: dict[str, Subject] = {
     s.name: s
     for s in [
-        _gemma2("2b", "2.6B", it=False), _gemma2("2b", "2.6B", it=True),
-        _gemma2("9b", "9.2B", it=False), _gemma2("9b", "9.2B", it=True),
-        _gemma2("27b", "27.2B", it=False), _gemma2("27b", "27.2B", it=True),
-        _shieldgemma("2b", "2.6B"), _shieldgemma("9b", "9.2B"), _shieldgemma("27b", "27.2B"),
-        Subject(BUNDLED, "Gemma 3", "268M", None, "google/gemma-3-270m", gated=False, chat=False,
-                sae_models=("google/gemma-3-270m",)),
+        _gemma2("2b", "2.6B", it=False),
+        _gemma2("2b", "2.6B", it=True),
+        _gemma2("9b", "9.2B", it=False),
+        _gemma2("9b", "9.2B", it=True),
+        _gemma2("27b", "27.2B", it=False),
+        _gemma2("27b", "27.2B", it=True),
+        _shieldgemma("2b", "2.6B"),
+        _shieldgemma("9b", "9.2B"),
+        _shieldgemma("27b", "27.2B"),
+        Subject(
+            BUNDLED,
+            "Gemma 3",
+            "268M",
+            None,
+            "google/gemma-3-270m",
+            gated=False,
+            chat=False,
+            sae_models=("google/gemma-3-270m",),
+            model_types=("gemma3_text", "gemma3"),
+        ),
     ]
 }
 
@@ -99,8 +132,10 @@ def model_name(model: Any) -> str:
         return model
     spec = subject_of(model)
     if spec is None:
-        raise TypeError("model must be a model name (e.g. 'gemma-2-2b') or a model loaded with "
-                        f"scope.load_model, got a {type(model).__name__} scope did not load.")
+        raise TypeError(
+            "model must be a model name (e.g. 'gemma-2-2b') or a model loaded with "
+            f"scope.load_model, got a {type(model).__name__} scope did not load."
+        )
     return spec.name
 
 
@@ -117,5 +152,3 @@ def subject(name: str) -> Subject:
     if name not in SUBJECTS:
         raise ValueError(f"Unknown model {name!r}. Valid names: {', '.join(SUBJECTS)}.")
     return SUBJECTS[name]
-
-

@@ -34,15 +34,22 @@ from scope.saes import load_gemma_scope_npz
 
 def random_sae(d_in: int, d_sae: int, hook: str, path):
     rng = np.random.default_rng(0)
-    np.savez(path, W_enc=(rng.normal(size=(d_in, d_sae)) / np.sqrt(d_in)).astype(np.float32),
-             W_dec=rng.normal(size=(d_sae, d_in)).astype(np.float32), b_enc=np.zeros(d_sae, np.float32),
-             b_dec=np.zeros(d_in, np.float32), threshold=np.full(d_sae, 0.5, np.float32))
+    np.savez(
+        path,
+        W_enc=(rng.normal(size=(d_in, d_sae)) / np.sqrt(d_in)).astype(np.float32),
+        W_dec=rng.normal(size=(d_sae, d_in)).astype(np.float32),
+        b_enc=np.zeros(d_sae, np.float32),
+        b_dec=np.zeros(d_in, np.float32),
+        threshold=np.full(d_sae, 0.5, np.float32),
+    )
     return load_gemma_scope_npz(path, hook=hook, device="cpu")
 
 
 def text_of(model, n_tokens: int) -> str:
-    base = ("Sparse autoencoders decompose the residual stream of a language model into features that "
-            "people can read. The Golden Gate Bridge spans the strait in San Francisco. ")
+    base = (
+        "Sparse autoencoders decompose the residual stream of a language model into features that "
+        "people can read. The Golden Gate Bridge spans the strait in San Francisco. "
+    )
     text = base
     while len(model.to_tokens(text)[0]) < n_tokens:
         text += base
@@ -58,9 +65,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="calls per variant per round")
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--weights", default=None,
-                        help="a local checkpoint folder for --model, e.g. the random full-size Gemma 2 2B "
-                             "that scripts/bench_generate.py --gemma2-2b saves under the scope cache")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="a local checkpoint folder for --model, e.g. the random full-size Gemma 2 2B "
+        "that scripts/bench_generate.py --gemma2-2b saves under the scope cache",
+    )
     args = parser.parse_args()
 
     import tempfile
@@ -99,17 +109,25 @@ def main() -> None:
 
     best = {name: min(values) for name, values in times.items()}
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.model}{' (' + args.weights + ')' if args.weights else ''}, float32, cpu ({torch.get_num_threads()} threads); SAE {hook}, "
-          f"d_in {model.cfg.d_model}, width {args.width}; {n_tokens} tokens per call; "
-          f"{args.rounds} rounds x {args.repeats} calls")
+    print(
+        f"{args.model}{' (' + args.weights + ')' if args.weights else ''}, float32, cpu "
+        f"({torch.get_num_threads()} threads); SAE {hook}, "
+        f"d_in {model.cfg.d_model}, width {args.width}; {n_tokens} tokens per call; "
+        f"{args.rounds} rounds x {args.repeats} calls"
+    )
     for name in variants:
-        print(f"  {name:9s} {n_tokens / best[name]:8.1f} tok/s best ({best[name] * 1000:7.1f} ms/call), "
-              f"{n_tokens / median[name]:8.1f} tok/s median")
+        print(
+            f"  {name:9s} {n_tokens / best[name]:8.1f} tok/s best ({best[name] * 1000:7.1f} ms/call), "
+            f"{n_tokens / median[name]:8.1f} tok/s median"
+        )
     for label, stat in (("best", best), ("median", median)):
-        print(f"[{label}] scope.encode throughput / bare forward to layer {args.layer} (no SAE): "
-              f"{stat['bare'] / stat['scope']:.3f}x; / forward + sae.encode by hand: "
-              f"{stat['by hand'] / stat['scope']:.3f}x; vs sae-lens run_with_cache_with_saes (full model): "
-              f"{stat['sae-lens'] / stat['scope']:.2f}x faster ({1 - stat['scope'] / stat['sae-lens']:.0%} less time)")
+        print(
+            f"[{label}] scope.encode throughput / bare forward to layer {args.layer} (no SAE): "
+            f"{stat['bare'] / stat['scope']:.3f}x; / forward + sae.encode by hand: "
+            f"{stat['by hand'] / stat['scope']:.3f}x; vs sae-lens run_with_cache_with_saes (full model): "
+            f"{stat['sae-lens'] / stat['scope']:.2f}x faster ({1 - stat['scope'] / stat['sae-lens']:.0%} less time)"
+        )
+
 
 if __name__ == "__main__":
     main()

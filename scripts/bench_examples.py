@@ -97,10 +97,18 @@ def widened(sae, times: int):
         w_enc *= 1 + 0.05 * torch.randn(w_enc.shape, generator=generator)
         b_dec = sae.b_dec.float()
         # Gemma Scope's format adds no b_dec subtraction on input: fold it into b_enc.
-        b_enc = sae.b_enc.float().repeat(times) - b_dec @ w_enc if sae.cfg.apply_b_dec_to_input \
+        b_enc = (
+            sae.b_enc.float().repeat(times) - b_dec @ w_enc
+            if sae.cfg.apply_b_dec_to_input
             else sae.b_enc.float().repeat(times)
-        params = {"W_enc": w_enc, "W_dec": sae.W_dec.float().repeat(times, 1) / times, "b_enc": b_enc,
-                  "b_dec": b_dec, "threshold": sae.threshold.float().repeat(times)}
+        )
+        params = {
+            "W_enc": w_enc,
+            "W_dec": sae.W_dec.float().repeat(times, 1) / times,
+            "b_enc": b_enc,
+            "b_dec": b_dec,
+            "threshold": sae.threshold.float().repeat(times),
+        }
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(f"{tmp}/params.npz", **{name: value.detach().numpy() for name, value in params.items()})
         return load_gemma_scope_npz(f"{tmp}/params.npz", hook=sae_hook(sae), device="cpu")
@@ -117,10 +125,28 @@ def memory_child(args) -> None:
 
 
 def peak_rss_mb(args, copies: int) -> float:
-    run = subprocess.run([sys.executable, __file__, "--texts", str(args.texts), "--sae", args.sae,
-                          "--widen", str(args.widen),
-                          "--batch", str(args.batch), "--corpus", str(args.corpus), "--memory-only", str(copies)],
-                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--texts",
+            str(args.texts),
+            "--sae",
+            args.sae,
+            "--widen",
+            str(args.widen),
+            "--batch",
+            str(args.batch),
+            "--corpus",
+            str(args.corpus),
+            "--memory-only",
+            str(copies),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return int(run.stdout.split()[-1]) / 1024
 
 
@@ -133,8 +159,10 @@ def main(argv=None) -> None:
     model = scope.load_model("gemma-3-270m")
     sae = load_sae(args)
     texts = read_texts(args.corpus, args.texts)
-    print(f"{len(texts)} texts, SAE at {scope.hooks.sae_hook(sae)} with {sae.cfg.d_sae} features (all mined), "
-          f"batch {args.batch}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(texts)} texts, SAE at {scope.hooks.sae_hook(sae)} with {sae.cfg.d_sae} features (all mined), "
+        f"batch {args.batch}, {torch.get_num_threads()} threads"
+    )
     bare_forward(model, sae, texts[:4], args.batch)  # warm-up
     best = {"bare": float("inf"), "scope": float("inf")}
     for _ in range(args.repeats):
@@ -150,8 +178,10 @@ def main(argv=None) -> None:
     print(f"ratio scope / bare forward: {best['bare'] / best['scope']:.2f}x")
     print(f"mean L0 {float(mined.density.sum()):.1f}; {len(mined.examples):,} example rows")
     small, large = peak_rss_mb(args, 1), peak_rss_mb(args, args.scale)
-    print(f"peak RSS of mine(): {small:.0f} MB for {n_tokens:,} tokens, "
-          f"{large:.0f} MB for {args.scale}x that ({large - small:+.0f} MB)")
+    print(
+        f"peak RSS of mine(): {small:.0f} MB for {n_tokens:,} tokens, "
+        f"{large:.0f} MB for {args.scale}x that ({large - small:+.0f} MB)"
+    )
 
 
 if __name__ == "__main__":

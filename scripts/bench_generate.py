@@ -39,9 +39,15 @@ def timed(fn) -> float:
 
 def hf_generate(hf_model, tokens: torch.Tensor, n: int) -> torch.Tensor:
     with torch.no_grad():
-        out = hf_model.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n,
-                                min_new_tokens=n, do_sample=False, pad_token_id=0)
-    return out[0, tokens.shape[1]:]
+        out = hf_model.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, tokens.shape[1] :]
 
 
 def scope_generate(model, tokens: torch.Tensor, n: int) -> torch.Tensor:
@@ -56,10 +62,13 @@ def steering_sae(model, width: int = 16384):
 
     rng = np.random.default_rng(0)
     d_in = model.cfg.d_model
-    params = {"W_enc": rng.normal(size=(d_in, width)).astype(np.float32) / np.sqrt(d_in),
-              "W_dec": rng.normal(size=(width, d_in)).astype(np.float32) / np.sqrt(d_in),
-              "b_enc": np.zeros(width, np.float32), "b_dec": np.zeros(d_in, np.float32),
-              "threshold": np.full(width, 0.5, np.float32)}
+    params = {
+        "W_enc": rng.normal(size=(d_in, width)).astype(np.float32) / np.sqrt(d_in),
+        "W_dec": rng.normal(size=(width, d_in)).astype(np.float32) / np.sqrt(d_in),
+        "b_enc": np.zeros(width, np.float32),
+        "b_dec": np.zeros(d_in, np.float32),
+        "threshold": np.full(width, 0.5, np.float32),
+    }
     path = Path(tempfile.mkdtemp()) / "params.npz"
     np.savez(path, **params)
     return scope.load_sae(path, hook="blocks.6.hook_resid_post", device="cpu")
@@ -80,9 +89,11 @@ def report(name: str, n: int, hf_times: list[float], scope_times: list[float], e
     hf_rate = n / statistics.median(hf_times)
     scope_rate = n / statistics.median(scope_times)
     ratios = [h / s for h, s in zip(hf_times, scope_times)]
-    print(f"{name}: transformers {hf_rate:.2f} tok/s, scope {scope_rate:.2f} tok/s, "
-          f"ratio scope/transformers {statistics.median(ratios):.2f} "
-          f"(per repetition: {', '.join(f'{r:.2f}' for r in ratios)}){extra}")
+    print(
+        f"{name}: transformers {hf_rate:.2f} tok/s, scope {scope_rate:.2f} tok/s, "
+        f"ratio scope/transformers {statistics.median(ratios):.2f} "
+        f"(per repetition: {', '.join(f'{r:.2f}' for r in ratios)}){extra}"
+    )
 
 
 def bench_bundled(n: int, reps: int, stock: bool) -> None:
@@ -102,26 +113,47 @@ def bench_bundled(n: int, reps: int, stock: bool) -> None:
         hf_times.append(timed(lambda: hf_generate(hf_model, tokens, n)))
         scope_times.append(timed(lambda: scope_generate(model, tokens, n)))
         steered_times.append(timed(steered_run))
-    report(f"Gemma 3 270M (bundled, fp32, CPU, {n} tokens)", n, hf_times, scope_times,
-           f"; greedy tokens identical: {same}")
-    report(f"  steered (Clamp on a {sae.cfg.d_sae}-wide JumpReLU SAE at {sae.cfg.metadata.hook_name}, "
-           "every position) vs unsteered transformers", n, hf_times, steered_times)
+    report(
+        f"Gemma 3 270M (bundled, fp32, CPU, {n} tokens)", n, hf_times, scope_times, f"; greedy tokens identical: {same}"
+    )
+    report(
+        f"  steered (Clamp on a {sae.cfg.d_sae}-wide JumpReLU SAE at {sae.cfg.metadata.hook_name}, "
+        "every position) vs unsteered transformers",
+        n,
+        hf_times,
+        steered_times,
+    )
     if stock:
         relaid_time = timed(lambda: tl_generate(model, tokens, n))
         for param in model.parameters():  # back to transformer-lens' default layout
             param.data = param.data.contiguous()
         stock_time = timed(lambda: tl_generate(model, tokens, n))
-        print(f"  transformer-lens' own generate: {n / stock_time:.2f} tok/s with its default weight layout, "
-              f"{n / relaid_time:.2f} tok/s with scope's layout (transformers {n / statistics.median(hf_times):.2f})")
+        print(
+            f"  transformer-lens' own generate: {n / stock_time:.2f} tok/s with its default weight layout, "
+            f"{n / relaid_time:.2f} tok/s with scope's layout (transformers {n / statistics.median(hf_times):.2f})"
+        )
 
 
 def gemma2_2b_hf_config():
     from transformers import Gemma2Config
 
-    return Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
-                        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                        max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    return Gemma2Config(
+        vocab_size=256000,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        max_position_embeddings=8192,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
 
 
 def random_gemma2_2b_checkpoint() -> Path:
@@ -166,12 +198,21 @@ def bench_gemma2_2b(n: int, reps: int) -> None:
     random_gemma2_2b_checkpoint()
     results = {}
     for side in ("transformers", "scope"):
-        out = subprocess.run([sys.executable, __file__, "--side", side, "--tokens", str(n), "--reps", str(reps)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--side", side, "--tokens", str(n), "--reps", str(reps)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results[side] = json.loads(out.strip().splitlines()[-1])
     same = results["transformers"]["tokens"] == results["scope"]["tokens"]
-    report(f"Gemma 2 2B (full size, random weights, fp32, CPU, {n} tokens)", n,
-           results["transformers"]["times"], results["scope"]["times"], f"; greedy tokens identical: {same}")
+    report(
+        f"Gemma 2 2B (full size, random weights, fp32, CPU, {n} tokens)",
+        n,
+        results["transformers"]["times"],
+        results["scope"]["times"],
+        f"; greedy tokens identical: {same}",
+    )
     for side, r in results.items():
         print(f"  {side}: load {r['load_s']:.0f} s, peak RSS {r['peak_gb']:.1f} GB")
 

@@ -40,8 +40,9 @@ def main() -> None:
     calls = {
         "encode": lambda: scope.encode(model, sae, PROMPT * 4),
         "generate": lambda: scope.generate(model, PROMPT, max_new_tokens=args.tokens),
-        "steered generate": lambda: scope.generate(model, PROMPT, max_new_tokens=args.tokens, sae=sae,
-                                                   steering=[scope.Clamp(141, 4, unit="max")]),
+        "steered generate": lambda: scope.generate(
+            model, PROMPT, max_new_tokens=args.tokens, sae=sae, steering=[scope.Clamp(141, 4, unit="max")]
+        ),
     }
     for name, call in calls.items():
         call()  # warm up
@@ -54,8 +55,10 @@ def main() -> None:
             finally:
                 del scope.hooks._LOCKS[model]
             ratios.append(with_lock / without)
-        print(f"{name:18s} time with lock / without: {statistics.median(ratios):.3f} "
-              f"(per repetition: {', '.join(f'{r:.3f}' for r in ratios)})")
+        print(
+            f"{name:18s} time with lock / without: {statistics.median(ratios):.3f} "
+            f"(per repetition: {', '.join(f'{r:.3f}' for r in ratios)})"
+        )
 
     jobs = [calls["generate"], calls["steered generate"]] * args.threads
     expected = [job() for job in jobs]
@@ -65,9 +68,11 @@ def main() -> None:
         results = list(pool.map(lambda job: job(), jobs))
         threaded = time.perf_counter() - start
     same = sum(r == e for r, e in zip(results, expected))
-    print(f"{len(jobs)} mixed plain/steered generations on {args.threads} threads: wall time {threaded:.2f} s vs "
-          f"{sequential:.2f} s one after another (ratio {threaded / sequential:.2f}); "
-          f"{same}/{len(jobs)} outputs equal their sequential result")
+    print(
+        f"{len(jobs)} mixed plain/steered generations on {args.threads} threads: wall time {threaded:.2f} s vs "
+        f"{sequential:.2f} s one after another (ratio {threaded / sequential:.2f}); "
+        f"{same}/{len(jobs)} outputs equal their sequential result"
+    )
 
 
 if __name__ == "__main__":

@@ -79,17 +79,26 @@ def main() -> None:
     for _ in range(args.reps):  # alternate, so that load from other processes hits both alike
         card, seconds = timed(lambda: card_loop(model, texts))
         card_times.append(seconds)
-        ours, seconds = timed(lambda: np.concatenate([
-            shield.score(model, prompts, policy, batch_size=args.batch_size, progress=False) for policy in POLICIES
-        ]))
+        ours, seconds = timed(
+            lambda: np.concatenate(
+                [
+                    shield.score(model, prompts, policy, batch_size=args.batch_size, progress=False)
+                    for policy in POLICIES
+                ]
+            )
+        )
         ours_times.append(seconds)
     ratios = [c / o for c, o in zip(card_times, ours_times)]
-    print(f"Gemma 3 270M (bundled, fp32, CPU, {torch.get_num_threads()} threads): {len(texts)} prompts of "
-          f"{min(lengths)}-{max(lengths)} tokens, {args.reps} alternating repetitions")
+    print(
+        f"Gemma 3 270M (bundled, fp32, CPU, {torch.get_num_threads()} threads): {len(texts)} prompts of "
+        f"{min(lengths)}-{max(lengths)} tokens, {args.reps} alternating repetitions"
+    )
     print(f"  model card loop (transformer-lens, full logits): {statistics.median(card_times):.2f} s (median)")
     print(f"  scope.shield.score (batch {args.batch_size}):            {statistics.median(ours_times):.2f} s (median)")
-    print(f"  speed ratio {statistics.median(ratios):.2f}x (per repetition: {', '.join(f'{r:.2f}' for r in ratios)}); "
-          f"max |P(Yes) difference| {np.abs(card - ours).max():.2e}")
+    print(
+        f"  speed ratio {statistics.median(ratios):.2f}x (per repetition: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"max |P(Yes) difference| {np.abs(card - ours).max():.2e}"
+    )
     ours_s = statistics.median(ours_times)
     if args.hf:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,8 +110,10 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         card_loop_hf(hf_model, tokenizer, texts[:1])
         hf, hf_s = timed(lambda: card_loop_hf(hf_model, tokenizer, texts))
-        print(f"  model card loop (transformers): {hf_s:.2f} s, ratio to scope {hf_s / ours_s:.2f}x; "
-              f"max |P(Yes) difference| {np.abs(hf - ours).max():.2e}")
+        print(
+            f"  model card loop (transformers): {hf_s:.2f} s, ratio to scope {hf_s / ours_s:.2f}x; "
+            f"max |P(Yes) difference| {np.abs(hf - ours).max():.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,20 +62,39 @@ class Source:
 
 
 SOURCES = [
-    Source("python3.11-doc", "en", "prose", "usr/share/doc/python3.11/html/_sources/**/*.rst.txt", "text",
-           "PSF-2.0 (Python Software Foundation License; documentation examples 0BSD)"),
+    Source(
+        "python3.11-doc",
+        "en",
+        "prose",
+        "usr/share/doc/python3.11/html/_sources/**/*.rst.txt",
+        "text",
+        "PSF-2.0 (Python Software Foundation License; documentation examples 0BSD)",
+    ),
     Source("perl-doc", "en", "prose", "usr/share/perl/*/pod/*.pod", "pod", "GPL-1+ or Artistic (Perl's licence)"),
-    Source("manpages", "en", "man", "usr/share/man/man*/*.gz", "man",
-           "Linux man-pages licences (verbatim copyleft, GPL-2+, BSD, Expat; per page)"),
+    Source(
+        "manpages",
+        "en",
+        "man",
+        "usr/share/man/man*/*.gz",
+        "man",
+        "Linux man-pages licences (verbatim copyleft, GPL-2+, BSD, Expat; per page)",
+    ),
     Source("manpages-de", "de", "man", "usr/share/man/de/man*/*.gz", "man", "GPL-3+ (translations)", 600_000),
     Source("manpages-fr", "fr", "man", "usr/share/man/fr/man*/*.gz", "man", "GPL-3+ (translations)", 500_000),
     Source("manpages-es", "es", "man", "usr/share/man/es/man*/*.gz", "man", "GPL-3+ (translations)", 400_000),
-    Source("libpython3.11-stdlib", "code", "code", "usr/lib/python3.11/**/*.py", "text",
-           "PSF-2.0 (Python Software Foundation License)"),
+    Source(
+        "libpython3.11-stdlib",
+        "code",
+        "code",
+        "usr/lib/python3.11/**/*.py",
+        "text",
+        "PSF-2.0 (Python Software Foundation License)",
+    ),
 ]
 
 
 # ----------------------------------------------------------------------------- fetching
+
 
 def fetch_package(package: str, debs: Path) -> Path:
     """The package's .deb in ``debs`` (downloaded once with apt-get, not installed)."""
@@ -84,8 +103,9 @@ def fetch_package(package: str, debs: Path) -> Path:
         result = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True)
         found = sorted(debs.glob(f"{package}_*.deb"))
         if result.returncode != 0 or not found:
-            raise RuntimeError(f"apt-get download {package} failed (run `apt-get update` first?): "
-                               f"{result.stderr.strip()[-400:]}")
+            raise RuntimeError(
+                f"apt-get download {package} failed (run `apt-get update` first?): {result.stderr.strip()[-400:]}"
+            )
     return found[-1]
 
 
@@ -108,6 +128,7 @@ def licences(root: Path, package: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def read_document(path: Path, reader: str) -> str:
     if reader == "text":
@@ -142,6 +163,7 @@ def is_heldout(doc_id: str) -> bool:
 
 # ----------------------------------------------------------------------------- building
 
+
 def collect(work: Path) -> tuple[list[dict], list[dict]]:
     """All documents (deduplicated) and one manifest entry per source."""
     debs = work / "debs"
@@ -162,13 +184,23 @@ def collect(work: Path) -> tuple[list[dict], list[dict]]:
                 continue
             seen.add(key)
             doc_id = f"{source.package}:{path.relative_to(root)}"
-            documents.append({"id": doc_id, "source": source.package, "lang": source.lang,
-                              "kind": source.kind, "text": text})
+            documents.append(
+                {"id": doc_id, "source": source.package, "lang": source.lang, "kind": source.kind, "text": text}
+            )
             kept += 1
-        entries.append({"package": source.package, "version": deb.stem.split("_")[1], "deb": deb.name,
-                        "licence": source.licence, "copyright_licences": licences(root, source.package),
-                        "lang": source.lang,
-                        "kind": source.kind, "documents": kept, "duplicates_dropped": duplicates})
+        entries.append(
+            {
+                "package": source.package,
+                "version": deb.stem.split("_")[1],
+                "deb": deb.name,
+                "licence": source.licence,
+                "copyright_licences": licences(root, source.package),
+                "lang": source.lang,
+                "kind": source.kind,
+                "documents": kept,
+                "duplicates_dropped": duplicates,
+            }
+        )
     return documents, entries
 
 
@@ -180,7 +212,7 @@ def count_tokens(documents: list[dict]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(ensure_bundled_checkpoint()))
     batch = 64
     for start in tqdm(range(0, len(documents), batch), desc="Counting tokens"):
-        chunk = documents[start:start + batch]
+        chunk = documents[start : start + batch]
         encoded = tokenizer([d["text"] for d in chunk], add_special_tokens=False)["input_ids"]
         for doc, ids in zip(chunk, encoded):
             doc["tokens"] = len(ids)
@@ -208,8 +240,9 @@ def write_jsonl(path: Path, documents: list[dict]) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         for doc in documents:
-            out.write(json.dumps({k: doc[k] for k in ("id", "source", "lang", "kind", "text")},
-                                 ensure_ascii=False) + "\n")
+            out.write(
+                json.dumps({k: doc[k] for k in ("id", "source", "lang", "kind", "text")}, ensure_ascii=False) + "\n"
+            )
     os.replace(temporary, path)
 
 
@@ -247,8 +280,12 @@ def summarise(entries: list[dict], splits: dict[str, list[dict]]) -> dict:
             entry[f"{split}_documents"] = len(mine)
             entry[f"{split}_tokens"] = sum(d["tokens"] for d in mine)
     totals = {split: sum(d["tokens"] for d in docs) for split, docs in splits.items()}
-    return {"sources": entries, "tokens": totals, "tokenizer": "bundled gemma-3-270m",
-            "heldout_rule": f"sha1(document id) % {HELDOUT_ONE_IN} == 0"}
+    return {
+        "sources": entries,
+        "tokens": totals,
+        "tokenizer": "bundled gemma-3-270m",
+        "heldout_rule": f"sha1(document id) % {HELDOUT_ONE_IN} == 0",
+    }
 
 
 def main() -> int:
@@ -264,8 +301,10 @@ def main() -> int:
     documents, entries = collect(args.out)
     count_tokens(documents)
     documents = apply_budgets(documents, entries)
-    splits = {"heldout": [d for d in documents if is_heldout(d["id"])],
-              "train": [d for d in documents if not is_heldout(d["id"])]}
+    splits = {
+        "heldout": [d for d in documents if is_heldout(d["id"])],
+        "train": [d for d in documents if not is_heldout(d["id"])],
+    }
     manifest = summarise(entries, splits)
     for split, docs in splits.items():
         write_jsonl(args.out / f"{split}.jsonl", docs)
@@ -275,13 +314,17 @@ def main() -> int:
         for split, docs in splits.items():
             write_jsonl(SAMPLE_DIR / f"{split}.jsonl", sample(docs, SAMPLE_CHARS[split]))
         write_json(SAMPLE_DIR / "manifest.json", manifest)
-    print(f"{len(documents)} documents; train {manifest['tokens']['train']:,} tokens, "
-          f"held-out {manifest['tokens']['heldout']:,} tokens -> {args.out}")
+    print(
+        f"{len(documents)} documents; train {manifest['tokens']['train']:,} tokens, "
+        f"held-out {manifest['tokens']['heldout']:,} tokens -> {args.out}"
+    )
     for entry in manifest["sources"]:
         kept = entry["train_documents"] + entry["heldout_documents"]
-        print(f"  {entry['package']} {entry['version']}: {kept} docs ({entry['duplicates_dropped']} duplicates, "
-              f"{entry['documents_over_budget']} over the token budget dropped), "
-              f"{entry['train_tokens'] + entry['heldout_tokens']:,} tokens; {entry['licence']}")
+        print(
+            f"  {entry['package']} {entry['version']}: {kept} docs ({entry['duplicates_dropped']} duplicates, "
+            f"{entry['documents_over_budget']} over the token budget dropped), "
+            f"{entry['train_tokens'] + entry['heldout_tokens']:,} tokens; {entry['licence']}"
+        )
     return 0
 
 

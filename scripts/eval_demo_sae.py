@@ -1,17 +1,29 @@
 """Measure the demo SAE on held-out text, like Gemma Scope, and save per-feature statistics.
 
-Prints, over held-out documents never used in training (``heldout.jsonl`` of the corpus, or the
-shipped ``data/corpus_sample/heldout.jsonl``):
+Over held-out documents never used in training (``heldout.jsonl`` of the corpus, or the shipped
+``data/corpus_sample/heldout.jsonl``), each cut into [BOS] + (``--context`` - 1)-token windows,
+the headline figures come from sae-lens' ``sae_lens.evals.run_evals`` (an ``ActivationsStore``
+over exactly those windows, BOS passed as the one token to exclude):
 
 - explained variance of the hooked residual (1 - SSE / total variance about the mean),
-- CE-loss score: (loss_zero - loss_sae) / (loss_zero - loss_clean), where ``loss_zero`` zero-ablates
-  the hooked residual and ``loss_sae`` splices in the SAE reconstruction; BOS (position 0) is left
-  untouched in all three runs,
-- mean L0 and the fraction of dead features (never active on the evaluated tokens).
+- CE-loss score: (loss_zero - loss_sae) / (loss_zero - loss_clean), where ``loss_zero``
+  zero-ablates the hooked residual and ``loss_sae`` splices in the SAE reconstruction; sae-lens
+  keeps BOS in the SAE run but zeroes it too in the zero-ablation run,
+- mean L0, and the fraction of dead features (zero density in sae-lens' per-feature densities).
 
-Every figure skips the BOS position. With ``--save-stats`` it writes
-``data/demo_sae/feature_stats.safetensors`` (max activation, density, quantiles of the non-zero
-activations per feature), which ``scope.load_sae("demo")`` uses for ``Clamp(..., unit="max")``.
+scope's own computation runs beside it over the same windows and is printed next to sae-lens'
+figures with the difference: explained variance, L0 and dead fraction must agree to float
+rounding, and so must the clean and SAE-spliced losses; what sae-lens does not measure is the
+CE run with BOS (position 0) left untouched in all three runs (``*_bos_untouched``: only the
+zero-ablation loss and hence the score differ). Every figure skips the BOS position (for the
+losses: the prediction made at BOS, the same in all of scope's runs). ``--tokens`` and
+``--ce-tokens`` are rounded down to whole batches of ``--batch`` windows, so that sae-lens'
+batches hold exactly the windows scope evaluates.
+
+With ``--save-stats`` it writes ``data/demo_sae/feature_stats.safetensors`` (max activation,
+density, quantiles of the non-zero activations per feature, which sae-lens does not compute),
+which ``scope.load_sae("demo")`` uses for ``Clamp(..., unit="max")``, and ``eval.json`` (the
+printed figures).
 
 Usage::
 
@@ -25,6 +37,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +72,7 @@ def heldout_sequences(model, path: Path, context: int, max_tokens: int) -> torch
         for line in f:
             ids = model.tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
             for start in range(0, len(ids) - body + 1, body):
-                rows.append(torch.tensor([bos] + ids[start:start + body]))
+                rows.append(torch.tensor([bos] + ids[start : start + body]))
                 if len(rows) * context >= max_tokens:
                     return torch.stack(rows)
     if not rows:
@@ -91,7 +104,7 @@ class Totals:
         self.n += x.shape[0]
         self.sse += float(((x - recon) ** 2).sum())
         self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
-        self.sum_x2 += float((x ** 2).sum())
+        self.sum_x2 += float((x**2).sum())
         active = acts > 0
         self.l0 += float(active.sum())
         self.count += active.sum(0)
@@ -101,7 +114,7 @@ class Totals:
         self.nonzero_idx.append(cols)
 
     def explained_variance(self) -> float:
-        total = self.sum_x2 - float((self.sum_x ** 2).sum()) / self.n
+        total = self.sum_x2 - float((self.sum_x**2).sum()) / self.n
         return 1.0 - self.sse / total
 
     def stats(self) -> dict[str, torch.Tensor]:
@@ -110,11 +123,14 @@ class Totals:
         order = torch.argsort(idx, stable=True)
         values, idx = values[order], idx[order]
         bounds = torch.searchsorted(idx, torch.arange(self.d_sae + 1))
-        out = {"max_activation": self.max_act.clone(), "density": self.count.float() / self.n,
-               "n_tokens": torch.tensor([self.n])}
+        out = {
+            "max_activation": self.max_act.clone(),
+            "density": self.count.float() / self.n,
+            "n_tokens": torch.tensor([self.n]),
+        }
         qs = torch.zeros(len(QUANTILES), self.d_sae)
         for f in range(self.d_sae):
-            chunk = values[bounds[f]:bounds[f + 1]]
+            chunk = values[bounds[f] : bounds[f + 1]]
             if chunk.numel():
                 qs[:, f] = torch.quantile(chunk, torch.tensor(QUANTILES))
         for q, row in zip(QUANTILES, qs):
@@ -122,48 +138,66 @@ class Totals:
         return out
 
 
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token loss per prediction, [batch, n - 1] (positions 0..n-2 predict 1..n-1)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+
+
 def token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Summed next-token loss over the batch (positions 0..n-2 predict 1..n-1)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, tokens[:, 1:, None]).sum()
+    return token_losses(logits, tokens).sum()
 
 
 @torch.no_grad()
-def ce_losses(model, sae, hook: str, tokens: torch.Tensor) -> tuple[float, float, float]:
-    """Summed loss clean / SAE-spliced / zero-ablated: the first layers run once, the rest from
-    the (edited) residual with start_at_layer; position 0 (BOS) is never edited."""
+def ce_position_losses(model, sae, hook: str, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-prediction loss [batch, n - 1] clean / SAE-spliced / zero-ablated: the first layers run
+    once, the rest from the (edited) residual with start_at_layer; position 0 (BOS) is never
+    edited, so the prediction made at BOS is the same in all three."""
     layer = int(hook.split(".")[1])
-    resid = model(tokens, stop_at_layer=layer + 1) if hook.endswith("hook_resid_post") else None
-    if resid is None:
+    if not hook.endswith("hook_resid_post"):
         raise ValueError("the CE-loss score here supports blocks.L.hook_resid_post hooks only")
+    resid = model(tokens, stop_at_layer=layer + 1)
     spliced = resid.clone()
     spliced[:, 1:] = sae.decode(sae.encode(resid[:, 1:]))
     zeroed = resid.clone()
     zeroed[:, 1:] = 0.0
-    out = []
-    for r in (resid, spliced, zeroed):
-        logits = model(r, start_at_layer=layer + 1, tokens=tokens)
-        out.append(float(token_loss(logits, tokens)))
-    return out[0], out[1], out[2]
+    return tuple(
+        token_losses(model(r, start_at_layer=layer + 1, tokens=tokens), tokens) for r in (resid, spliced, zeroed)
+    )
+
+
+@torch.no_grad()
+def ce_losses(model, sae, hook: str, tokens: torch.Tensor) -> tuple[float, float, float]:
+    """Summed loss over all predictions clean / SAE-spliced / zero-ablated (BOS never edited)."""
+    clean, spliced, zero = ce_position_losses(model, sae, hook, tokens)
+    return float(clean.sum()), float(spliced.sum()), float(zero.sum())
 
 
 @torch.no_grad()
 def evaluate(model, sae, seqs: torch.Tensor, ce_seqs: torch.Tensor, batch: int) -> tuple[dict, Totals]:
-    """All metrics; returns (figures, running totals with the per-feature statistics)."""
+    """scope's own figures; returns (figures, running totals with the per-feature statistics).
+
+    The losses are averaged over the predictions after BOS (the one made at BOS is the same in
+    all three runs, so the score does not depend on it), the predictions sae-lens averages."""
     hook = sae.cfg.metadata.hook_name
     layer = int(hook.split(".")[1])
     totals = Totals(sae.cfg.d_sae)
     for i in range(0, len(seqs), batch):
-        toks = seqs[i:i + batch]
+        toks = seqs[i : i + batch]
         _, cache = model.run_with_cache(toks, names_filter=[hook], stop_at_layer=layer + 1)
         x = cache[hook][:, 1:].reshape(-1, sae.cfg.d_in)
         acts = sae.encode(x)
         totals.add(x, acts, sae.decode(acts))
     clean = spliced = zero = 0.0
     for i in range(0, len(ce_seqs), batch):
-        c, s, z = ce_losses(model, sae, hook, ce_seqs[i:i + batch])
-        clean, spliced, zero = clean + c, spliced + s, zero + z
-    n_pred = ce_seqs.shape[0] * (ce_seqs.shape[1] - 1)
+        c, s, z = ce_position_losses(model, sae, hook, ce_seqs[i : i + batch])
+        clean, spliced, zero = (
+            clean + float(c[:, 1:].sum()),
+            spliced + float(s[:, 1:].sum()),
+            zero + float(z[:, 1:].sum()),
+        )
+    n_pred = ce_seqs.shape[0] * (ce_seqs.shape[1] - 2)
     figures = {
         "explained_variance": totals.explained_variance(),
         "ce_loss_score": (zero - spliced) / (zero - clean),
@@ -178,25 +212,126 @@ def evaluate(model, sae, seqs: torch.Tensor, ce_seqs: torch.Tensor, batch: int) 
     return figures, totals
 
 
+@torch.no_grad()
+def sae_lens_evaluate(model, sae, seqs: torch.Tensor, ce_seqs: torch.Tensor, batch: int) -> dict:
+    """The same figures by ``sae_lens.evals.run_evals`` over exactly ``seqs`` (explained variance,
+    L0, feature densities) and ``ce_seqs`` (CE losses), BOS the one token excluded.
+
+    Each window set gets its own ActivationsStore and run_evals call: ``reset_input_dataset``
+    (called by run_evals between the CE and the sparsity passes) does not rewind the store's
+    window iterator in sae-lens 6.54, so one store would not give both passes the same windows.
+    Batches are ``batch`` windows (fewer if there are fewer), which must divide the window count:
+    a partial batch would wrap to the first windows."""
+    from datasets import Dataset
+    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens.training.activation_scaler import ActivationScaler
+    from sae_lens.training.activations_store import ActivationsStore
+
+    def run(windows: torch.Tensor, **metrics: bool) -> tuple[dict, dict]:
+        size = min(batch, len(windows))
+        n_batches, rest = divmod(len(windows), size)
+        if rest:
+            raise ValueError(f"{len(windows)} windows are not whole batches of {size}")
+        store = ActivationsStore.from_sae(
+            model,
+            sae,
+            dataset=Dataset.from_dict({"tokens": windows.tolist()}),
+            context_size=windows.shape[1],
+            streaming=False,
+            store_batch_size_prompts=size,
+            total_tokens=len(windows),
+        )
+        config = EvalConfig(
+            batch_size_prompts=size,
+            n_eval_reconstruction_batches=n_batches,
+            n_eval_sparsity_variance_batches=n_batches,
+            **metrics,
+        )
+        with warnings.catch_warnings():  # sae-lens copies each torch-formatted row with torch.tensor
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+            return run_evals(
+                sae, store, model, ActivationScaler(), config, exclude_special_tokens=[model.tokenizer.bos_token_id]
+            )
+
+    metrics, features = run(
+        seqs, compute_variance_metrics=True, compute_sparsity_metrics=True, compute_featurewise_density_statistics=True
+    )
+    ce, _ = run(ce_seqs, compute_ce_loss=True)
+    ce = ce["model_performance_preservation"]
+    density = torch.tensor(features["feature_density"])
+    return {
+        "explained_variance": metrics["reconstruction_quality"]["explained_variance"],
+        "ce_loss_score": ce["ce_loss_score"],
+        "ce_loss_clean": ce["ce_loss_without_sae"],
+        "ce_loss_sae": ce["ce_loss_with_sae"],
+        "ce_loss_zero_ablation": ce["ce_loss_with_ablation"],
+        "mean_l0": metrics["sparsity"]["l0"],
+        "dead_fraction": float((density == 0).float().mean()),
+    }
+
+
+# (figure, sae-lens key, scope key): the comparison table; None where one side does not measure it
+COMPARED = (
+    ("explained variance", "explained_variance", "explained_variance"),
+    ("mean L0", "mean_l0", "mean_l0"),
+    ("dead fraction", "dead_fraction", "dead_fraction"),
+    ("CE loss clean", "ce_loss_clean", "ce_loss_clean"),
+    ("CE loss SAE", "ce_loss_sae", "ce_loss_sae"),
+    ("CE loss zero (BOS zeroed)", "ce_loss_zero_ablation", None),
+    ("CE-loss score (BOS zeroed)", "ce_loss_score", None),
+    ("CE loss zero (BOS kept)", None, "ce_loss_zero_ablation"),
+    ("CE-loss score (BOS kept)", None, "ce_loss_score"),
+)
+
+
+def comparison_table(sae_lens: dict, ours: dict) -> str:
+    """sae-lens' and scope's figures side by side with their difference."""
+    lines = [f"{'figure':<28}{'sae-lens':>12}{'scope':>12}{'sae-lens - scope':>18}"]
+    for label, theirs_key, ours_key in COMPARED:
+        theirs = sae_lens[theirs_key] if theirs_key else None
+        mine = ours[ours_key] if ours_key else None
+        diff = f"{theirs - mine:+.2e}" if theirs is not None and mine is not None else "-"
+        lines.append(
+            f"{label:<28}{'-' if theirs is None else f'{theirs:.6f}':>12}"
+            f"{'-' if mine is None else f'{mine:.6f}':>12}{diff:>18}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     import scope
 
     if not args.heldout.is_file():
-        sys.exit(f"{args.heldout} is missing: build the corpus (scripts/build_corpus.py) or pass "
-                 "--heldout data/corpus_sample/heldout.jsonl")
+        sys.exit(
+            f"{args.heldout} is missing: build the corpus (scripts/build_corpus.py) or pass "
+            "--heldout data/corpus_sample/heldout.jsonl"
+        )
     t0 = time.time()
     model = scope.load_model("gemma-3-270m")
     model.eval()
     sae = scope.load_sae(args.sae)
     seqs = heldout_sequences(model, args.heldout, args.context, args.tokens)
-    ce_seqs = seqs[: max(1, args.ce_tokens // args.context)]
-    figures, totals = evaluate(model, sae, seqs, ce_seqs, args.batch)
+    batch = min(args.batch, len(seqs))
+    seqs = seqs[: len(seqs) // batch * batch]  # whole batches: sae-lens' batches are these windows
+    n_ce = min(len(seqs), max(1, args.ce_tokens // args.context))
+    ce_seqs = seqs[: n_ce // min(batch, n_ce) * min(batch, n_ce)]
+    ours, totals = evaluate(model, sae, seqs, ce_seqs, batch)
+    theirs = sae_lens_evaluate(model, sae, seqs, ce_seqs, batch)
+    figures = dict(theirs)  # the headline figures are sae-lens'
+    figures["ce_loss_score_bos_untouched"] = ours["ce_loss_score"]
+    figures["ce_loss_zero_ablation_bos_untouched"] = ours["ce_loss_zero_ablation"]
+    figures["tokens"], figures["ce_tokens"] = ours["tokens"], ours["ce_tokens"]
+    figures["scope"] = ours  # scope's own computation of every figure, for the comparison
     figures["seconds"] = round(time.time() - t0, 1)
     figures["heldout"] = str(args.heldout)
-    for key, value in figures.items():
-        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    print(comparison_table(theirs, ours))
+    print(
+        f"over {ours['tokens']} tokens ({len(seqs)} windows of {args.context}) and "
+        f"{ours['ce_tokens']} predicted tokens for the CE figures; {figures['seconds']} s"
+    )
+    print("sae-lens zero-ablates BOS too; scope leaves BOS untouched in all three CE runs")
     if args.save_stats:
         from safetensors.torch import save_file
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-STAND_IN_NOTE = ("note: {model} is not ShieldGemma; its P(Yes) is a stand-in that exercises the pipeline, "
-                 "not a safety verdict.")
+STAND_IN_NOTE = (
+    "note: {model} is not ShieldGemma; its P(Yes) is a stand-in that exercises the pipeline, not a safety verdict."
+)
 
 
 def read_labelled(path: Path) -> pd.DataFrame:
@@ -43,31 +44,38 @@ def columns_of(frame: pd.DataFrame, prompt: str, response: str | None, label: st
     """Prompts, responses (or None) and 0/1 labels from the named columns."""
     missing = [c for c in (prompt, label) if c not in frame.columns]
     if missing:
-        raise ValueError(f"Column(s) {missing} not in the file; its columns are {list(frame.columns)}. "
-                         "Name others with --prompt-column / --label-column.")
+        raise ValueError(
+            f"Column(s) {missing} not in the file; its columns are {list(frame.columns)}. "
+            "Name others with --prompt-column / --label-column."
+        )
     responses = None
     if response is not None and response in frame.columns:
         given = frame[response].notna() & (frame[response].astype(str).str.strip() != "")
         if not given.all():
-            raise ValueError(f"Column {response!r} is empty in row(s) {frame.index[~given].tolist()[:5]}; "
-                             "a file is either all prompt-only or all prompt-response.")
+            raise ValueError(
+                f"Column {response!r} is empty in row(s) {frame.index[~given].tolist()[:5]}; "
+                "a file is either all prompt-only or all prompt-response."
+            )
         responses = frame[response].astype(str).tolist()
     labels = pd.to_numeric(frame[label], errors="coerce")
     bad = frame.index[~labels.isin([0, 1])].tolist()
     if bad:
-        raise ValueError(f"Label column {label!r} must hold 0 or 1; row(s) {bad[:5]} hold "
-                         f"{frame[label].iloc[bad[:5]].tolist()}.")
+        raise ValueError(
+            f"Label column {label!r} must hold 0 or 1; row(s) {bad[:5]} hold {frame[label].iloc[bad[:5]].tolist()}."
+        )
     return frame[prompt].astype(str).tolist(), responses, labels.astype(int).to_numpy()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="labelled .jsonl or .csv file")
-    parser.add_argument("--model", default="gemma-3-270m",
-                        help="model name (default: the bundled gemma-3-270m, a stand-in)")
+    parser.add_argument(
+        "--model", default="gemma-3-270m", help="model name (default: the bundled gemma-3-270m, a stand-in)"
+    )
     parser.add_argument("--weights", default=None, help="local checkpoint folder for --model")
-    parser.add_argument("--policy", action="append", dest="policies",
-                        help="policy key (repeatable; default dangerous_content)")
+    parser.add_argument(
+        "--policy", action="append", dest="policies", help="policy key (repeatable; default dangerous_content)"
+    )
     parser.add_argument("--prompt-column", default="prompt")
     parser.add_argument("--response-column", default="response")
     parser.add_argument("--label-column", default="label")
@@ -85,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame = read_labelled(args.path)
         if args.limit is not None:
             frame = frame.head(args.limit)
-        prompts, responses, labels = columns_of(frame, args.prompt_column, args.response_column,
-                                                args.label_column)
+        prompts, responses, labels = columns_of(frame, args.prompt_column, args.response_column, args.label_column)
         policies = args.policies or ["dangerous_content"]
         shield.resolve_policies(policies)  # fail before loading a model
         model = scope.load_model(args.model, weights=args.weights)
@@ -98,10 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval_shieldgemma: error: {err}", file=sys.stderr)
         return 2
     use_case = "prompt-response" if responses is not None else "prompt-only"
-    print(f"{args.path.name}: {metrics['n']} examples ({metrics['positives']} violating), {use_case}, "
-          f"policies {', '.join(policies)}, model {args.model}")
-    print(f"optimal F1 {metrics['optimal_f1']:.3f} at threshold {metrics['threshold']:.4f}; "
-          f"AU-PRC {metrics['auprc']:.3f}")
+    print(
+        f"{args.path.name}: {metrics['n']} examples ({metrics['positives']} violating), {use_case}, "
+        f"policies {', '.join(policies)}, model {args.model}"
+    )
+    print(
+        f"optimal F1 {metrics['optimal_f1']:.3f} at threshold {metrics['threshold']:.4f}; AU-PRC {metrics['auprc']:.3f}"
+    )
     return 0
 
 

@@ -64,8 +64,10 @@ def show(model, sae, examples: pd.DataFrame, density: torch.Tensor, feature: int
     rows = examples[examples.feature == feature].head(n)
     promoted = scope.feature_logits(model, sae, feature, k=8)
     promoted = promoted[promoted.direction == "promoted"].token.tolist()
-    print(f"\n## feature {feature}  density {float(density[feature]):.2e}  "
-          f"max {rows.activation.max():.2f}  promotes {promoted}")
+    print(
+        f"\n## feature {feature}  density {float(density[feature]):.2e}  "
+        f"max {rows.activation.max():.2f}  promotes {promoted}"
+    )
     for row in rows.itertuples():
         print(f"  {row.activation:7.2f}  {json.dumps(row.context, ensure_ascii=False)}")
 

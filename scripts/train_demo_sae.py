@@ -66,12 +66,17 @@ HOOK = "blocks.6.hook_resid_post"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache-tokens", type=int, default=2_400_000,
-                   help="activations computed once from the corpus and cached on disk")
+    p.add_argument(
+        "--cache-tokens",
+        type=int,
+        default=2_400_000,
+        help="activations computed once from the corpus and cached on disk",
+    )
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the cached activations")
     p.add_argument("--cache-only", action="store_true", help="build the activation cache and stop")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="where the cached activations live (reused when present)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the cached activations live (reused when present)"
+    )
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--hook", default=HOOK)
     p.add_argument("--context", type=int, default=128)
@@ -82,10 +87,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--l0-coeff", type=float, default=1.0)
     p.add_argument("--sparsity-loss", choices=["step", "tanh", "quadratic"], default="quadratic")
     p.add_argument("--bandwidth", type=float, default=0.05)
-    p.add_argument("--ste-to-input", action=argparse.BooleanOptionalAction, default=True,
-                   help="let the L0 gradient reach the encoder too (Anthropic) or only the thresholds")
-    p.add_argument("--pre-act-coeff", type=float, default=1.0,
-                   help="Anthropic's pre-activation loss on dead features (None: off)")
+    p.add_argument(
+        "--ste-to-input",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the L0 gradient reach the encoder too (Anthropic) or only the thresholds",
+    )
+    p.add_argument(
+        "--pre-act-coeff", type=float, default=1.0, help="Anthropic's pre-activation loss on dead features (None: off)"
+    )
     p.add_argument("--l0-warm-up", type=float, default=0.05, help="fraction of steps to warm up the L0 penalty")
     p.add_argument("--dead-window", type=int, default=100, help="steps without firing before a feature counts dead")
     p.add_argument("--seed", type=int, default=42)
@@ -114,7 +124,7 @@ def cache_activations(args: argparse.Namespace, model, dataset) -> None:
     model by name; it is handed the already loaded bundled model instead (no hub here).
     """
     import sae_lens.cache_activations_runner as car
-    from sae_lens import CacheActivationsRunner, CacheActivationsRunnerConfig
+    from sae_lens import CacheActivationsRunnerConfig
 
     cfg = CacheActivationsRunnerConfig(
         dataset_path="scope-corpus/train.jsonl",  # informational: passed in as override_dataset
@@ -230,7 +240,7 @@ def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
     rows = datasets.load_from_disk(str(cache_dir)).with_format("torch")[:n_rows]
     x = rows[cfg.hook_name].reshape(-1, cfg.sae.d_in).float()
     x = x[rows["token_ids"].reshape(-1) != bos_id]
-    x = x * (cfg.sae.d_in ** 0.5) / x.norm(dim=-1).mean()  # the runner's expected_average_only_in scaling
+    x = x * (cfg.sae.d_in**0.5) / x.norm(dim=-1).mean()  # the runner's expected_average_only_in scaling
     sae.b_dec.data = x.mean(0)
     pre = (x - sae.b_dec) @ sae.W_enc
     fire_fraction = cfg.sae.target_l0 / cfg.sae.d_sae
@@ -282,13 +292,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = runner_config(args, model.tokenizer.bos_token_id, tmp)
         sae = initial_sae(cfg, args.cache_dir, model.tokenizer.bos_token_id)
-        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model,
-                                                override_sae=sae)
+        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model, override_sae=sae)
         t1 = time.time()
         runner.run()
         seconds = time.time() - t1
-        print(f"trained on {args.tokens:,} tokens in {seconds:.0f}s: {args.tokens / seconds:.0f} tokens/s",
-              flush=True)
+        print(f"trained on {args.tokens:,} tokens in {seconds:.0f}s: {args.tokens / seconds:.0f} tokens/s", flush=True)
         extra = {
             "scope_corpus": str(args.corpus),
             "scope_train_seconds": round(seconds, 1),
@@ -300,7 +308,7 @@ def main() -> None:
             "scope_cached_tokens": cached_tokens(args.cache_dir),
             "scope_epochs": args.epochs,
             "scope_init": "initial_sae(): b_dec = mean activation; b_enc so each feature fires on "
-                          "target_l0 / d_sae of 51k cached tokens; W_enc = W_dec.T, decoder norm 0.1",
+            "target_l0 / d_sae of 51k cached tokens; W_enc = W_dec.T, decoder norm 0.1",
         }
         ship(Path(tmp), args.out, extra)
     print(f"saved to {args.out}", flush=True)

@@ -47,8 +47,14 @@ def make_sae(tmp_path):
 
     count = iter(range(10_000))
 
-    def make(hook: str = "blocks.1.hook_resid_post", d_in: int = 64, d_sae: int = 48, seed: int = 0,
-             threshold_scale: float = 1.0, **load_kwargs):
+    def make(
+        hook: str = "blocks.1.hook_resid_post",
+        d_in: int = 64,
+        d_sae: int = 48,
+        seed: int = 0,
+        threshold_scale: float = 1.0,
+        **load_kwargs,
+    ):
         params = random_params(d_in, d_sae, seed=seed, threshold_scale=threshold_scale)
         path = write_params(tmp_path / f"sae{next(count)}" / "params.npz", params)
         return scope.load_sae(path, hook=hook, **({"device": "cpu"} | load_kwargs)), params

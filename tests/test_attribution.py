@@ -49,8 +49,11 @@ def params(sae_and_params):
 
 
 def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values()) \
-        and not model._forward_pre_hooks and not getattr(model, "acts_to_saes", {})
+    return (
+        all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+        and not model._forward_pre_hooks
+        and not getattr(model, "acts_to_saes", {})
+    )
 
 
 def logit_diff(model, text: str, fwd_hooks=(), tokens=None) -> float:
@@ -87,8 +90,9 @@ def test_generic_attribution_with_a_custom_metric_is_the_derivative_of_scaling(m
         logits = scope.logits.final_logits(model, residual[0, -1], [a, b])
         return logits[0] - logits[1]
 
-    result = scope.attribute(model, sae, TEXT, metric, k=4, metric_name="top-1 minus top-2",
-                             labels=("widens", "narrows"))
+    result = scope.attribute(
+        model, sae, TEXT, metric, k=4, metric_name="top-1 minus top-2", labels=("widens", "narrows")
+    )
     assert isinstance(result, scope.Attribution)
     assert len(result.table) == 4 and result.metric_name == "top-1 minus top-2"
     assert result.hook == HOOK and result.by == "feature"
@@ -116,6 +120,7 @@ def test_using_an_attribution_as_a_dataframe_is_deprecated(model, sae):
 
 
 # ---- the attributions are what the docstring says -------------------------------------------
+
 
 def test_feature_attribution_is_the_derivative_of_scaling_that_feature(model, sae):
     table = shield.attribute(model, sae, PROMPT, POLICY, k=3).table
@@ -162,8 +167,16 @@ def test_features_error_and_bias_add_up_to_the_gradient_times_the_activation(mod
 def test_table_columns_order_tokens_and_activations(model, sae, params):
     result = shield.attribute(model, sae, PROMPT, POLICY, response="Sure, here is how.", k=6)
     table = result.table
-    assert list(table.columns) == ["rank", "feature", "attribution", "direction", "position", "token",
-                                   "activation", "positions"]
+    assert list(table.columns) == [
+        "rank",
+        "feature",
+        "attribution",
+        "direction",
+        "position",
+        "token",
+        "activation",
+        "positions",
+    ]
     assert table["rank"].tolist() == list(range(1, 7))
     magnitudes = table["attribution"].abs().tolist()
     assert magnitudes == sorted(magnitudes, reverse=True)
@@ -185,8 +198,7 @@ def test_only_features_that_fire_are_listed(model, tmp_path):
     params = random_params(64, 16, seed=5, threshold_scale=1.0)
     params["threshold"][:] = 1e6
     params["threshold"][[2, 9]] = 0.0
-    quiet = scope.load_sae(write_params(tmp_path / "q.npz", params), hook=HOOK, device="cpu",
-                           dtype=torch.float64)
+    quiet = scope.load_sae(write_params(tmp_path / "q.npz", params), hook=HOOK, device="cpu", dtype=torch.float64)
     table = shield.attribute(model, quiet, PROMPT, POLICY, k=10).table
     assert set(table["feature"]) <= {2, 9} and len(table) <= 2
     assert (table["activation"] > 0).all()
@@ -216,6 +228,7 @@ def test_attribute_does_not_change_the_model(model, sae):
 
 
 # ---- errors: one clear exception, nothing left attached ------------------------------------
+
 
 def test_sae_that_does_not_fit_the_model(model, make_sae):
     narrow, _ = make_sae(HOOK, d_in=32, d_sae=8)
@@ -262,6 +275,7 @@ def test_error_during_the_pass_leaves_nothing_attached(model, sae, monkeypatch):
 
 # ---- the figure -------------------------------------------------------------------------------
 
+
 def test_attribution_figure(model, sae):
     result = shield.attribute(model, sae, PROMPT, POLICY, k=5)
     table = result.table
@@ -280,6 +294,7 @@ def test_attribution_figure(model, sae):
 
 
 # ---- score inside steering --------------------------------------------------------------------
+
 
 def manual_clamp_hook(params, feature: int, value: float):
     """h + (value - f(h)) W_dec[feature] at every position but BOS (position 0 of an unpadded prompt)."""
@@ -303,8 +318,11 @@ def test_score_inside_steer_equals_the_edited_forward_by_hand(model, sae, params
         steered = shield.score(model, PROMPTS, "harassment", batch_size=3, progress=False)
     expected = []
     for prompt in PROMPTS:
-        diff = logit_diff(model, shield.build_prompt(prompt, "harassment"),
-                          fwd_hooks=[(HOOK, manual_clamp_hook(params, feature, value))])
+        diff = logit_diff(
+            model,
+            shield.build_prompt(prompt, "harassment"),
+            fwd_hooks=[(HOOK, manual_clamp_hook(params, feature, value))],
+        )
         expected.append(1.0 / (1.0 + np.exp(-diff)))
     np.testing.assert_allclose(steered, expected, atol=1e-6)
     assert np.abs(steered - clean).max() > 1e-2  # the clamp moves the verdicts

@@ -25,94 +25,342 @@ def _corpus(tmp: Path, name: str, content: bytes) -> Path:
     return path
 
 
+# Checkpoints: a run over CORPUS cut short leaves .planted.parquet.checkpoint (an input of the case).
+CORPUS = [TEXT, "Paris is the capital of France.", "def add(a, b): return a + b"] * 3
+MINE = dict(k=3, window=6, batch_size=2, checkpoint_every=1, progress=False)
+
+
+class _CutShortError(Exception):
+    pass
+
+
+class _Planted:
+    """A pickle that creates the file ``marker`` when it is loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _resume(model, sae, tmp: Path, texts, **changes):
+    out = tmp / "planted.parquet"
+
+    def cut_short():
+        yield from CORPUS[:5]
+        raise _CutShortError
+
+    with pytest.raises(_CutShortError):
+        scope.mine(model, sae, cut_short(), out=out, **MINE)
+    return scope.mine(model, sae, texts, out=out, **(MINE | changes))
+
+
+def _plant(model, sae, tmp: Path, write):
+    write(tmp / ".planted.parquet.checkpoint", tmp / "pwned")  # "pwned" would be left behind: the test sees it
+    return scope.mine(model, sae, CORPUS, out=tmp / "planted.parquet", **MINE)
+
+
+def _pickle(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"format": "scope.mine checkpoint", "key": _Planted(marker)}, path)
+
+
+def _truncated(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"format": "scope.mine checkpoint", "windows": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:500])
+
+
 # (id, call(model, sae, tmp), exception type, regex the message must match)
 API_CASES = [
     # models and SAEs
-    ("unknown model", lambda m, s, t: scope.load_model("gemma-2-3b"), ValueError, r"gemma-2-3b.*Valid names.*gemma-2-2b"),
+    (
+        "unknown model",
+        lambda m, s, t: scope.load_model("gemma-2-3b"),
+        ValueError,
+        r"gemma-2-3b.*Valid names.*gemma-2-2b",
+    ),
     ("model name not a string", lambda m, s, t: scope.load_model(2), TypeError, r"model name must be a string"),
-    ("cuda without cuda", lambda m, s, t: scope.load_model("gemma-2-2b", device="cuda"), ValueError, r"cuda.*no CUDA.*device='cpu'"),
+    (
+        "cuda without cuda",
+        lambda m, s, t: scope.load_model("gemma-2-2b", device="cuda"),
+        ValueError,
+        r"cuda.*no CUDA.*device='cpu'",
+    ),
     ("bad dtype", lambda m, s, t: scope.load_model("gemma-2-2b", dtype="float33"), ValueError, r"float33.*float32"),
     ("layer out of range", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 26), ValueError, r"layer 26.*0-25"),
-    ("layer not an int", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", "20"), TypeError, r"layer must be an integer"),
+    (
+        "layer not an int",
+        lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", "20"),
+        TypeError,
+        r"layer must be an integer",
+    ),
     ("unknown width", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 20, width="17k"), ValueError, r"17k.*16k"),
     ("unknown site", lambda m, s, t: scope.gemma_scope_id("gemma-2-2b", 20, site="resid"), ValueError, r"resid.*'res'"),
-    ("no such SAE file", lambda m, s, t: scope.load_sae(str(t / "nope" / "params.npz"), hook="blocks.1.hook_resid_post"),
-     FileNotFoundError, r"nope/params\.npz"),
-    ("malformed params.npz", lambda m, s, t: scope.load_sae(_corpus(t, "params.npz", b"not a zip"), hook="blocks.1.hook_resid_post"),
-     ValueError, r"params\.npz is not a readable params\.npz"),
+    (
+        "no such SAE file",
+        lambda m, s, t: scope.load_sae(str(t / "nope" / "params.npz"), hook="blocks.1.hook_resid_post"),
+        FileNotFoundError,
+        r"nope/params\.npz",
+    ),
+    (
+        "malformed params.npz",
+        lambda m, s, t: scope.load_sae(_corpus(t, "params.npz", b"not a zip"), hook="blocks.1.hook_resid_post"),
+        ValueError,
+        r"params\.npz is not a readable params\.npz",
+    ),
     ("params.npz without hook", lambda m, s, t: scope.load_sae(_npz(t)), ValueError, r"hook= is required"),
     ("SAE spec of a wrong type", lambda m, s, t: scope.load_sae(3), TypeError, r"spec must be"),
-    ("SAE too wide for the model", lambda m, s, t: scope.encode(m, _wide_sae(t), TEXT), ValueError,
-     r"d_in is 128 but .* width 64 at blocks\.1\.hook_resid_post"),
-    ("SAE at a hook the model lacks", lambda m, s, t: scope.feature_logits(m, _sae_at(t, "blocks.9.hook_resid_post"), 1),
-     ValueError, r"no hook 'blocks\.9\.hook_resid_post'.*Blocks are 0\.\.3"),
+    (
+        "SAE too wide for the model",
+        lambda m, s, t: scope.encode(m, _wide_sae(t), TEXT),
+        ValueError,
+        r"d_in is 128 but .* width 64 at blocks\.1\.hook_resid_post",
+    ),
+    (
+        "SAE at a hook the model lacks",
+        lambda m, s, t: scope.feature_logits(m, _sae_at(t, "blocks.9.hook_resid_post"), 1),
+        ValueError,
+        r"no hook 'blocks\.9\.hook_resid_post'.*Blocks are 0\.\.3",
+    ),
     # features
-    ("feature past the width", lambda m, s, t: scope.feature_logits(m, s, 48), ValueError, r"feature 48 is out of range.*0\.\.47"),
+    (
+        "feature past the width",
+        lambda m, s, t: scope.feature_logits(m, s, 48),
+        ValueError,
+        r"feature 48 is out of range.*0\.\.47",
+    ),
     ("negative feature", lambda m, s, t: scope.feature_logits(m, s, -1), ValueError, r"feature -1 is out of range"),
     ("float feature", lambda m, s, t: scope.feature_logits(m, s, 1.5), TypeError, r"feature must be an integer"),
     ("k zero", lambda m, s, t: scope.top_features(m, s, TEXT, k=0), ValueError, r"k must be a positive integer, got 0"),
     ("k bool", lambda m, s, t: scope.top_features(m, s, TEXT, k=True), TypeError, r"k must be an integer"),
     ("text not a string", lambda m, s, t: scope.top_features(m, s, 42), TypeError, r"text must be a string"),
-    ("text past the context (encode)", lambda m, s, t: scope.encode(m, s, LONG), ValueError, r"\d+ tokens.*context of 256"),
-    ("text past the context (trace)", lambda m, s, t: scope.trace(m, [s], LONG), ValueError, r"\d+ tokens.*context of 256"),
-    ("text past the context (generate)", lambda m, s, t: scope.generate(m, LONG), ValueError,
-     r"\d+ tokens.*max_new_tokens=64.*context of 256"),
+    (
+        "text past the context (encode)",
+        lambda m, s, t: scope.encode(m, s, LONG),
+        ValueError,
+        r"\d+ tokens.*context of 256",
+    ),
+    (
+        "text past the context (trace)",
+        lambda m, s, t: scope.trace(m, [s], LONG),
+        ValueError,
+        r"\d+ tokens.*context of 256",
+    ),
+    (
+        "text past the context (generate)",
+        lambda m, s, t: scope.generate(m, LONG),
+        ValueError,
+        r"\d+ tokens.*max_new_tokens=64.*context of 256",
+    ),
     # steering
-    ("clamp past the width", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(4095, 5)]),
-     ValueError, r"Clamp feature 4095 is out of range.*0\.\.47"),
+    (
+        "clamp past the width",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(4095, 5)]),
+        ValueError,
+        r"Clamp feature 4095 is out of range.*0\.\.47",
+    ),
     ("NaN strength", lambda m, s, t: scope.Add(3, float("nan")), ValueError, r"Add value must be a finite number"),
     ("strength as a string", lambda m, s, t: scope.Clamp(3, "5"), TypeError, r"Clamp value must be a number"),
-    ("unknown clamp unit", lambda m, s, t: scope.Clamp(3, 5, unit="percent"), ValueError, r"'act', 'max', got 'percent'"),
-    ("clamp in max units without stats", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(3, 2, unit="max")]),
-     ValueError, r"max activations.*set_max_activations"),
-    ("steering without an SAE", lambda m, s, t: scope.generate(m, TEXT, steering=[scope.Add(3, 5)]), ValueError, r"has no SAE"),
-    ("not an intervention", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=["Add(3, 5)"]), TypeError,
-     r"Expected scope\.Add"),
-    ("BOS position", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions=[0]),
-     ValueError, r"includes 0, the BOS token"),
-    ("position past the generation", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)],
-                                                                   positions=[500], max_new_tokens=4),
-     ValueError, r"positions \[500\]"),
-    ("unknown position mode", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions="every"),
-     ValueError, r"'all', 'prompt', 'generated', got 'every'"),
-    ("overflowing strength", lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 1e30)], max_new_tokens=2),
-     ValueError, r"non-finite"),
-    ("infinite temperature", lambda m, s, t: scope.generate(m, TEXT, temperature=float("inf")), ValueError,
-     r"temperature must be a finite number"),
-    ("negative temperature", lambda m, s, t: scope.generate(m, TEXT, temperature=-1), ValueError, r"temperature must be >= 0"),
-    ("max_new_tokens bool", lambda m, s, t: scope.generate(m, TEXT, max_new_tokens=True), TypeError,
-     r"max_new_tokens must be an integer"),
-    ("top_p out of range", lambda m, s, t: scope.generate(m, TEXT, top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
-    ("chat with a bad role", lambda m, s, t: scope.generate(m, [{"role": "robot", "content": "hi"}]), ValueError,
-     r"unknown role 'robot'"),
+    (
+        "unknown clamp unit",
+        lambda m, s, t: scope.Clamp(3, 5, unit="percent"),
+        ValueError,
+        r"'act', 'max', got 'percent'",
+    ),
+    (
+        "clamp in max units without stats",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(3, 2, unit="max")]),
+        ValueError,
+        r"max activations.*set_max_activations",
+    ),
+    (
+        "steering without an SAE",
+        lambda m, s, t: scope.generate(m, TEXT, steering=[scope.Add(3, 5)]),
+        ValueError,
+        r"has no SAE",
+    ),
+    (
+        "not an intervention",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=["Add(3, 5)"]),
+        TypeError,
+        r"Expected scope\.Add",
+    ),
+    (
+        "BOS position",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions=[0]),
+        ValueError,
+        r"includes 0, the BOS token",
+    ),
+    (
+        "position past the generation",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions=[500], max_new_tokens=4),
+        ValueError,
+        r"positions \[500\]",
+    ),
+    (
+        "unknown position mode",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 5)], positions="every"),
+        ValueError,
+        r"'all', 'prompt', 'generated', got 'every'",
+    ),
+    (
+        "overflowing strength",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Add(3, 1e30)], max_new_tokens=2),
+        ValueError,
+        r"non-finite",
+    ),
+    (
+        "infinite temperature",
+        lambda m, s, t: scope.generate(m, TEXT, temperature=float("inf")),
+        ValueError,
+        r"temperature must be a finite number",
+    ),
+    (
+        "negative temperature",
+        lambda m, s, t: scope.generate(m, TEXT, temperature=-1),
+        ValueError,
+        r"temperature must be >= 0",
+    ),
+    (
+        "max_new_tokens bool",
+        lambda m, s, t: scope.generate(m, TEXT, max_new_tokens=True),
+        TypeError,
+        r"max_new_tokens must be an integer",
+    ),
+    (
+        "top_p out of range",
+        lambda m, s, t: scope.generate(m, TEXT, top_p=1.5),
+        ValueError,
+        r"top_p must be in \(0, 1\]",
+    ),
+    (
+        "chat with a bad role",
+        lambda m, s, t: scope.generate(m, [{"role": "robot", "content": "hi"}]),
+        ValueError,
+        r"unknown role 'robot'",
+    ),
     # corpora and outputs
-    ("corpus without a text field", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"body": "x"}\n'), progress=False),
-     ValueError, r"c\.jsonl, line 1: no 'text' field"),
-    ("malformed JSON line", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": "a"}\n{"text": \n'),
-                                                      progress=False), ValueError, r"c\.jsonl, line 2: malformed JSON"),
-    ("non-UTF-8 corpus", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.txt", b"ok\n\xff\xfe bad\n"), progress=False),
-     ValueError, r"c\.txt, line 2: not UTF-8"),
-    ("null text", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": null}\n'), progress=False),
-     ValueError, r"line 1: 'text' is None"),
-    ("corpus of an unknown type", lambda m, s, t: scope.mine(m, s, _corpus(t, "c.csv", b"text\nx\n"), progress=False),
-     ValueError, r"\.csv.*\.txt, \.jsonl or \.parquet"),
-    ("out= is a directory", lambda m, s, t: scope.mine(m, s, [TEXT], out=t, progress=False), IsADirectoryError,
-     r"is a directory"),
-    ("checkpoint_every zero", lambda m, s, t: scope.mine(m, s, [TEXT], checkpoint_every=0, progress=False), ValueError,
-     r"checkpoint_every must be a positive integer"),
-    ("features listed twice", lambda m, s, t: scope.mine(m, s, [TEXT], features=[3, 3], progress=False), ValueError,
-     r"lists a feature twice"),
-    ("dashboard of a feature past the width", lambda m, s, t: scope.dashboard(m, s, 99, [TEXT], t / "f.html"),
-     ValueError, r"feature 99 is out of range"),
+    (
+        "corpus without a text field",
+        lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"body": "x"}\n'), progress=False),
+        ValueError,
+        r"c\.jsonl, line 1: no 'text' field",
+    ),
+    (
+        "malformed JSON line",
+        lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": "a"}\n{"text": \n'), progress=False),
+        ValueError,
+        r"c\.jsonl, line 2: malformed JSON",
+    ),
+    (
+        "non-UTF-8 corpus",
+        lambda m, s, t: scope.mine(m, s, _corpus(t, "c.txt", b"ok\n\xff\xfe bad\n"), progress=False),
+        ValueError,
+        r"c\.txt, line 2: not UTF-8",
+    ),
+    (
+        "null text",
+        lambda m, s, t: scope.mine(m, s, _corpus(t, "c.jsonl", b'{"text": null}\n'), progress=False),
+        ValueError,
+        r"line 1: 'text' is None",
+    ),
+    (
+        "corpus of an unknown type",
+        lambda m, s, t: scope.mine(m, s, _corpus(t, "c.csv", b"text\nx\n"), progress=False),
+        ValueError,
+        r"\.csv.*\.txt, \.jsonl or \.parquet",
+    ),
+    (
+        "out= is a directory",
+        lambda m, s, t: scope.mine(m, s, [TEXT], out=t, progress=False),
+        IsADirectoryError,
+        r"is a directory",
+    ),
+    (
+        "checkpoint_every zero",
+        lambda m, s, t: scope.mine(m, s, [TEXT], checkpoint_every=0, progress=False),
+        ValueError,
+        r"checkpoint_every must be a positive integer",
+    ),
+    (
+        "features listed twice",
+        lambda m, s, t: scope.mine(m, s, [TEXT], features=[3, 3], progress=False),
+        ValueError,
+        r"lists a feature twice",
+    ),
+    (
+        "resume on another corpus",
+        lambda m, s, t: _resume(m, s, t, [x[::-1] for x in CORPUS]),
+        ValueError,
+        r"\.planted\.parquet\.checkpoint is the checkpoint of a run over a different corpus.*overwrite=True",
+    ),
+    (
+        "resume on a shortened corpus",
+        lambda m, s, t: _resume(m, s, t, CORPUS[:2]),
+        ValueError,
+        r"\.planted\.parquet\.checkpoint is the checkpoint of a run over a different corpus: it has read \d+ windows, "
+        r"but the corpus given now has only \d+.*overwrite=True",
+    ),
+    (
+        "resume with other options",
+        lambda m, s, t: _resume(m, s, t, CORPUS, k=2),
+        ValueError,
+        r"\.planted\.parquet\.checkpoint is the checkpoint of a different run \(k 3 then, 2 now\).*overwrite=True",
+    ),
+    (
+        "a pickle planted as the checkpoint",
+        lambda m, s, t: _plant(m, s, t, _pickle),
+        ValueError,
+        r"\.planted\.parquet\.checkpoint is not a checkpoint scope\.mine can resume.*overwrite=True",
+    ),
+    (
+        "a truncated checkpoint",
+        lambda m, s, t: _plant(m, s, t, _truncated),
+        ValueError,
+        r"\.planted\.parquet\.checkpoint is not a checkpoint scope\.mine can resume.*overwrite=True",
+    ),
+    (
+        "overwrite not a bool",
+        lambda m, s, t: scope.mine(m, s, [TEXT], out=t / "r.parquet", overwrite="yes", progress=False),
+        TypeError,
+        r"overwrite must be True or False",
+    ),
+    (
+        "dashboard of a feature past the width",
+        lambda m, s, t: scope.dashboard(m, s, 99, [TEXT], t / "f.html"),
+        ValueError,
+        r"feature 99 is out of range",
+    ),
     # ShieldGemma
-    ("unknown policy", lambda m, s, t: shield.score(m, [TEXT], "dangerous"), ValueError, r"dangerous.*dangerous_content"),
-    ("responses of another length", lambda m, s, t: shield.score(m, [TEXT, TEXT], "harassment", responses=["a"]),
-     ValueError, r"2 texts but 1 responses"),
-    ("ShieldGemma prompt past the context", lambda m, s, t: shield.score(m, [TEXT], "harassment"), ValueError,
-     r"ShieldGemma prompt has \d+ tokens.*context of 256"),
+    (
+        "unknown policy",
+        lambda m, s, t: shield.score(m, [TEXT], "dangerous"),
+        ValueError,
+        r"dangerous.*dangerous_content",
+    ),
+    (
+        "responses of another length",
+        lambda m, s, t: shield.score(m, [TEXT, TEXT], "harassment", responses=["a"]),
+        ValueError,
+        r"2 texts but 1 responses",
+    ),
+    (
+        "ShieldGemma prompt past the context",
+        lambda m, s, t: shield.score(m, [TEXT], "harassment"),
+        ValueError,
+        r"ShieldGemma prompt has \d+ tokens.*context of 256",
+    ),
     ("labels not 0/1", lambda m, s, t: shield.evaluate([0.1, 0.9], [0, 2]), ValueError, r"labels must be 0/1"),
-    ("attribution by an unknown unit", lambda m, s, t: shield.attribute(m, s, TEXT, "harassment", by="token"),
-     ValueError, r"by must be one of 'feature', 'position'"),
+    (
+        "attribution by an unknown unit",
+        lambda m, s, t: shield.attribute(m, s, TEXT, "harassment", by="token"),
+        ValueError,
+        r"by must be one of 'feature', 'position'",
+    ),
 ]
 
 
@@ -153,8 +401,8 @@ def test_api_bad_input(case, tiny_model, sae, tmp_path):
 
 
 def _made_by_the_case(path: Path) -> bool:
-    """Inputs a case writes itself (corpora, SAE files), as opposed to results."""
-    return path.suffix in (".jsonl", ".txt", ".csv", ".npz") or path.is_dir()
+    """Inputs a case writes itself (corpora, SAE files, a planted checkpoint), as opposed to results."""
+    return path.suffix in (".jsonl", ".txt", ".csv", ".npz") or path.is_dir() or path.name.startswith(".planted.")
 
 
 def test_numpy_and_torch_scalars_are_accepted_everywhere(tiny_model, sae):
@@ -162,10 +410,194 @@ def test_numpy_and_torch_scalars_are_accepted_everywhere(tiny_model, sae):
 
     feature = scope.top_features(tiny_model, sae, TEXT, k=1).feature.iloc[0]
     assert isinstance(feature, np.integer)
-    plain = scope.generate(tiny_model, TEXT, max_new_tokens=np.int64(4), sae=sae,
-                           steering=[scope.Clamp(int(feature), 5.0)], positions=[2, 3])
-    same = scope.generate(tiny_model, TEXT, max_new_tokens=torch.tensor(4), sae=sae,
-                          steering=[scope.Clamp(feature, np.float32(5.0))], positions=[np.int64(2), torch.tensor(3)])
+    plain = scope.generate(
+        tiny_model,
+        TEXT,
+        max_new_tokens=np.int64(4),
+        sae=sae,
+        steering=[scope.Clamp(int(feature), 5.0)],
+        positions=[2, 3],
+    )
+    same = scope.generate(
+        tiny_model,
+        TEXT,
+        max_new_tokens=torch.tensor(4),
+        sae=sae,
+        steering=[scope.Clamp(feature, np.float32(5.0))],
+        positions=[np.int64(2), torch.tensor(3)],
+    )
     assert plain == same
     table = scope.top_features(tiny_model, sae, TEXT, k=np.int64(2))
     assert table["rank"].max() == 2
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+HOOK = "blocks.1.hook_resid_post"
+FOREIGN_CHECKPOINT = "{work}/planted.parquet"  # beside it, .planted.parquet.checkpoint is a file of something else
+# (id, argv with {corpus} {bad_corpus} {sae} {out} {work}, exit code, regex the one line on stderr must match)
+CLI_CASES = [
+    # argparse's own, and arguments checked as they are parsed
+    ("no command", [], 2, r"scope: error: the following arguments are required: command \(see scope --help\)$"),
+    ("unknown command", ["mine"], 2, r"scope: error: argument command: invalid choice: 'mine'"),
+    ("unknown option", ["features", TEXT, "--width", "16k"], 2, r"scope: error: unrecognized arguments: --width 16k"),
+    (
+        "required option missing",
+        ["examples", "--out", "{out}"],
+        2,
+        r"scope: error: the following arguments are required: --corpus \(see scope examples --help\)$",
+    ),
+    (
+        "--k not a number",
+        ["features", TEXT, "--k", "x"],
+        2,
+        r"scope: error: argument --k: must be a positive integer, got 'x'",
+    ),
+    ("--k zero", ["features", TEXT, "--k", "0"], 2, r"scope: error: argument --k: must be a positive integer, got '0'"),
+    (
+        "negative temperature",
+        ["generate", TEXT, "--temperature", "-1"],
+        2,
+        r"scope: error: argument --temperature: must be a finite number >= 0, got '-1'",
+    ),
+    (
+        "top-p past 1",
+        ["generate", TEXT, "--top-p", "1.5"],
+        2,
+        r"scope: error: argument --top-p: must be a number in \(0, 1\]",
+    ),
+    (
+        "--max-new-tokens zero",
+        ["generate", TEXT, "--max-new-tokens", "0"],
+        2,
+        r"scope: error: argument --max-new-tokens: must be a positive integer, got '0'",
+    ),
+    (
+        "infinite steering value",
+        ["steer", TEXT, "--feature", "3", "--value", "inf"],
+        2,
+        r"scope: error: argument --value: must be a finite number, got 'inf'",
+    ),
+    (
+        "--features with a word",
+        ["examples", "--corpus", "{corpus}", "--out", "{out}", "--features", "1,x"],
+        2,
+        r"scope: error: argument --features: must be comma-separated integers like 1,2,3, got '1,x'",
+    ),
+    (
+        "--checkpoint-every zero",
+        ["examples", "--corpus", "{corpus}", "--out", "{out}", "--checkpoint-every", "0"],
+        2,
+        r"scope: error: argument --checkpoint-every: must be a positive integer, got '0'",
+    ),
+    (
+        "unknown mode",
+        ["steer", TEXT, "--feature", "3", "--value", "1", "--mode", "set"],
+        2,
+        r"scope: error: argument --mode: invalid choice: 'set'",
+    ),
+    # checked before any model loads
+    (
+        "unknown model",
+        ["generate", TEXT, "--model", "gemma-2-3b"],
+        2,
+        r"scope: error: Unknown model 'gemma-2-3b'\. Valid names",
+    ),
+    ("unknown policy", ["shield", TEXT, "--policy", "nope"], 2, r"scope: error: Unknown policy 'nope'\. Valid keys"),
+    (
+        "SAE file missing",
+        ["features", TEXT, "--sae", "{work}/nope/params.npz", "--hook", HOOK],
+        1,
+        r"scope: error: No such SAE file or folder: .*/nope/params\.npz$",
+    ),
+    (
+        "params.npz without --hook",
+        ["features", TEXT, "--sae", "{sae}"],
+        2,
+        r"scope: error: --sae .*params\.npz is a Gemma Scope params\.npz, which does not record the hook.*--hook",
+    ),
+    (
+        "unknown SAE id",
+        ["features", TEXT, "--sae", "gemma-scope-2b-pt-res-canonical/nope"],
+        2,
+        r"scope: error: SAE id 'nope' is not in release 'gemma-scope-2b-pt-res-canonical'",
+    ),
+    (
+        "--out is a folder",
+        ["examples", "--corpus", "{corpus}", "--out", "{work}"],
+        1,
+        r"scope: error: --out='.*' is a directory",
+    ),
+    (
+        "corpus missing",
+        ["examples", "--corpus", "{work}/missing.jsonl", "--out", "{out}"],
+        1,
+        r"scope: error: No corpus file at .*missing\.jsonl",
+    ),
+    (
+        "corpus of an unknown type",
+        ["examples", "--corpus", "{work}/c.csv", "--out", "{out}"],
+        2,
+        r"scope: error: Unknown corpus file type '\.csv'",
+    ),
+    (
+        "dashboard --out is a file",
+        ["dashboard", "--corpus", "{corpus}", "--features", "1", "--out", "{corpus}"],
+        1,
+        r"scope: error: --out='.*' is a file",
+    ),
+    # found once the model is loaded
+    (
+        "SAE at a hook the model lacks",
+        ["features", TEXT, "--sae", "{sae}", "--hook", "blocks.9.hook_resid_post"],
+        2,
+        r"scope: error: .*no hook 'blocks\.9\.hook_resid_post'",
+    ),
+    (
+        "feature past the width",
+        ["steer", TEXT, "--feature", "99", "--value", "1", "--sae", "{sae}", "--hook", HOOK],
+        2,
+        r"scope: error: .*feature 99 is out of range.*0\.\.47",
+    ),
+    (
+        "malformed corpus record",
+        ["examples", "--corpus", "{bad_corpus}", "--sae", "{sae}", "--hook", HOOK, "--out", "{out}"],
+        2,
+        r"scope: error: .*bad\.jsonl, line 2: malformed JSON",
+    ),
+    (
+        "checkpoint of something else beside --out",
+        ["examples", "--corpus", "{corpus}", "--sae", "{sae}", "--hook", HOOK, "--out", FOREIGN_CHECKPOINT],
+        2,
+        r"scope: error: .*\.planted\.parquet\.checkpoint is not a checkpoint scope\.mine can resume.*--overwrite",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_invocation(case, tiny_model, monkeypatch, tmp_path, capsys):
+    import re
+
+    import torch
+
+    from scope.cli import main
+    from tests.sae_util import random_params, write_params
+
+    _, argv, code, pattern = case
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    corpus = _corpus(inputs, "corpus.txt", f"{TEXT}\nParis is the capital of France.\n".encode())
+    bad_corpus = _corpus(inputs, "bad.jsonl", b'{"text": "a"}\n{"text": \n')
+    sae = write_params(inputs / "sae" / "params.npz", random_params(64, 48))
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save({"weight": torch.zeros(3)}, work / ".planted.parquet.checkpoint")
+    before = sorted(work.rglob("*"))
+    monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)  # after the CLI's own name check
+    names = dict(corpus=corpus, bad_corpus=bad_corpus, sae=sae, out=work / "top.parquet", work=work)
+    assert main([arg.format(**names) for arg in argv]) == code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert captured.err.count("\n") == 1 and re.match(pattern, captured.err), captured.err
+    assert sorted(work.rglob("*")) == before, "a file was left behind"
+    assert not any(hp._forward_hooks or hp._backward_hooks for hp in tiny_model.hook_dict.values())

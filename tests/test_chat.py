@@ -17,8 +17,11 @@ GEMMA2_TEMPLATE = (
 
 
 def render_official(messages, add_generation_prompt=True):
-    return jinja2.Environment().from_string(GEMMA2_TEMPLATE).render(
-        messages=messages, add_generation_prompt=add_generation_prompt)
+    return (
+        jinja2.Environment()
+        .from_string(GEMMA2_TEMPLATE)
+        .render(messages=messages, add_generation_prompt=add_generation_prompt)
+    )
 
 
 def test_release_note_knock_knock_example():
@@ -49,21 +52,26 @@ def test_matches_official_gemma2_template(add_generation_prompt):
 
 
 def test_system_message_is_folded_into_first_user_turn():
-    text = format_chat([
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Hi"},
-    ])
+    text = format_chat(
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi"},
+        ]
+    )
     assert text == "<start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
 
 
-@pytest.mark.parametrize("messages, fragment", [
-    ([{"role": "tool", "content": "x"}], "'tool'"),
-    ([{"role": "model", "content": "x"}], "alternate"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
-    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system"),
-    ([], "non-empty"),
-    ([{"content": "no role"}], "'role'"),
-])
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        ([{"role": "tool", "content": "x"}], "'tool'"),
+        ([{"role": "model", "content": "x"}], "alternate"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system"),
+        ([], "non-empty"),
+        ([{"content": "no role"}], "'role'"),
+    ],
+)
 def test_bad_messages_raise_clear_errors(messages, fragment):
     with pytest.raises(ValueError, match=fragment):
         format_chat(messages)

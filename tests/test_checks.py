@@ -24,8 +24,25 @@ def test_integers_from_python_numpy_and_torch(value):
     assert _checks.index(value, 4, "feature") == 3
 
 
-@pytest.mark.parametrize("value", [True, False, np.bool_(True), torch.tensor(True), 2.0, 2.5, np.float32(2.0),
-                                   torch.tensor(2.0), "3", None, [3], torch.tensor([3]), np.array([3]), 1 + 0j])
+@pytest.mark.parametrize(
+    "value",
+    [
+        True,
+        False,
+        np.bool_(True),
+        torch.tensor(True),
+        2.0,
+        2.5,
+        np.float32(2.0),
+        torch.tensor(2.0),
+        "3",
+        None,
+        [3],
+        torch.tensor([3]),
+        np.array([3]),
+        1 + 0j,
+    ],
+)
 def test_non_integers_are_type_errors_naming_the_argument(value):
     with pytest.raises(TypeError, match=r"^k must be an integer, got "):
         _checks.integer(value, "k")
@@ -53,8 +70,11 @@ def test_bad_integer_values_are_value_errors():
 
 @pytest.mark.parametrize("value", [48, -1, 10_000, np.int64(48), torch.tensor(-1)])
 def test_index_out_of_range_names_the_index_and_the_valid_range(value):
-    with pytest.raises(ValueError, match=rf"^feature {int(value)} is out of range: there are 48 features "
-                                         r"\(valid indices 0\.\.47\)\.$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^feature {int(value)} is out of range: there are 48 features "
+        r"\(valid indices 0\.\.47\)\.$",
+    ):
         _checks.index(value, 48, "feature")
     with pytest.raises(ValueError, match=rf"layer {int(value)} is out of range: there are 48 layers"):
         _checks.index(value, 48, "layer", what="layers")
@@ -64,9 +84,18 @@ def test_index_out_of_range_names_the_index_and_the_valid_range(value):
 # ----------------------------------------------------------------------------- real numbers
 
 
-@pytest.mark.parametrize("value,expected", [(2, 2.0), (2.5, 2.5), (np.float32(0.5), 0.5), (np.int64(4), 4.0),
-                                            (torch.tensor(1.5), 1.5), (torch.tensor(3), 3.0),
-                                            (torch.tensor(0.25, dtype=torch.bfloat16), 0.25)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (2, 2.0),
+        (2.5, 2.5),
+        (np.float32(0.5), 0.5),
+        (np.int64(4), 4.0),
+        (torch.tensor(1.5), 1.5),
+        (torch.tensor(3), 3.0),
+        (torch.tensor(0.25, dtype=torch.bfloat16), 0.25),
+    ],
+)
 def test_numbers_from_python_numpy_and_torch(value, expected):
     result = _checks.number(value, "value")
     assert result == expected and type(result) is float
@@ -146,8 +175,10 @@ def test_cuda_without_a_gpu_is_a_value_error_naming_the_fix():
 
 
 def test_importing_the_checks_needs_no_torch():
-    code = ("import sys; from scope import _checks; _checks.positive_int(3, 'k'); _checks.finite(1.5, 'x'); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from scope import _checks; _checks.positive_int(3, 'k'); _checks.finite(1.5, 'x'); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

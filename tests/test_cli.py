@@ -1,6 +1,28 @@
+import argparse
+import re
+
+import pandas as pd
 import pytest
 
-from scope.cli import main
+from scope.cli import build_parser, main
+
+HOOK = "blocks.1.hook_resid_post"
+TEXTS = [
+    "Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b): return a + b",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+]
+
+
+def _one_line(capsys, pattern: str, prefix: str = "scope: error: ") -> str:
+    """stderr is one line starting with ``prefix`` and matching ``pattern``; no traceback anywhere."""
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in err + captured.out
+    assert err.count("\n") == 1 and err.startswith(prefix), err
+    assert re.search(pattern, err), err
+    return err
 
 
 def test_models_lists_every_subject(capsys):
@@ -31,12 +53,32 @@ def test_steer_prints_unsteered_and_steered(capsys, tmp_path, tiny_dir, monkeypa
     path = write_params(tmp_path / "params.npz", random_params(64, 16, seed=1))
     original = scope.load_model
     monkeypatch.setattr(scope, "load_model", lambda name, **kw: original("shieldgemma-2b", weights=tiny_dir, **kw))
-    code = main(["steer", "Paris is the capital", "--feature", "3", "--value", "40", "--mode", "add",
-                 "--sae", str(path), "--hook", "blocks.1.hook_resid_post", "--max-new-tokens", "6"])
+    code = main(
+        [
+            "steer",
+            "Paris is the capital",
+            "--feature",
+            "3",
+            "--value",
+            "40",
+            "--mode",
+            "add",
+            "--sae",
+            str(path),
+            "--hook",
+            "blocks.1.hook_resid_post",
+            "--max-new-tokens",
+            "6",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "unsteered" in out and "Add(f=3, 40)" in out
-    assert main(["steer", "x", "--feature", "99", "--value", "1", "--sae", str(path),
-                 "--hook", "blocks.1.hook_resid_post"]) == 2
+    assert (
+        main(
+            ["steer", "x", "--feature", "99", "--value", "1", "--sae", str(path), "--hook", "blocks.1.hook_resid_post"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "feature 99 is out of range" in err and "valid indices 0..15" in err
 
@@ -49,16 +91,25 @@ def test_examples_and_dashboard_refuse_a_bad_out_or_corpus_before_loading_a_mode
     corpus.write_text('{"text": "Paris is the capital of France."}\n')
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("")
-    for argv, message in [
-        (["examples", "--corpus", str(corpus), "--out", str(tmp_path)], f"--out='{tmp_path}' is a directory"),
-        (["examples", "--corpus", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "top.parquet")],
-         f"No corpus file at {tmp_path / 'missing.jsonl'}"),
-        (["examples", "--corpus", str(tmp_path / "corpus.csv"), "--out", str(tmp_path / "top.parquet")],
-         "Unknown corpus file type '.csv'"),
-        (["dashboard", "--corpus", str(corpus), "--features", "1", "--out", str(a_file)],
-         f"--out='{a_file}' is a file"),
+    for argv, code, message in [
+        (["examples", "--corpus", str(corpus), "--out", str(tmp_path)], 1, f"--out='{tmp_path}' is a directory"),
+        (
+            ["examples", "--corpus", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "top.parquet")],
+            1,
+            f"No corpus file at {tmp_path / 'missing.jsonl'}",
+        ),
+        (
+            ["examples", "--corpus", str(tmp_path / "corpus.csv"), "--out", str(tmp_path / "top.parquet")],
+            2,
+            "Unknown corpus file type '.csv'",
+        ),
+        (
+            ["dashboard", "--corpus", str(corpus), "--features", "1", "--out", str(a_file)],
+            1,
+            f"--out='{a_file}' is a file",
+        ),
     ]:
-        assert main(argv) == 2, argv
+        assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert err.startswith(f"scope: error: {message}") and err.count("\n") == 1, err
 
@@ -77,13 +128,232 @@ def test_examples_and_dashboard_write_what_the_library_gives(capsys, tmp_path, t
     original = scope.load_model
     monkeypatch.setattr(scope, "load_model", lambda name, **kw: original("shieldgemma-2b", weights=tiny_dir, **kw))
     out = tmp_path / "top.parquet"
-    assert main(["examples", "--corpus", str(corpus), "--sae", str(path), "--hook", hook, "--out", str(out),
-                 "--k", "2", "--context", "3"]) == 0
-    expected = scope.top_examples(tiny_model, scope.load_sae(path, hook=hook, device="cpu"), texts, k=2, context=3,
-                                  progress=False)
+    assert (
+        main(
+            [
+                "examples",
+                "--corpus",
+                str(corpus),
+                "--sae",
+                str(path),
+                "--hook",
+                hook,
+                "--out",
+                str(out),
+                "--k",
+                "2",
+                "--context",
+                "3",
+            ]
+        )
+        == 0
+    )
+    expected = scope.top_examples(
+        tiny_model, scope.load_sae(path, hook=hook, device="cpu"), texts, k=2, context=3, progress=False
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
     assert f"written to {out}" in capsys.readouterr().out
     pages = tmp_path / "pages"
-    assert main(["dashboard", "--corpus", str(corpus), "--sae", str(path), "--hook", hook, "--features", "3,5",
-                 "--out", str(pages), "--k", "2"]) == 0
+    assert (
+        main(
+            [
+                "dashboard",
+                "--corpus",
+                str(corpus),
+                "--sae",
+                str(path),
+                "--hook",
+                hook,
+                "--features",
+                "3,5",
+                "--out",
+                str(pages),
+                "--k",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in pages.iterdir()) == ["feature_3.html", "feature_5.html", "index.html"]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import scope
+
+    monkeypatch.setattr(scope, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+
+
+@pytest.fixture
+def files(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(t + "\n" for t in TEXTS))
+    from tests.sae_util import random_params, write_params
+
+    sae = write_params(tmp_path / "sae" / "params.npz", random_params(64, 16, seed=1))
+    return corpus, sae, tmp_path / "top.parquet"
+
+
+USAGE_ERRORS = [  # argv (with {corpus}, {sae}, {out}), regex; all exit 2 before any model loads
+    ([], r"the following arguments are required: command"),
+    (["nope"], r"invalid choice: 'nope'"),
+    (["features"], r"the following arguments are required: text"),
+    (["features", "hi", "--k", "x"], r"argument --k: must be a positive integer, got 'x'"),
+    (["features", "hi", "--k", "0"], r"argument --k: must be a positive integer, got '0'"),
+    (["generate", "hi", "--temperature", "-1"], r"argument --temperature: must be a finite number >= 0, got '-1'"),
+    (["generate", "hi", "--temperature", "nan"], r"argument --temperature: must be a finite number >= 0, got 'nan'"),
+    (["generate", "hi", "--top-p", "1.5"], r"argument --top-p: must be a number in \(0, 1\], got '1.5'"),
+    (["generate", "hi", "--max-new-tokens", "0"], r"argument --max-new-tokens: must be a positive integer"),
+    (["generate", "hi", "--model", "gemma-2-3b"], r"scope: error: Unknown model 'gemma-2-3b'"),
+    (["steer", "hi", "--feature", "-1", "--value", "1"], r"argument --feature: must be a non-negative integer"),
+    (["steer", "hi", "--feature", "1", "--value", "inf"], r"argument --value: must be a finite number, got 'inf'"),
+    (["shield", "hi", "--policy", "nope"], r"Unknown policy 'nope'"),
+    (
+        ["features", "hi", "--sae", "gemma-scope-2b-pt-res-canonical/nope"],
+        r"SAE id 'nope' is not in release 'gemma-scope-2b-pt-res-canonical'",
+    ),
+    (
+        ["examples", "--corpus", "{corpus}", "--out", "{out}", "--features", "1,x"],
+        r"argument --features: must be comma-separated integers like 1,2,3, got '1,x'",
+    ),
+    (
+        ["examples", "--corpus", "{corpus}", "--out", "{out}", "--checkpoint-every", "0"],
+        r"argument --checkpoint-every: must be a positive integer, got '0'",
+    ),
+    (
+        ["examples", "--corpus", "{corpus}", "--out", "{out}", "--context", "-1"],
+        r"argument --context: must be a non-negative integer, got '-1'",
+    ),
+    (["examples", "--out", "{out}"], r"the following arguments are required: --corpus"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", USAGE_ERRORS, ids=[" ".join(a) or "nothing" for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_and_exit_2_before_a_model_loads(capsys, no_model, files, argv, pattern):
+    corpus, sae, out = files
+    argv = [a.format(corpus=corpus, sae=sae, out=out) for a in argv]
+    assert main(argv) == 2
+    _one_line(capsys, pattern)
+    assert not out.exists()
+
+
+def test_a_missing_sae_is_found_before_a_model_loads(capsys, no_model, tmp_path):
+    assert main(["features", "hi", "--sae", str(tmp_path / "nope" / "params.npz"), "--hook", HOOK]) == 1
+    _one_line(capsys, f"No such SAE file or folder: {re.escape(str(tmp_path))}/nope/params.npz")
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [("ModelUnavailableError", 1), ("RuntimeError", 1), ("OSError", 1), ("ValueError", 2), ("TypeError", 2)],
+)
+def test_errors_map_to_exit_codes_on_one_line(capsys, monkeypatch, error, code):
+    import scope
+
+    kind = (
+        getattr(scope, error)
+        if error == "ModelUnavailableError"
+        else {"RuntimeError": RuntimeError, "OSError": OSError, "ValueError": ValueError, "TypeError": TypeError}[error]
+    )
+
+    def fail(*args, **kwargs):
+        raise kind("Cannot download google/gemma-2-2b:\nyou are offline.")
+
+    monkeypatch.setattr(scope, "load_model", fail)
+    assert main(["generate", "hi", "--model", "gemma-2-2b"]) == code
+    _one_line(capsys, r"^scope: error: Cannot download google/gemma-2-2b: you are offline\.$")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    import scope
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scope, "load_model", interrupt)
+    assert main(["generate", "hi"]) == 130
+    _one_line(capsys, r"^scope: interrupted$", prefix="scope: interrupted")
+
+
+def test_ctrl_c_while_mining_keeps_the_checkpoint_and_the_same_command_resumes(capsys, monkeypatch, tiny_model, files):
+    import scope
+    import scope.examples
+
+    corpus, sae_path, out = files
+    corpus.write_text("".join(t + "\n" for t in TEXTS * 9))
+    monkeypatch.setattr(scope, "load_model", lambda *args, **kwargs: tiny_model)
+    read = scope.examples.iter_texts
+
+    def interrupted(texts):
+        for i, text in enumerate(read(texts)):
+            if i == 20:
+                raise KeyboardInterrupt
+            yield text
+
+    monkeypatch.setattr(scope.examples, "iter_texts", interrupted)
+    argv = [
+        "examples",
+        "--corpus",
+        str(corpus),
+        "--sae",
+        str(sae_path),
+        "--hook",
+        HOOK,
+        "--out",
+        str(out),
+        "--k",
+        "3",
+        "--checkpoint-every",
+        "1",
+    ]
+    assert main(argv) == 130
+    checkpoint = out.with_name(f".{out.name}.checkpoint")
+    _one_line(capsys, f"^scope: interrupted; {re.escape(str(checkpoint))} keeps the work done", prefix="scope: ")
+    assert checkpoint.is_file() and not out.exists()
+    monkeypatch.setattr(scope.examples, "iter_texts", read)
+    assert main(argv) == 0
+    sae = scope.load_sae(sae_path, hook=HOOK, device="cpu")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out), scope.top_examples(tiny_model, sae, TEXTS * 9, k=3, progress=False)
+    )
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_of_another_run_names_the_file_and_overwrite_restarts(capsys, monkeypatch, tiny_model, files):
+    import torch
+
+    import scope
+
+    corpus, sae_path, out = files
+    monkeypatch.setattr(scope, "load_model", lambda *args, **kwargs: tiny_model)
+    checkpoint = out.with_name(f".{out.name}.checkpoint")
+    torch.save({"weight": torch.zeros(3)}, checkpoint)
+    argv = ["examples", "--corpus", str(corpus), "--sae", str(sae_path), "--hook", HOOK, "--out", str(out), "--k", "2"]
+    assert main(argv) == 2
+    _one_line(capsys, f"^scope: error: {re.escape(str(checkpoint))} is not a checkpoint .*--overwrite")
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.is_file() and not checkpoint.exists()
+
+
+def _parsers():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [parser, *subparsers.choices.values()]
+
+
+def test_every_option_has_help_and_shows_its_default():
+    for parser in _parsers():
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), parser.prog
+        formatter = parser.formatter_class(parser.prog)
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, (parser.prog, action.dest)
+            if action.option_strings and not action.required:
+                assert "default" in formatter._get_help_string(action), (parser.prog, action.dest)
+
+
+def test_help_shows_defaults(capsys):
+    assert main(["examples", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples per feature (default: 20)" in " ".join(out.split())
+    assert "--checkpoint-every" in out and "--overwrite" in out

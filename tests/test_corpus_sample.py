@@ -22,8 +22,10 @@ def load_builder():
 
 @pytest.fixture(scope="module")
 def splits():
-    return {split: [json.loads(line) for line in (SAMPLE / f"{split}.jsonl").open(encoding="utf-8")]
-            for split in ("train", "heldout")}
+    return {
+        split: [json.loads(line) for line in (SAMPLE / f"{split}.jsonl").open(encoding="utf-8")]
+        for split in ("train", "heldout")
+    }
 
 
 def test_documents_never_straddle_the_split(splits):

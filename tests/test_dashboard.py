@@ -58,8 +58,12 @@ def test_index_links_every_page(tiny_model, sae, tmp_path):
     for feature in (0, 5, 7):
         assert f"href='feature_{feature}.html'" in text
         assert (tmp_path / "pages" / f"feature_{feature}.html").is_file()
-    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == \
-        ["feature_0.html", "feature_5.html", "feature_7.html", "index.html"]
+    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == [
+        "feature_0.html",
+        "feature_5.html",
+        "feature_7.html",
+        "index.html",
+    ]
 
 
 # ----------------------------------------------------------------------------- a real browser
@@ -75,8 +79,20 @@ def _chromium() -> str:
 
 
 def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--virtual-time-budget=5000", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -90,8 +106,9 @@ def test_chromium_renders_the_examples_and_the_figure(tiny_model, sae, tmp_path)
     page = scope.dashboard(tiny_model, sae, feature, TEXTS, tmp_path / "page.html", k=5, progress=False)
     dom = _headless(chromium, "--dump-dom", page.as_uri()).stdout
     assert "main-svg" in dom  # plotly drew the histogram: its SVG exists only after plotly.js ran
-    assert dom.count("class=\"example\"") == len(scope.top_examples(tiny_model, sae, TEXTS, features=[feature],
-                                                                      k=5, progress=False))
+    assert dom.count('class="example"') == len(
+        scope.top_examples(tiny_model, sae, TEXTS, features=[feature], k=5, progress=False)
+    )
     assert re.search(r'class="point"|class="bars"', dom)  # the bar trace was drawn
     shot = tmp_path / "page.png"
     _headless(chromium, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())

@@ -86,8 +86,9 @@ def tiny_sae(make_sae):
 
 def test_ce_losses_equal_a_splice_written_with_hooks(tiny_model, tiny_sae):
     script = _eval_script()
-    tokens = tiny_model.to_tokens(["The cat sat on the mat and looked at the dog.",
-                                   "Paris is the capital of France, not of Spain."])
+    tokens = tiny_model.to_tokens(
+        ["The cat sat on the mat and looked at the dog.", "Paris is the capital of France, not of Spain."]
+    )
     hook = "blocks.1.hook_resid_post"
 
     def loss_with(edit):
@@ -132,8 +133,7 @@ def test_explained_variance_l0_and_dead_equal_direct_formulas(tiny_model, tiny_s
 def test_demo_sae_reaches_the_quality_floor_on_held_out_text(bundled_model):
     """EV >= 0.75, CE-loss score >= 0.85, 20 <= L0 <= 100, dead < 10% on the shipped held-out
     sample, which no training step saw (documents are split by hash before training)."""
-    figures = _eval_script().main(["--heldout", str(HELDOUT_SAMPLE), "--tokens", "100000",
-                                   "--ce-tokens", "8192"])
+    figures = _eval_script().main(["--heldout", str(HELDOUT_SAMPLE), "--tokens", "100000", "--ce-tokens", "8192"])
     assert figures["tokens"] > 50_000
     assert figures["explained_variance"] >= 0.75
     assert figures["ce_loss_score"] >= 0.85

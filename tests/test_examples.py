@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -48,7 +49,7 @@ def _windows(model, texts, window):
     for text_id, text in enumerate(texts):
         ids = model.tokenizer.encode(text, add_special_tokens=False)
         for offset in range(0, len(ids), window - 1):
-            yield text_id, 1 + offset, ids[offset:offset + window - 1]
+            yield text_id, 1 + offset, ids[offset : offset + window - 1]
 
 
 def brute_force(model, params, texts, k, window):
@@ -60,8 +61,7 @@ def brute_force(model, params, texts, k, window):
         acts, _ = jumprelu(cache[HOOK][0, 1:], params)  # BOS dropped
         values, peak = acts.max(dim=0)
         for feature in range(acts.shape[1]):
-            rows.append((feature, float(values[feature]), text_id, start + int(peak[feature]),
-                         ids[int(peak[feature])]))
+            rows.append((feature, float(values[feature]), text_id, start + int(peak[feature]), ids[int(peak[feature])]))
     frame = pd.DataFrame(rows, columns=["feature", "activation", "text_id", "position", "token_id"])
     frame = frame[frame.activation > 0]
     frame = frame.sort_values(["feature", "activation"], ascending=[True, False], kind="stable")
@@ -77,10 +77,13 @@ def test_top_examples_equal_brute_force(tiny_model, sae_and_params, window, batc
     got = scope.top_examples(tiny_model, sae, TEXTS, k=k, window=window, batch_size=batch_size, progress=False)
     expected = brute_force(tiny_model, params, TEXTS, k, window)
     assert len(expected) > 40  # the random SAE fires on plenty of examples
-    assert got[["feature", "rank", "text_id", "position"]].values.tolist() == \
-        expected[["feature", "rank", "text_id", "position"]].values.tolist()
-    torch.testing.assert_close(torch.tensor(got.activation.values), torch.tensor(expected.activation.values),
-                               rtol=1e-4, atol=1e-4)
+    assert (
+        got[["feature", "rank", "text_id", "position"]].values.tolist()
+        == expected[["feature", "rank", "text_id", "position"]].values.tolist()
+    )
+    torch.testing.assert_close(
+        torch.tensor(got.activation.values), torch.tensor(expected.activation.values), rtol=1e-4, atol=1e-4
+    )
     tokens = tiny_model.tokenizer.batch_decode([[t] for t in expected.token_id])
     assert got.token.tolist() == tokens
 
@@ -106,8 +109,9 @@ def test_positions_match_encode_on_whole_text(tiny_model, sae_and_params):
 
 def test_padding_and_bos_never_appear(tiny_model, sae_and_params):
     sae, _ = sae_and_params
-    got = scope.top_examples(tiny_model, sae, ["a", "a much longer text " * 4], k=5, batch_size=2,
-                             context=20, progress=False)
+    got = scope.top_examples(
+        tiny_model, sae, ["a", "a much longer text " * 4], k=5, batch_size=2, context=20, progress=False
+    )
     bos, pad = tiny_model.tokenizer.bos_token, tiny_model.tokenizer.pad_token
     assert (got.position >= 1).all()
     assert not got.token.isin([bos, pad]).any()
@@ -122,8 +126,13 @@ def test_context_marks_the_peak_and_stays_inside_the_window(tiny_model, sae_and_
         ids = tiny_model.tokenizer.encode(TEXTS[row.text_id], add_special_tokens=False)
         i = row.position - 1
         decode = tiny_model.tokenizer.decode
-        expected = (decode(ids[max(0, i - 2):i]) + PEAK_OPEN + decode(ids[i:i + 1]) + PEAK_CLOSE
-                    + decode(ids[i + 1:i + 3]))
+        expected = (
+            decode(ids[max(0, i - 2) : i])
+            + PEAK_OPEN
+            + decode(ids[i : i + 1])
+            + PEAK_CLOSE
+            + decode(ids[i + 1 : i + 3])
+        )
         assert row.context == expected
 
 
@@ -134,8 +143,9 @@ def test_features_subset_in_given_order_and_file_inputs(tiny_model, sae_and_para
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     subset = scope.top_examples(tiny_model, sae, jsonl, features=[7, 2], k=2, progress=False)
     assert subset.feature.unique().tolist() == [f for f in [7, 2] if f in set(everything.feature)]
-    expected = everything[everything.feature.isin([7, 2])].sort_values("feature", key=lambda s: s.map({7: 0, 2: 1}),
-                                                                         kind="stable")
+    expected = everything[everything.feature.isin([7, 2])].sort_values(
+        "feature", key=lambda s: s.map({7: 0, 2: 1}), kind="stable"
+    )
     assert subset.drop(columns="activation").values.tolist() == expected.drop(columns="activation").values.tolist()
     pd.DataFrame({"text": TEXTS}).to_parquet(tmp_path / "corpus.parquet")
     from_parquet = scope.top_examples(tiny_model, sae, tmp_path / "corpus.parquet", k=2, progress=False)
@@ -150,15 +160,18 @@ def test_out_writes_the_same_table(tiny_model, sae_and_params, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["top.parquet"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"features": [40]}, "40"),
-    ({"features": [1, 1]}, "twice"),
-    ({"k": 0}, "k"),
-    ({"context": -1}, "context"),
-    ({"window": 1}, "window"),
-    ({"checkpoint_every": 0}, "checkpoint_every must be a positive integer, got 0"),
-    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"features": [40]}, "40"),
+        ({"features": [1, 1]}, "twice"),
+        ({"k": 0}, "k"),
+        ({"context": -1}, "context"),
+        ({"window": 1}, "window"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be a positive integer, got 0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ],
+)
 def test_bad_arguments_name_the_value(tiny_model, sae_and_params, kwargs, message, forwards):
     sae, _ = sae_and_params
     with pytest.raises(ValueError, match=message):
@@ -166,8 +179,7 @@ def test_bad_arguments_name_the_value(tiny_model, sae_and_params, kwargs, messag
     assert forwards == []  # refused before any work
 
 
-def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_params, tmp_path, forwards,
-                                                          monkeypatch):
+def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_params, tmp_path, forwards, monkeypatch):
     sae, _ = sae_and_params
     work = tmp_path / "work"
     folder = work / "results"
@@ -180,9 +192,15 @@ def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_par
     try:
         if os.access(locked, os.W_OK):  # root ignores permission bits: answer as for anyone else
             access = os.access
-            monkeypatch.setattr(os, "access", lambda path, mode, *args, **kwargs: (
-                not mode & os.W_OK and access(path, mode, *args, **kwargs)) if Path(path) == locked
-                else access(path, mode, *args, **kwargs))
+            monkeypatch.setattr(
+                os,
+                "access",
+                lambda path, mode, *args, **kwargs: (
+                    (not mode & os.W_OK and access(path, mode, *args, **kwargs))
+                    if Path(path) == locked
+                    else access(path, mode, *args, **kwargs)
+                ),
+            )
         for out in (locked / "top.parquet", locked / "new" / "top.parquet"):
             with pytest.raises(PermissionError, match=f"the folder '{locked}' is not writable"):
                 scope.examples.mine(tiny_model, sae, TEXTS, out=out, progress=False)
@@ -220,8 +238,9 @@ BAD_CORPORA = [  # name, content, where, what
 
 
 @pytest.mark.parametrize("name, content, where, what", BAD_CORPORA, ids=[c[0] for c in BAD_CORPORA])
-def test_a_bad_corpus_record_is_one_error_naming_file_and_line(tiny_model, sae_and_params, tmp_path, name,
-                                                               content, where, what):
+def test_a_bad_corpus_record_is_one_error_naming_file_and_line(
+    tiny_model, sae_and_params, tmp_path, name, content, where, what
+):
     sae, _ = sae_and_params
     path = tmp_path / name
     path.write_bytes(content)
@@ -257,15 +276,15 @@ def test_context_activations_equal_the_window_run_alone(tiny_model, sae_and_para
     """Each row's context tokens and the feature's activations on them, as the page shades them."""
     sae, params = sae_and_params
     c = 3
-    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, context=c, window=window, batch_size=4,
-                                progress=False)
+    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, context=c, window=window, batch_size=4, progress=False)
     windows = {(text_id, start): ids for text_id, start, ids in _windows(tiny_model, TEXTS, window)}
     assert len(mined.examples) > 40
     for i, row in enumerate(mined.examples.itertuples()):
         start = 1 + (row.position - 1) // (window - 1) * (window - 1)
         ids = windows[(row.text_id, start)]
-        _, cache = tiny_model.run_with_cache(torch.tensor([[tiny_model.tokenizer.bos_token_id] + ids]),
-                                             names_filter=HOOK)
+        _, cache = tiny_model.run_with_cache(
+            torch.tensor([[tiny_model.tokenizer.bos_token_id] + ids]), names_filter=HOOK
+        )
         acts = jumprelu(cache[HOOK][0, 1:], params)[0][:, row.feature]  # [window tokens], BOS dropped
         peak = row.position - start
         lo, hi = max(0, peak - c), min(len(ids), peak + c + 1)  # never beyond the window
@@ -313,8 +332,9 @@ def test_density_and_histogram_equal_a_direct_count(tiny_model, sae_and_params):
     edges = mined.histogram_edges.double()
     for feature in range(acts.shape[1]):
         active = acts[:, feature][acts[:, feature] > 0]
-        expected = torch.histc(torch.bucketize(active, edges[1:-1]).double(), bins=len(edges) - 1, min=0,
-                               max=len(edges) - 2)
+        expected = torch.histc(
+            torch.bucketize(active, edges[1:-1]).double(), bins=len(edges) - 1, min=0, max=len(edges) - 2
+        )
         assert mined.histogram[feature].tolist() == expected.long().tolist()
     assert mined.histogram.sum() == (acts > 0).sum()
 
@@ -343,7 +363,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model, sae_and_params, 
         scope.top_examples(tiny_model, sae, _interrupting(texts, 20), out=out, **kwargs)
     checkpoint = tmp_path / ".resumed.parquet.checkpoint"
     assert checkpoint.is_file() and not out.exists()  # a checkpoint, never a half-written result
-    assert torch.load(checkpoint, weights_only=False)["windows_done"] > 0
+    assert torch.load(checkpoint, weights_only=True)["windows_done"] > 0  # tensors, ints, strings: no pickle
     resumed = scope.top_examples(tiny_model, sae, texts, out=out, **kwargs)
     pd.testing.assert_frame_equal(resumed, expected)
     pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
@@ -354,10 +374,173 @@ def test_a_checkpoint_of_another_run_is_refused(tiny_model, sae_and_params, tmp_
     sae, _ = sae_and_params
     out = tmp_path / "run.parquet"
     with pytest.raises(Interrupt):
-        scope.top_examples(tiny_model, sae, _interrupting(TEXTS * 6, 20), out=out, k=3, window=6, batch_size=2,
-                           checkpoint_every=1, progress=False)
+        scope.top_examples(
+            tiny_model,
+            sae,
+            _interrupting(TEXTS * 6, 20),
+            out=out,
+            k=3,
+            window=6,
+            batch_size=2,
+            checkpoint_every=1,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="different run"):
         scope.top_examples(tiny_model, sae, TEXTS * 6, out=out, k=4, window=6, batch_size=2, progress=False)
+
+
+def _interrupted(model, sae, texts, out, after=20, **kwargs):
+    """Leave the checkpoint of a run over ``texts`` cut short after ``after`` texts."""
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=1, progress=False) | kwargs
+    with pytest.raises(Interrupt):
+        scope.top_examples(model, sae, _interrupting(texts, after), out=out, **kwargs)
+    checkpoint = out.with_name(f".{out.name}.checkpoint")
+    assert checkpoint.is_file()
+    return checkpoint
+
+
+OTHER_TEXTS = [t[::-1] for t in TEXTS]  # the same lengths, other tokens
+
+
+def test_a_resume_checks_the_corpus_whatever_its_source(tiny_model, sae_and_params, tmp_path, forwards):
+    """The checkpoint holds a running hash of the windows it read: a resume re-reads (and hashes)
+    them before any forward pass, so another corpus, or one now shorter than the part already
+    read, is refused whether it comes from a list, a file or a dataset."""
+    sae, _ = sae_and_params
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=1, progress=False)
+    corpus = TEXTS * 6
+    out = tmp_path / "run.parquet"
+    checkpoint = _interrupted(tiny_model, sae, corpus, out)
+    jsonl = tmp_path / "other.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in OTHER_TEXTS * 6))
+    forwards.clear()
+    for other, what in [
+        (OTHER_TEXTS * 6, "different corpus"),
+        (jsonl, "different corpus"),
+        (corpus[:3], "has only \\d+ windows"),
+        ([], "has only 0 windows"),
+    ]:
+        with pytest.raises(ValueError, match=what) as info:
+            scope.top_examples(tiny_model, sae, other, out=out, **kwargs)
+        message = str(info.value)
+        assert str(checkpoint) in message and "overwrite=True" in message, message
+        assert checkpoint.is_file() and not out.exists()  # the work done is kept for the right corpus
+    assert forwards == []  # refused before any work
+    # The same corpus from a file resumes: the fingerprint is of token ids, not of where they came from.
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+    resumed = scope.top_examples(tiny_model, sae, same, out=out, **kwargs)
+    pd.testing.assert_frame_equal(resumed, scope.top_examples(tiny_model, sae, corpus, **kwargs))
+    assert not checkpoint.exists()
+
+
+def test_overwrite_restarts_and_a_changed_tail_is_a_new_corpus(tiny_model, sae_and_params, tmp_path):
+    sae, _ = sae_and_params
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=1, progress=False)
+    out = tmp_path / "run.parquet"
+    checkpoint = _interrupted(tiny_model, sae, TEXTS * 6, out)
+    other = OTHER_TEXTS * 6
+    restarted = scope.top_examples(tiny_model, sae, other, out=out, overwrite=True, **kwargs)
+    pd.testing.assert_frame_equal(restarted, scope.top_examples(tiny_model, sae, other, **kwargs))
+    assert not checkpoint.exists()
+    # The part read before the interruption matches; what follows it is simply read: the result is
+    # the uninterrupted run's over the corpus given now, never rows of texts not in it.
+    _interrupted(tiny_model, sae, TEXTS * 6, out)
+    changed = TEXTS * 4 + OTHER_TEXTS * 2
+    resumed = scope.top_examples(tiny_model, sae, changed, out=out, **kwargs)
+    pd.testing.assert_frame_equal(resumed, scope.top_examples(tiny_model, sae, changed, **kwargs))
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        scope.top_examples(tiny_model, sae, TEXTS, out=out, overwrite="yes", progress=False)
+
+
+@pytest.mark.parametrize(
+    "change", ["features", "k", "context", "window", "batch_size", "sae weights", "sae hook", "model"]
+)
+def test_every_option_that_changes_the_result_keys_the_checkpoint(
+    tiny_model, tiny_dir, make_sae, sae_and_params, tmp_path, change
+):
+    sae, params = sae_and_params
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=1, progress=False)
+    out = tmp_path / "run.parquet"
+    checkpoint = _interrupted(tiny_model, sae, TEXTS * 6, out, features=list(range(30)))
+    model, kwargs["features"] = tiny_model, list(range(30))
+    if change == "features":
+        kwargs["features"] = list(range(29))
+    elif change in ("k", "context"):
+        kwargs[change] = 2
+    elif change == "window":
+        kwargs["window"] = 7
+    elif change == "batch_size":
+        kwargs["batch_size"] = 3
+    elif change == "sae weights":  # same hook, same width, one threshold nudged
+        nudged = dict(params, threshold=params["threshold"] * np.float32(1.0001))
+        sae = scope.load_sae(write_params(tmp_path / "nudged" / "params.npz", nudged), hook=HOOK, device="cpu")
+    elif change == "sae hook":
+        sae = scope.load_sae(
+            write_params(tmp_path / "moved" / "params.npz", params), hook="blocks.2.hook_resid_post", device="cpu"
+        )
+    elif change == "model":  # same name, same shapes, other weights
+        from tests.tiny import save_tiny_gemma2
+
+        model = scope.load_model("shieldgemma-2b", weights=save_tiny_gemma2(tmp_path / "other", seed=1), device="cpu")
+    with pytest.raises(ValueError, match="different run") as info:
+        scope.top_examples(model, sae, TEXTS * 6, out=out, **kwargs)
+    assert str(checkpoint) in str(info.value) and "overwrite=True" in str(info.value)
+    assert checkpoint.is_file()
+
+
+class Planted:
+    """A pickle that creates ``marker`` when it is loaded (any code could run there instead)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _truncated_checkpoint(tiny_model, sae, tmp_path):
+    source = _interrupted(tiny_model, sae, TEXTS * 6, tmp_path / "source" / "run.parquet")
+    return source.read_bytes()[: source.stat().st_size // 2]
+
+
+FOREIGN_CHECKPOINTS = {  # name -> writes the file planted as the checkpoint
+    "pickle (torch.save)": lambda path, marker: torch.save({"key": Planted(marker), "windows_done": 3}, path),
+    "pickle (plain)": lambda path, marker: path.write_bytes(__import__("pickle").dumps(Planted(marker))),
+    "tensors of something else": lambda path, marker: torch.save({"weight": torch.zeros(3)}, path),
+    "a lone tensor": lambda path, marker: torch.save(torch.zeros(3), path),
+    "text": lambda path, marker: path.write_text("not a checkpoint"),
+    "empty": lambda path, marker: path.write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize("name", [*FOREIGN_CHECKPOINTS, "truncated"])
+def test_a_foreign_or_truncated_checkpoint_is_refused_naming_it(tiny_model, sae_and_params, tmp_path, forwards, name):
+    """Loaded without unpickling code (``torch.load(weights_only=True)``): a planted pickle never
+    runs, and anything that is not one of scope's checkpoints is a ValueError naming the file."""
+    sae, _ = sae_and_params
+    out = tmp_path / "run.parquet"
+    checkpoint = tmp_path / ".run.parquet.checkpoint"
+    marker = tmp_path / "pwned"
+    if name == "truncated":
+        truncated = _truncated_checkpoint(tiny_model, sae, tmp_path)
+        checkpoint.write_bytes(truncated)
+    else:
+        FOREIGN_CHECKPOINTS[name](checkpoint, marker)
+    forwards.clear()
+    with pytest.raises(ValueError) as info:
+        scope.top_examples(tiny_model, sae, TEXTS * 6, out=out, k=3, window=6, batch_size=2, progress=False)
+    message = str(info.value)
+    assert not marker.exists(), "the planted pickle ran"
+    assert message.startswith(f"{checkpoint} is not a checkpoint scope.mine can resume") and "overwrite=True" in message
+    assert forwards == [] and not out.exists() and checkpoint.is_file()
+    got = scope.top_examples(
+        tiny_model, sae, TEXTS * 6, out=out, k=3, window=6, batch_size=2, overwrite=True, progress=False
+    )
+    pd.testing.assert_frame_equal(
+        got, scope.top_examples(tiny_model, sae, TEXTS * 6, k=3, window=6, batch_size=2, progress=False)
+    )
+    assert not marker.exists() and not checkpoint.exists()
 
 
 KILLED_RUN = """
@@ -388,8 +571,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_model, tiny_dir, sae_and_par
     sae_path = write_params(tmp_path / "killed_sae" / "params.npz", params)  # the same SAE, for the child
     out = tmp_path / "killed.parquet"
     root = Path(__file__).resolve().parent.parent
-    run = subprocess.run([sys.executable, "-c", KILLED_RUN.format(texts=texts), str(tiny_dir), str(sae_path),
-                          str(out)], cwd=root, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN.format(texts=texts), str(tiny_dir), str(sae_path), str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == -9, run.stderr
     assert not out.exists() and (tmp_path / ".killed.parquet.checkpoint").is_file()
     kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=2, progress=False)
@@ -432,12 +619,15 @@ def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
     root = Path(__file__).resolve().parent.parent
 
     def peak_kb(n):
-        run = subprocess.run([sys.executable, "-c", MEMORY_RUN, str(tiny_dir), str(sae_path), str(n)], cwd=root,
-                             capture_output=True, text=True,
-                             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+        run = subprocess.run(
+            [sys.executable, "-c", MEMORY_RUN, str(tiny_dir), str(sae_path), str(n)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+        )
         assert run.returncode == 0, run.stderr
         return int(run.stdout.split()[-1])
 
     small, large = peak_kb(500), peak_kb(2000)
     assert large - small < 25_000, (small, large)  # KB
-

@@ -56,20 +56,32 @@ def test_encode_equals_a_jumprelu_written_out_on_captured_activations(tiny_model
 
 def test_encode_stops_at_the_sae_s_layer(tiny_model, make_sae):
     sae, _ = make_sae(hook="blocks.1.hook_resid_post")
-    with _count_calls(tiny_model.blocks[1]) as ran, _count_calls(tiny_model.blocks[2]) as later, \
-            _count_calls(tiny_model.blocks[3]) as last, _count_calls(tiny_model.unembed) as unembed:
+    with (
+        _count_calls(tiny_model.blocks[1]) as ran,
+        _count_calls(tiny_model.blocks[2]) as later,
+        _count_calls(tiny_model.blocks[3]) as last,
+        _count_calls(tiny_model.unembed) as unembed,
+    ):
         scope.encode(tiny_model, sae, TEXT)
     assert ran == [1] and later == [] and last == [] and unembed == []
 
 
 def test_encode_reads_mlp_and_attention_sites(tiny_model, make_sae):
     mlp, mlp_params = make_sae(hook="blocks.2.hook_mlp_out")
-    torch.testing.assert_close(scope.encode(tiny_model, mlp, TEXT).values.double(),
-                               jumprelu(_resid(tiny_model, "blocks.2.hook_mlp_out"), mlp_params)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        scope.encode(tiny_model, mlp, TEXT).values.double(),
+        jumprelu(_resid(tiny_model, "blocks.2.hook_mlp_out"), mlp_params)[0],
+        atol=1e-5,
+        rtol=1e-5,
+    )
     att, att_params = make_sae(hook="blocks.2.attn.hook_z")
     z = _resid(tiny_model, "blocks.2.attn.hook_z")  # [pos, heads, d_head]
-    torch.testing.assert_close(scope.encode(tiny_model, att, TEXT).values.double(),
-                               jumprelu(z.reshape(z.shape[0], -1), att_params)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        scope.encode(tiny_model, att, TEXT).values.double(),
+        jumprelu(z.reshape(z.shape[0], -1), att_params)[0],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_encode_errors(tiny_model, make_sae):
@@ -99,8 +111,9 @@ def test_top_features_are_the_k_largest_active_features_per_token(tiny_model, ma
     table = scope.top_features(tiny_model, sae, TEXT, k=3)
     assert list(table.columns) == ["position", "token", "rank", "feature", "activation"]
     assert list(zip(table.position, table["rank"], table.feature)) == _expected_top(expected_values, 3, skip_first=True)
-    np.testing.assert_allclose(table.activation, [expected_values[p, f] for p, f in zip(table.position, table.feature)],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        table.activation, [expected_values[p, f] for p, f in zip(table.position, table.feature)], rtol=1e-5, atol=1e-5
+    )
     tokens = _str_tokens(tiny_model)
     assert list(table.token) == [tokens[p] for p in table.position]
     assert (table.activation > 0).all()
@@ -134,8 +147,9 @@ def test_top_features_takes_k_as_a_keyword_and_numpy_integers(tiny_model, make_s
     sae, _ = make_sae()
     with pytest.raises(TypeError, match="positional"):
         scope.top_features(tiny_model, sae, TEXT, 3)
-    pd.testing.assert_frame_equal(scope.top_features(tiny_model, sae, TEXT, k=np.int64(3)),
-                                  scope.top_features(tiny_model, sae, TEXT, k=3))
+    pd.testing.assert_frame_equal(
+        scope.top_features(tiny_model, sae, TEXT, k=np.int64(3)), scope.top_features(tiny_model, sae, TEXT, k=3)
+    )
 
 
 def test_neuronpedia_links_when_the_sae_has_an_id(tiny_model, make_sae):
@@ -143,7 +157,9 @@ def test_neuronpedia_links_when_the_sae_has_an_id(tiny_model, make_sae):
     assert "url" not in scope.top_features(tiny_model, sae, TEXT).columns
     sae.cfg.metadata.neuronpedia_id = "gemma-2-2b/1-gemmascope-res-16k"
     table = scope.top_features(tiny_model, sae, TEXT)
-    assert list(table.url) == [f"https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/{f}" for f in table.feature]
+    assert list(table.url) == [
+        f"https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/{f}" for f in table.feature
+    ]
     assert features_module.neuronpedia_url(sae, 7) == "https://www.neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k/7"
 
 
@@ -171,14 +187,19 @@ def test_feature_logits_of_an_attention_sae_go_through_w_o(tiny_model, make_sae)
     direction = torch.from_numpy(params["W_dec"][3]).double().reshape(W_O.shape[0], W_O.shape[1])
     logits = torch.einsum("hd,hdm->m", direction, W_O) @ tiny_model.W_U.detach().double()
     table = scope.feature_logits(tiny_model, sae, 3, k=2)
-    np.testing.assert_allclose(table[table.direction == "promoted"].logit, torch.topk(logits, 2).values.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        table[table.direction == "promoted"].logit, torch.topk(logits, 2).values.numpy(), rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("feature", [48, 10_000, -1, np.int64(48), torch.tensor(48)])
 def test_feature_index_out_of_range_names_index_and_width(tiny_model, make_sae, feature):
     sae, _ = make_sae()
-    with pytest.raises(ValueError, match=rf"feature {int(feature)} is out of range: there are 48 features "
-                                         r"\(valid indices 0\.\.47\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"feature {int(feature)} is out of range: there are 48 features "
+        r"\(valid indices 0\.\.47\)",
+    ):
         scope.feature_logits(tiny_model, sae, feature)
 
 
@@ -205,7 +226,9 @@ def test_trace_equals_separate_encodes_and_leaves_the_model_as_it_was(tiny_model
     for layer, sae in [(0, first), (1, mid), (3, last)]:
         alone = scope.top_features(tiny_model, sae, TEXT, k=4)
         got = table[table.layer == layer].drop(columns="layer").reset_index(drop=True)
-        pd.testing.assert_frame_equal(got[["position", "token", "rank", "feature"]], alone[["position", "token", "rank", "feature"]])
+        pd.testing.assert_frame_equal(
+            got[["position", "token", "rank", "feature"]], alone[["position", "token", "rank", "feature"]]
+        )
         np.testing.assert_allclose(got.activation, alone.activation, rtol=1e-4, atol=1e-4)
     assert tiny_model.acts_to_saes == {}
     assert torch.equal(tiny_model(tokens), before)
@@ -214,8 +237,11 @@ def test_trace_equals_separate_encodes_and_leaves_the_model_as_it_was(tiny_model
 def test_trace_is_one_pass_that_stops_after_the_deepest_sae(tiny_model, make_sae):
     a, _ = make_sae(hook="blocks.0.hook_resid_post", seed=1)
     b, _ = make_sae(hook="blocks.1.hook_resid_post", seed=2)
-    with _count_calls(tiny_model.blocks[0]) as first, _count_calls(tiny_model.blocks[2]) as later, \
-            _count_calls(tiny_model.unembed) as unembed:
+    with (
+        _count_calls(tiny_model.blocks[0]) as first,
+        _count_calls(tiny_model.blocks[2]) as later,
+        _count_calls(tiny_model.unembed) as unembed,
+    ):
         table = scope.trace(tiny_model, [a, b], TEXT)  # a list: layers read from the hooks
     assert sorted(table.layer.unique()) == [0, 1]
     # only the traced pass: check_compatible reads widths from the config and runs no probe any more
@@ -247,8 +273,11 @@ def test_trace_leaves_no_hooks_or_saes_after_an_error(tiny_model, make_sae, monk
     seen = []
 
     def broken(*args, **kwargs):  # block 2 runs out of memory, with trace's hooks in place
-        seen.extend(name for name in ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
-                    if tiny_model.hook_dict[name].fwd_hooks)
+        seen.extend(
+            name
+            for name in ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
+            if tiny_model.hook_dict[name].fwd_hooks
+        )
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(tiny_model.blocks[2], "forward", broken)
@@ -305,13 +334,14 @@ def test_trace_heatmap_shows_the_top_activation_per_layer_and_position(tiny_mode
 # tests drive the command.
 
 
-def test_features_command_loads_model_and_sae_and_lists_top_features(tiny_model, make_sae, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_features_command_loads_model_and_sae_and_lists_top_features(
+    tiny_model, make_sae, tmp_path, monkeypatch, capsys
+):
     _, params = make_sae()
     path = write_params(tmp_path / "cli" / "params.npz", params)
     monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
     assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(path), "--k", "2"]) == 2
-    assert "hook= is required" in capsys.readouterr().err
+    assert "pass --hook" in capsys.readouterr().err
     folder = tmp_path / "cli_folder"
     scope.load_sae(path, hook="blocks.1.hook_resid_post", device="cpu").save_model(folder)
     assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(folder), "--k", "2"]) == 0
@@ -319,8 +349,23 @@ def test_features_command_loads_model_and_sae_and_lists_top_features(tiny_model,
     expected = scope.top_features(tiny_model, sae, TEXT, k=2)
     assert capsys.readouterr().out == _table(expected) + "\n"
     # --hook with the params.npz gives the same table
-    assert main(["features", TEXT, "--model", "shieldgemma-2b", "--sae", str(path),
-                 "--hook", "blocks.1.hook_resid_post", "--k", "2"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                TEXT,
+                "--model",
+                "shieldgemma-2b",
+                "--sae",
+                str(path),
+                "--hook",
+                "blocks.1.hook_resid_post",
+                "--k",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == _table(expected) + "\n"
 
 
@@ -329,7 +374,7 @@ def test_features_command_defaults_to_the_demo_sae(tiny_model, tmp_path, monkeyp
 
     monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
     monkeypatch.setattr(scope.saes, "DEMO_SAE_DIR", tmp_path / "data" / "demo_sae")
-    assert main(["features", TEXT]) == 2
+    assert main(["features", TEXT]) == 1  # FileNotFoundError: a runtime error
     assert "train_demo_sae.py" in capsys.readouterr().err
 
 
@@ -346,8 +391,9 @@ def test_bundled_model_encode_trace_and_logit_lens(bundled_model, tmp_path):
         p = random_params(model.cfg.d_model, 4096, seed=layer)
         _, pre = jumprelu(_resid(model, hook, text), p)
         # thresholds in the range the real activations reach, so the jump matters
-        p["threshold"] = np.quantile(pre[1:].numpy(), np.random.default_rng(layer).uniform(0.5, 0.99, 4096),
-                                     axis=None).astype(np.float32)
+        p["threshold"] = np.quantile(
+            pre[1:].numpy(), np.random.default_rng(layer).uniform(0.5, 0.99, 4096), axis=None
+        ).astype(np.float32)
         params[layer] = p
         saes[layer] = scope.load_sae(write_params(tmp_path / str(layer) / "params.npz", p), hook=hook, device="cpu")
         expected, pre = jumprelu(_resid(model, hook, text), p)

@@ -56,12 +56,16 @@ def test_numeric_l0_picks_the_nearest_listed_sae():
     for target in [1, 60, 100, 10_000, listed[1], np.float64(60.0)]:
         nearest = min(listed, key=lambda v: abs(v - target))
         assert scope.gemma_scope_id("gemma-2-2b", 20, l0=target) == (
-            "gemma-scope-2b-pt-res", f"layer_20/width_16k/average_l0_{nearest}")
+            "gemma-scope-2b-pt-res",
+            f"layer_20/width_16k/average_l0_{nearest}",
+        )
 
 
 def test_width_as_number_and_other_widths():
     assert scope.gemma_scope_id("gemma-2-2b", 12, width=65536) == (
-        "gemma-scope-2b-pt-res-canonical", "layer_12/width_65k/canonical")
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_12/width_65k/canonical",
+    )
     assert scope.gemma_scope_id("gemma-2-2b", 12, width="1M")[1] == "layer_12/width_1m/canonical"
 
 
@@ -84,7 +88,9 @@ def test_it_and_shieldgemma_use_base_saes_where_they_have_none():
     assert scope.gemma_scope_id("gemma-2-2b-it", 20) == scope.gemma_scope_id("gemma-2-2b", 20)
     assert scope.gemma_scope_id("shieldgemma-9b", 20) == scope.gemma_scope_id("gemma-2-9b", 20)
     assert scope.gemma_scope_id("gemma-2-27b-it", 22, width="131k") == (
-        "gemma-scope-27b-pt-res-canonical", "layer_22/width_131k/canonical")
+        "gemma-scope-27b-pt-res-canonical",
+        "layer_22/width_131k/canonical",
+    )
 
 
 def test_a_loaded_model_is_identified_by_its_subject(tiny_model):
@@ -93,21 +99,24 @@ def test_a_loaded_model_is_identified_by_its_subject(tiny_model):
     assert gemma_scope.covered_layers(tiny_model) == list(range(26))
 
 
-@pytest.mark.parametrize("args,kwargs,pattern", [
-    (("gemma-2-2b", 26), {}, r"layer 26.*0-25"),
-    (("gemma-2-2b", -1), {}, r"layer -1.*0-25"),
-    (("gemma-2-2b", 20), {"width": "17k"}, r"Unknown width '17k'.*16k"),
-    (("gemma-2-2b", 20), {"width": "1m"}, r"No 1m-wide.*layer 20.*widths there: 16k, 65k"),
-    (("gemma-2-27b", 22), {}, r"No 16k-wide.*gemma-2-27b.*131k"),
-    (("gemma-2-27b", 5), {"width": "131k"}, r"layer 5.*10, 22, 34"),
-    (("gemma-2-2b", 20), {"site": "resid"}, r"Unknown site 'resid'.*'res', 'mlp', 'att'"),
-    (("gemma-2-27b", 22), {"site": "mlp"}, r"no MLP output SAEs for gemma-2-27b.*'res'"),
-    (("gemma-2-2b", 12), {"width": "131k"}, r"no canonical 131k.*l0= one of \[\d+"),
-    (("gemma-2-2b", 20), {"l0": "small"}, r"l0 must be 'canonical' or a number"),
-    (("gemma-2-2b", 20), {"l0": float("nan")}, r"l0 must be a finite number"),
-    (("gemma-3-270m", 6), {}, r"no Gemma Scope \(Gemma 2\) SAEs for 'gemma-3-270m'.*demo"),
-    (("gemma-7b", 6), {}, r"Unknown model 'gemma-7b'.*gemma-2-2b"),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,pattern",
+    [
+        (("gemma-2-2b", 26), {}, r"layer 26.*0-25"),
+        (("gemma-2-2b", -1), {}, r"layer -1.*0-25"),
+        (("gemma-2-2b", 20), {"width": "17k"}, r"Unknown width '17k'.*16k"),
+        (("gemma-2-2b", 20), {"width": "1m"}, r"No 1m-wide.*layer 20.*widths there: 16k, 65k"),
+        (("gemma-2-27b", 22), {}, r"No 16k-wide.*gemma-2-27b.*131k"),
+        (("gemma-2-27b", 5), {"width": "131k"}, r"layer 5.*10, 22, 34"),
+        (("gemma-2-2b", 20), {"site": "resid"}, r"Unknown site 'resid'.*'res', 'mlp', 'att'"),
+        (("gemma-2-27b", 22), {"site": "mlp"}, r"no MLP output SAEs for gemma-2-27b.*'res'"),
+        (("gemma-2-2b", 12), {"width": "131k"}, r"no canonical 131k.*l0= one of \[\d+"),
+        (("gemma-2-2b", 20), {"l0": "small"}, r"l0 must be 'canonical' or a number"),
+        (("gemma-2-2b", 20), {"l0": float("nan")}, r"l0 must be a finite number"),
+        (("gemma-3-270m", 6), {}, r"no Gemma Scope \(Gemma 2\) SAEs for 'gemma-3-270m'.*demo"),
+        (("gemma-7b", 6), {}, r"Unknown model 'gemma-7b'.*gemma-2-2b"),
+    ],
+)
 def test_gemma_scope_id_errors_name_what_exists(args, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         scope.gemma_scope_id(*args, **kwargs)
@@ -125,7 +134,9 @@ def test_a_layer_that_is_not_an_integer_is_a_type_error(layer):
 
 def test_split_spec_cuts_at_a_registry_release():
     assert gemma_scope.split_spec("gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71") == (
-        "gemma-scope-2b-pt-res", "layer_20/width_16k/average_l0_71")
+        "gemma-scope-2b-pt-res",
+        "layer_20/width_16k/average_l0_71",
+    )
     assert gemma_scope.split_spec("my-release/blocks.8") is None
     assert gemma_scope.split_spec("gemma-scope-2b-pt-res-canonical") is None  # a release alone is no spec
 
@@ -152,7 +163,9 @@ def test_describe_layers_joins_runs():
 
 
 def test_ids_need_neither_torch_nor_the_network():
-    code = ("import sys, scope; from scope.gemma_scope import gemma_scope_id; "
-            "print(gemma_scope_id('gemma-2-9b-it', 20)); print('torch' in sys.modules)")
+    code = (
+        "import sys, scope; from scope.gemma_scope import gemma_scope_id; "
+        "print(gemma_scope_id('gemma-2-9b-it', 20)); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical", "False"]

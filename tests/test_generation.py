@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 import scope
 from scope.generation import next_token_logits, sample_token, stop_token_ids
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 PROMPT = "Paris is the capital of France, and the quick brown fox"
 
@@ -24,7 +24,7 @@ def test_greedy_equals_transformers_generate(tiny_model, tiny_hf):
     hf_model, _ = tiny_hf
     tokens = scope.to_tokens(tiny_model, PROMPT)
     n = 24  # prompt + generation cross the 8-token sliding window many times
-    expected = hf_model.generate(tokens, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, tokens.shape[1]:]
+    expected = hf_model.generate(tokens, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, tokens.shape[1] :]
     actual = scope.generate_tokens(tiny_model, tokens, max_new_tokens=n, stop_at_eos=False)
     assert actual.tolist() == expected.tolist()
 
@@ -110,7 +110,9 @@ def test_chat_messages_have_exactly_one_bos(tiny_model):
 
 def test_stops_at_end_of_turn(tiny_model):
     assert stop_token_ids(tiny_model) == {
-        tiny_model.tokenizer.eos_token_id, tiny_model.tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+        tiny_model.tokenizer.eos_token_id,
+        tiny_model.tokenizer.convert_tokens_to_ids("<end_of_turn>"),
+    }
     end_of_turn = tiny_model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
 
     def force_end_of_turn(logits, hook):
@@ -123,27 +125,33 @@ def test_stops_at_end_of_turn(tiny_model):
         assert scope.generate_tokens(tiny_model, tokens, max_new_tokens=5).numel() == 0
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    (dict(max_new_tokens=300), "exceeds the model's context of 256 tokens"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-    (dict(temperature=-0.5), "temperature"),
-    (dict(temperature=float("inf")), "temperature must be a finite number"),
-    (dict(temperature=float("nan")), "temperature must be a finite number"),
-    (dict(temperature=1.0, top_p=0.0), "top_p"),
-    (dict(temperature=1.0, top_k=0), "top_k"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(max_new_tokens=300), "exceeds the model's context of 256 tokens"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(temperature=float("inf")), "temperature must be a finite number"),
+        (dict(temperature=float("nan")), "temperature must be a finite number"),
+        (dict(temperature=1.0, top_p=0.0), "top_p"),
+        (dict(temperature=1.0, top_k=0), "top_k"),
+    ],
+)
 def test_bad_generation_arguments(tiny_model, kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         scope.generate(tiny_model, PROMPT, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    (dict(max_new_tokens=True), "max_new_tokens must be an integer, got True"),  # a bool is not a count
-    (dict(max_new_tokens=2.0), "max_new_tokens must be an integer"),
-    (dict(temperature="hot"), "temperature must be a number"),
-    (dict(temperature=1.0, top_k=2.5), "top_k must be an integer"),
-    (dict(temperature=1.0, seed="7"), "seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(max_new_tokens=True), "max_new_tokens must be an integer, got True"),  # a bool is not a count
+        (dict(max_new_tokens=2.0), "max_new_tokens must be an integer"),
+        (dict(temperature="hot"), "temperature must be a number"),
+        (dict(temperature=1.0, top_k=2.5), "top_k must be an integer"),
+        (dict(temperature=1.0, seed="7"), "seed must be an integer"),
+    ],
+)
 def test_wrong_types_of_generation_arguments(tiny_model, kwargs, fragment):
     with pytest.raises(TypeError, match=fragment):
         scope.generate(tiny_model, PROMPT, **kwargs)
@@ -154,8 +162,9 @@ def test_wrong_types_of_generation_arguments(tiny_model, kwargs, fragment):
 
 def test_numpy_scalars_count_as_numbers(tiny_model):
     kwargs = dict(max_new_tokens=5, temperature=1.3, top_k=20, seed=3, stop_at_eos=False)
-    as_numpy = dict(max_new_tokens=np.int64(5), temperature=np.float64(1.3), top_k=np.int32(20), seed=np.int64(3),
-                    stop_at_eos=False)
+    as_numpy = dict(
+        max_new_tokens=np.int64(5), temperature=np.float64(1.3), top_k=np.int32(20), seed=np.int64(3), stop_at_eos=False
+    )
     assert scope.generate(tiny_model, PROMPT, **as_numpy) == scope.generate(tiny_model, PROMPT, **kwargs)
 
 

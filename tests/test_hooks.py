@@ -31,10 +31,17 @@ def _no_hooks_left(model):
 # ----------------------------------------------------------------------------- names and layers
 
 
-@pytest.mark.parametrize("hook,layer", [
-    ("blocks.6.hook_resid_post", 6), ("blocks.0.attn.hook_z", 0), ("blocks.12.mlp.hook_post", 12),
-    ("hook_embed", -1), ("ln_final.hook_normalized", None), ("unembed.hook_out", None),
-])
+@pytest.mark.parametrize(
+    "hook,layer",
+    [
+        ("blocks.6.hook_resid_post", 6),
+        ("blocks.0.attn.hook_z", 0),
+        ("blocks.12.mlp.hook_post", 12),
+        ("hook_embed", -1),
+        ("ln_final.hook_normalized", None),
+        ("unembed.hook_out", None),
+    ],
+)
 def test_hook_layer(hook, layer):
     assert hooks.hook_layer(hook) == layer
 
@@ -101,8 +108,11 @@ def test_check_compatible_names_close_hooks_for_a_typo(tiny_model, make_sae):
 
 def test_check_compatible_measures_hook_z_over_all_heads(tiny_model, make_sae):
     one_head, _ = make_sae(hook="blocks.2.attn.hook_z", d_in=16, d_sae=8)  # d_head, not heads x d_head
-    with pytest.raises(ValueError, match=r"SAE d_in is 16 but .* width 64 at blocks\.2\.attn\.hook_z "
-                                         r"\(activation shape \[4, 16\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SAE d_in is 16 but .* width 64 at blocks\.2\.attn\.hook_z "
+        r"\(activation shape \[4, 16\]\)",
+    ):
         scope.check_compatible(tiny_model, one_head)
 
 
@@ -190,8 +200,11 @@ def test_run_to_hooks_captures_the_activations_and_stops_after_the_deepest(tiny_
     tokens = tiny_model.to_tokens(TEXT)
     wanted = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.attn.hook_z"]
     _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-    with _count_calls(tiny_model.blocks[1]) as ran, _count_calls(tiny_model.blocks[2]) as later, \
-            _count_calls(tiny_model.unembed) as unembed:
+    with (
+        _count_calls(tiny_model.blocks[1]) as ran,
+        _count_calls(tiny_model.blocks[2]) as later,
+        _count_calls(tiny_model.unembed) as unembed,
+    ):
         acts = hooks.run_to_hooks(tiny_model, tokens, wanted)
     assert ran == [1] and later == [] and unembed == []
     assert set(acts) == set(wanted)
@@ -201,10 +214,13 @@ def test_run_to_hooks_captures_the_activations_and_stops_after_the_deepest(tiny_
 
 
 def test_run_to_hooks_refuses_an_unknown_hook_before_running(tiny_model):
-    with _count_calls(tiny_model.embed) as embedded, \
-            pytest.raises(ValueError, match=r"no hook 'blocks\.7\.hook_resid_post'.*Blocks are 0\.\.3"):
-        hooks.run_to_hooks(tiny_model, tiny_model.to_tokens(TEXT),
-                           ["blocks.0.hook_resid_post", "blocks.7.hook_resid_post"])
+    with (
+        _count_calls(tiny_model.embed) as embedded,
+        pytest.raises(ValueError, match=r"no hook 'blocks\.7\.hook_resid_post'.*Blocks are 0\.\.3"),
+    ):
+        hooks.run_to_hooks(
+            tiny_model, tiny_model.to_tokens(TEXT), ["blocks.0.hook_resid_post", "blocks.7.hook_resid_post"]
+        )
     assert embedded == []
 
 

@@ -40,8 +40,9 @@ def test_residual_norms_of_a_chat_are_those_of_its_gemma_turn_text(tiny_model):
 
 
 def test_residual_norms_prompt_or_messages_is_a_deprecated_alias(tiny_model):
-    with pytest.warns(DeprecationWarning,
-                      match=r"residual_norms\(prompt_or_messages=\.\.\.\) is deprecated; use text="):
+    with pytest.warns(
+        DeprecationWarning, match=r"residual_norms\(prompt_or_messages=\.\.\.\) is deprecated; use text="
+    ):
         old = residual_norms(tiny_model, prompt_or_messages=TEXT)
     pd.testing.assert_frame_equal(old, residual_norms(tiny_model, text=TEXT))
 

@@ -56,13 +56,16 @@ def test_params_npz_missing_key_names_file_and_key(tmp_path, key):
         scope.load_sae(path, hook=HOOK)
 
 
-@pytest.mark.parametrize("key,shape,expected", [
-    ("W_dec", (8, 4), r"W_dec has shape \(8, 4\), expected \(4, 8\)"),
-    ("b_enc", (8,), r"b_enc has shape \(8,\), expected \(4,\)"),
-    ("b_dec", (4,), r"b_dec has shape \(4,\), expected \(8,\)"),
-    ("threshold", (4, 1), r"threshold has shape \(4, 1\), expected \(4,\)"),
-    ("W_enc", (8, 4, 1), r"W_enc has shape \(8, 4, 1\), expected 2-D"),
-])
+@pytest.mark.parametrize(
+    "key,shape,expected",
+    [
+        ("W_dec", (8, 4), r"W_dec has shape \(8, 4\), expected \(4, 8\)"),
+        ("b_enc", (8,), r"b_enc has shape \(8,\), expected \(4,\)"),
+        ("b_dec", (4,), r"b_dec has shape \(4,\), expected \(8,\)"),
+        ("threshold", (4, 1), r"threshold has shape \(4, 1\), expected \(4,\)"),
+        ("W_enc", (8, 4, 1), r"W_enc has shape \(8, 4, 1\), expected 2-D"),
+    ],
+)
 def test_params_npz_wrong_shape_names_file_key_and_shapes(tmp_path, key, shape, expected):
     params = random_params(8, 4)
     params[key] = np.zeros(shape, dtype=np.float32)
@@ -90,8 +93,8 @@ def test_params_npz_with_a_corrupt_member_names_the_file(tmp_path):
         info = archive.getinfo("W_dec.npy")
     data = bytearray(path.read_bytes())
     start = info.header_offset + 30 + len(info.filename) + 200
-    data[start:start + 64] = b"\x00" * 64
-    data[start + 64:start + 96] = b"\xff" * 32
+    data[start : start + 64] = b"\x00" * 64
+    data[start + 64 : start + 96] = b"\xff" * 32
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=re.escape(str(path))):
         scope.load_sae(path, hook=HOOK)
@@ -165,8 +168,10 @@ def test_demo_sae_carries_its_shipped_max_activations(make_sae, tmp_path, monkey
     max_acts = torch.rand(original.cfg.d_sae) * 10
     density = torch.rand(original.cfg.d_sae)
     # the layout scripts/eval_demo_sae.py --save-stats writes: per-feature columns and n_tokens [1]
-    save_file({"max_activation": max_acts, "density": density, "n_tokens": torch.tensor([12345])},
-              str(folder / "feature_stats.safetensors"))
+    save_file(
+        {"max_activation": max_acts, "density": density, "n_tokens": torch.tensor([12345])},
+        str(folder / "feature_stats.safetensors"),
+    )
     demo = scope.load_sae("demo", device="cpu")
     assert torch.equal(saes_module.max_activations(demo), max_acts)
     stats = saes_module.feature_stats(demo)
@@ -191,16 +196,18 @@ def test_feature_stats_live_in_the_metadata_and_are_saved_with_the_sae(make_sae,
     sae.save_model(tmp_path / "saved")
     reloaded = scope.load_sae(tmp_path / "saved", device="cpu")
     assert torch.equal(saes_module.max_activations(reloaded), values)
-    torch.testing.assert_close(saes_module.feature_stats(reloaded)["density"],
-                               torch.linspace(0, 1, 16), rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        saes_module.feature_stats(reloaded)["density"], torch.linspace(0, 1, 16), rtol=0, atol=1e-7
+    )
 
 
 def test_feature_stats_must_have_one_value_per_feature(make_sae):
     sae, _ = make_sae(d_sae=16)
     with pytest.raises(ValueError, match=r"max_activation must have one value per feature \(16\), got 15"):
         saes_module.set_max_activations(sae, torch.ones(15))
-    with pytest.raises(ValueError,
-                       match=r"needs the SAE's per-feature max activations.*set_max_activations.*unit='act'"):
+    with pytest.raises(
+        ValueError, match=r"needs the SAE's per-feature max activations.*set_max_activations.*unit='act'"
+    ):
         saes_module.max_activation(sae, 3)
 
 
@@ -218,8 +225,9 @@ class _FakeFromPretrained:
     def __call__(self, release, sae_id, device="cpu", dtype="float32", **kwargs):
         self.calls.append((release, sae_id, device, dtype))
         layer = int(re.match(r"layer_(\d+)", sae_id)[1])
-        sae, _ = self.make_sae(hook=f"blocks.{layer}.hook_resid_post", d_in=self.d_in, d_sae=16, seed=layer,
-                               device=device, dtype=dtype)
+        sae, _ = self.make_sae(
+            hook=f"blocks.{layer}.hook_resid_post", d_in=self.d_in, d_sae=16, seed=layer, device=device, dtype=dtype
+        )
         sae.cfg.metadata.neuronpedia_id = _registry()[release].neuronpedia_id.get(sae_id)
         return sae
 
@@ -229,7 +237,9 @@ def test_registry_spec_goes_through_sae_lens_from_pretrained(make_sae, monkeypat
 
     fake = _FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
-    sae = scope.load_sae("gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", device="cpu", dtype=torch.bfloat16)
+    sae = scope.load_sae(
+        "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", device="cpu", dtype=torch.bfloat16
+    )
     assert fake.calls == [("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical", "cpu", "bfloat16")]
     assert sae.cfg.metadata.hook_name == "blocks.20.hook_resid_post"
     assert sae.cfg.metadata.neuronpedia_id == "gemma-2-2b/20-gemmascope-res-16k"
@@ -243,26 +253,39 @@ def test_registry_sae_keeps_its_recorded_hook(make_sae, monkeypatch):
 
     monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(make_sae))
     spec = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
-    assert scope.load_sae(spec, hook="blocks.20.hook_resid_post", device="cpu").cfg.metadata.hook_name == \
-        "blocks.20.hook_resid_post"
-    with pytest.raises(ValueError, match=r"layer_20/width_16k/canonical was trained at 'blocks\.20\.hook_resid_post', "
-                                         r"not hook='blocks\.3\.hook_resid_post'"):
+    assert (
+        scope.load_sae(spec, hook="blocks.20.hook_resid_post", device="cpu").cfg.metadata.hook_name
+        == "blocks.20.hook_resid_post"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"layer_20/width_16k/canonical was trained at 'blocks\.20\.hook_resid_post', "
+        r"not hook='blocks\.3\.hook_resid_post'",
+    ):
         scope.load_sae(spec, hook="blocks.3.hook_resid_post", device="cpu")
 
 
 def test_registry_spec_errors(monkeypatch):
     from sae_lens import SAE
 
-    with pytest.raises(ValueError, match=r"SAE id 'layer_20/width_16k/canon' is not in release 'gemma-scope-2b-pt-res-canonical'; closest ids: layer_20/width_16k/canonical"):
+    with pytest.raises(
+        ValueError,
+        match=r"SAE id 'layer_20/width_16k/canon' is not in release 'gemma-scope-2b-pt-res-canonical'; closest ids: layer_20/width_16k/canonical",
+    ):
         scope.load_sae("gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canon")
-    with pytest.raises(ValueError, match=r"neither an existing local path nor 'RELEASE/SAE_ID'.*did you mean release 'gemma-scope-2b-pt-res-canonical'"):
+    with pytest.raises(
+        ValueError,
+        match=r"neither an existing local path nor 'RELEASE/SAE_ID'.*did you mean release 'gemma-scope-2b-pt-res-canonical'",
+    ):
         scope.load_sae("gemma-scope-2b-pt-res-canonicl/layer_20/width_16k/canonical")
 
     def offline(*args, **kwargs):
         raise OSError("couldn't connect to huggingface.co")
 
     monkeypatch.setattr(SAE, "from_pretrained", offline)
-    with pytest.raises(scope.ModelUnavailableError, match=r"Cannot download SAE gemma-scope-2b-pt-res-canonical/layer_3"):
+    with pytest.raises(
+        scope.ModelUnavailableError, match=r"Cannot download SAE gemma-scope-2b-pt-res-canonical/layer_3"
+    ):
         scope.load_sae(scope.gemma_scope_id("gemma-2-2b", 3))
 
 
@@ -324,5 +347,7 @@ def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, make_sa
 def test_unknown_specs_say_what_a_spec_can_be():
     with pytest.raises(FileNotFoundError, match="No such SAE file or folder: ./saes/params.npz"):
         scope.load_sae("./saes/params.npz", hook=HOOK)
-    with pytest.raises(ValueError, match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo'"):
+    with pytest.raises(
+        ValueError, match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo'"
+    ):
         scope.load_sae("my-release/blocks.8")

@@ -104,6 +104,7 @@ def reference_p_yes(model, text: str) -> float:
 
 # ---- prompts ----------------------------------------------------------------------------------
 
+
 def test_prompt_only_matches_model_card():
     expected = CARD_PROMPT_ONLY.format(guideline=HATE_PROMPT_ONLY)
     assert shield.build_prompt("[User Prompt]", "hate_speech") == expected
@@ -115,9 +116,12 @@ def test_prompt_response_matches_model_card():
 
 
 def test_inputs_are_stripped_as_in_the_model_card():
-    assert shield.build_prompt("  [User Prompt]\n", "hate_speech") == shield.build_prompt("[User Prompt]", "hate_speech")
-    assert ("Chatbot Response: [Model Response]\n<end_of_turn>"
-            in shield.build_prompt("q", "harassment", response="\n[Model Response]  "))
+    assert shield.build_prompt("  [User Prompt]\n", "hate_speech") == shield.build_prompt(
+        "[User Prompt]", "hate_speech"
+    )
+    assert "Chatbot Response: [Model Response]\n<end_of_turn>" in shield.build_prompt(
+        "q", "harassment", response="\n[Model Response]  "
+    )
 
 
 def test_wording_follows_use_case_for_every_policy():
@@ -141,7 +145,7 @@ def test_policy_objects_is_a_deprecated_alias_of_policies():
 
 
 def test_policies_match_release_note_to_the_character():
-    note = (REPO.parent / "shared" / "reference" / "gemma2-2b-shieldgemma-gemmascope-release.txt")
+    note = REPO.parent / "shared" / "reference" / "gemma2-2b-shieldgemma-gemmascope-release.txt"
     if not note.exists():
         pytest.skip("the shared reference folder is not beside this checkout")
     lines = note.read_text(encoding="utf-8").splitlines()
@@ -151,8 +155,9 @@ def test_policies_match_release_note_to_the_character():
 
 
 def test_user_policies_and_several_policies():
-    custom = shield.Policy("No Spoilers", "The prompt shall not contain or seek generation of content that "
-                           "reveals the ending of a film.")
+    custom = shield.Policy(
+        "No Spoilers", "The prompt shall not contain or seek generation of content that reveals the ending of a film."
+    )
     text = shield.build_prompt("q", [custom, ("No Puns", "The prompt shall not contain puns."), "harassment"])
     guideline_lines = [line for line in text.splitlines() if line.startswith("* ")]
     assert guideline_lines == [
@@ -181,6 +186,7 @@ def test_unknown_policy_lists_valid_keys():
 
 # ---- scoring on the tiny Gemma 2 --------------------------------------------------------------
 
+
 def test_answer_token_rule_on_a_tokenizer_without_yes_no(shield_tiny):
     model, _ = shield_tiny
     tokenizer = model.tokenizer
@@ -202,10 +208,13 @@ def test_p_yes_equals_softmax_of_full_logits(shield_tiny):
 
 def test_prompt_response_score_equals_full_logits(shield_tiny):
     model, _ = shield_tiny
-    scores = shield.score(model, ["q one", "q two"], "harassment", responses=["Sure.", "No way, friend."],
-                          progress=False)
-    expected = [reference_p_yes(model, shield.build_prompt(q, "harassment", r))
-                for q, r in [("q one", "Sure."), ("q two", "No way, friend.")]]
+    scores = shield.score(
+        model, ["q one", "q two"], "harassment", responses=["Sure.", "No way, friend."], progress=False
+    )
+    expected = [
+        reference_p_yes(model, shield.build_prompt(q, "harassment", r))
+        for q, r in [("q one", "Sure."), ("q two", "No way, friend.")]
+    ]
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
@@ -283,8 +292,7 @@ def test_score_user_prompts_is_a_deprecated_alias_of_texts(shield_tiny):
 def wide_tiny(tmp_path_factory):
     """Like ``shield_tiny`` but with a sliding window wider than any prompt, so the shared preamble
     is computed once (with the 8-token window that is unsafe and therefore skipped)."""
-    path = save_tiny_gemma2(tmp_path_factory.mktemp("tiny-wide"), max_position_embeddings=2048,
-                            sliding_window=2048)
+    path = save_tiny_gemma2(tmp_path_factory.mktemp("tiny-wide"), max_position_embeddings=2048, sliding_window=2048)
     return scope.load_model("shieldgemma-2b", weights=path, device="cpu")
 
 
@@ -297,8 +305,9 @@ def test_shared_preamble_is_computed_once_and_changes_nothing(wide_tiny):
     assert shared >= len(model.to_tokens(preamble)[0]) - 1  # at least the preamble (BOS included)
     assert torch.equal(sequences[0][:shared], sequences[-1][:shared])
     once = shield.score(model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False)
-    whole = shield.score(model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False,
-                         share_prefix=False)
+    whole = shield.score(
+        model, PROMPTS_OF_MANY_LENGTHS, "hate_speech", batch_size=2, progress=False, share_prefix=False
+    )
     reference = [reference_p_yes(model, t) for t in texts]
     np.testing.assert_allclose(once, whole, atol=1e-5)
     np.testing.assert_allclose(once, reference, atol=1e-5)
@@ -318,6 +327,7 @@ def test_preamble_not_shared_when_unsafe_or_hooked(shield_tiny, wide_tiny):
 
 
 # ---- metrics -----------------------------------------------------------------------------------
+
 
 def test_evaluate_against_hand_computed_values():
     scores = [0.1, 0.4, 0.35, 0.8, 0.7, 0.2]
@@ -355,6 +365,7 @@ def test_evaluate_errors():
 
 # ---- the evaluation script ----------------------------------------------------------------------
 
+
 def _eval_main():
     import importlib.util
 
@@ -383,8 +394,19 @@ def test_eval_script_on_jsonl_prompt_only(shield_tiny, tmp_path, capsys):
     model, weights = shield_tiny
     path = tmp_path / "set.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": r["prompt"], "label": r["label"]}) for r in ROWS) + "\n")
-    code = _eval_main()([str(path), "--model", "shieldgemma-2b", "--weights", str(weights),
-                         "--policy", "harassment", "--batch-size", "3"])
+    code = _eval_main()(
+        [
+            str(path),
+            "--model",
+            "shieldgemma-2b",
+            "--weights",
+            str(weights),
+            "--policy",
+            "harassment",
+            "--batch-size",
+            "3",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "4 examples (2 violating), prompt-only, policies harassment" in out.out
@@ -421,6 +443,7 @@ def test_eval_script_errors(tmp_path, capsys):
 
 # ---- the bundled model (real Gemma tokenizer; a stand-in, not a safety classifier) -------------
 
+
 @pytest.mark.slow
 def test_bundled_yes_no_are_single_tokens(bundled_model):
     vocab = bundled_model.tokenizer.get_vocab()
@@ -438,12 +461,27 @@ def test_bundled_score_matches_model_card_loop_and_batching(bundled_model):
 
 # ---- the CLI -------------------------------------------------------------------------------------
 
+
 def test_cli_prints_p_yes_per_policy(shield_tiny, capsys):
     from scope.cli import main
 
     model, weights = shield_tiny
-    code = main(["shield", "How do I bake bread?", "--response", "Knead and bake.", "--policy", "harassment",
-                 "--policy", "hate_speech", "--model", "shieldgemma-2b", "--weights", str(weights)])
+    code = main(
+        [
+            "shield",
+            "How do I bake bread?",
+            "--response",
+            "Knead and bake.",
+            "--policy",
+            "harassment",
+            "--policy",
+            "hate_speech",
+            "--model",
+            "shieldgemma-2b",
+            "--weights",
+            str(weights),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for key in ("harassment", "hate_speech"):  # each policy scored alone

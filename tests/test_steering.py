@@ -62,8 +62,9 @@ def test_add_scale_ablate_at_explicit_positions(tiny_model, sae, params):
     w_dec = torch.from_numpy(params["W_dec"]).double()
     live = int((acts[1:] > 0).sum(0).argmax())  # a feature that fires somewhere
     positions = [2, 5]  # (0, BOS, is rejected: test_bos_position_is_rejected)
-    _, out, _ = streams(tiny_model, tokens, sae, scope.Add(3, 2.0), Scale(live, 3.0), scope.Ablate(11),
-                        positions=positions)
+    _, out, _ = streams(
+        tiny_model, tokens, sae, scope.Add(3, 2.0), Scale(live, 3.0), scope.Ablate(11), positions=positions
+    )
     expected = clean.clone()
     for p in (2, 5):
         expected[p] += 2.0 * w_dec[3] + 2.0 * acts[p, live] * w_dec[live] - acts[p, 11] * w_dec[11]
@@ -92,7 +93,11 @@ def _clean_next(model, tokens):
 
 def test_nested_contexts_add_up(tiny_model, sae):
     tokens = tiny_model.to_tokens(PROMPT)
-    with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(5, 1.5)), scope.steer(tiny_model, sae, scope.Add(5, 2.0)):
+    with (
+        torch.no_grad(),
+        scope.steer(tiny_model, sae, scope.Add(5, 1.5)),
+        scope.steer(tiny_model, sae, scope.Add(5, 2.0)),
+    ):
         nested = tiny_model(tokens)
     with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(5, 3.5)):
         single = tiny_model(tokens)
@@ -171,11 +176,14 @@ def test_unit_max_uses_recorded_max_activations(tiny_model, sae, params):
     assert torch.allclose(by_max, by_act, atol=1e-6)
 
 
-@pytest.mark.parametrize("interventions, fragment", [
-    ((scope.Add(48, 1.0),), "Add feature 48 is out of range: there are 48 features"),
-    ((scope.Clamp(-1, 1.0),), "Clamp feature -1 is out of range"),
-    ((scope.Add(1, 1.0), scope.Clamp(47, 1.0), scope.Scale(48, 2.0)), "Scale feature 48"),  # none attached
-])
+@pytest.mark.parametrize(
+    "interventions, fragment",
+    [
+        ((scope.Add(48, 1.0),), "Add feature 48 is out of range: there are 48 features"),
+        ((scope.Clamp(-1, 1.0),), "Clamp feature -1 is out of range"),
+        ((scope.Add(1, 1.0), scope.Clamp(47, 1.0), scope.Scale(48, 2.0)), "Scale feature 48"),  # none attached
+    ],
+)
 def test_validation_errors_attach_nothing(tiny_model, sae, interventions, fragment):
     with pytest.raises(ValueError, match=fragment):
         with scope.steer(tiny_model, sae, *interventions):
@@ -183,15 +191,18 @@ def test_validation_errors_attach_nothing(tiny_model, sae, interventions, fragme
     assert no_hooks_left(tiny_model)
 
 
-@pytest.mark.parametrize("make, error, fragment", [
-    (lambda: scope.Add(1, float("nan")), ValueError, "finite"),
-    (lambda: scope.Clamp(1, float("inf")), ValueError, "finite"),
-    (lambda: scope.Clamp(1, 1.0, unit="percent"), ValueError, "unit"),
-    (lambda: scope.Add(1.5, 1.0), TypeError, "feature must be an integer"),
-    (lambda: scope.Add(True, 1.0), TypeError, "feature must be an integer"),
-    (lambda: scope.Scale(1, "2"), TypeError, "must be a number"),
-    (lambda: scope.Add(1), TypeError, "needs a strength"),
-])
+@pytest.mark.parametrize(
+    "make, error, fragment",
+    [
+        (lambda: scope.Add(1, float("nan")), ValueError, "finite"),
+        (lambda: scope.Clamp(1, float("inf")), ValueError, "finite"),
+        (lambda: scope.Clamp(1, 1.0, unit="percent"), ValueError, "unit"),
+        (lambda: scope.Add(1.5, 1.0), TypeError, "feature must be an integer"),
+        (lambda: scope.Add(True, 1.0), TypeError, "feature must be an integer"),
+        (lambda: scope.Scale(1, "2"), TypeError, "must be a number"),
+        (lambda: scope.Add(1), TypeError, "needs a strength"),
+    ],
+)
 def test_interventions_are_checked_when_made(make, error, fragment):
     """Type and finiteness are checked at construction (features against the SAE when steering starts)."""
     with pytest.raises(error, match=fragment):
@@ -217,8 +228,16 @@ def test_sampled_steering_is_reproducible(tiny_model, sae):
 
 
 def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
-    results = scope.sweep(tiny_model, sae, lambda v: scope.Clamp(7, v), [0.0, 8.0], [PROMPT, "knock knock"],
-                          max_new_tokens=5, stop_at_eos=False, progress=False)
+    results = scope.sweep(
+        tiny_model,
+        sae,
+        lambda v: scope.Clamp(7, v),
+        [0.0, 8.0],
+        [PROMPT, "knock knock"],
+        max_new_tokens=5,
+        stop_at_eos=False,
+        progress=False,
+    )
     assert list(results.columns) == ["prompt", "value", "text", "concept", "fluency"]
     assert len(results) == 4 and (results["fluency"] <= 0).all()
     row = results.iloc[1]  # value 0.0, "knock knock"
@@ -228,9 +247,9 @@ def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
         new = generate_tokens(tiny_model, tokens, max_new_tokens=5, stop_at_eos=False)
     full = torch.cat([tokens, new[None]], dim=1)
     clean, _, logits = streams(tiny_model, full)
-    acts, _ = jumprelu(clean[tokens.shape[1]:], params)
+    acts, _ = jumprelu(clean[tokens.shape[1] :], params)
     assert math.isclose(row["concept"], acts[:, 7].mean().item(), rel_tol=1e-4, abs_tol=1e-5)
-    log_probs = logits[0, tokens.shape[1] - 1:-1].log_softmax(-1).gather(-1, new[:, None])
+    log_probs = logits[0, tokens.shape[1] - 1 : -1].log_softmax(-1).gather(-1, new[:, None])
     assert math.isclose(row["fluency"], log_probs.mean().item(), rel_tol=1e-4)
     figure = steering_tradeoff_figure(results)
     assert list(figure.data[0].text) == ["0", "8"]
@@ -238,6 +257,7 @@ def test_sweep_columns_concept_and_fluency(tiny_model, sae, params):
 
 
 # ---- deprecated aliases: one test each, a DeprecationWarning and the same result ---------------
+
 
 def test_add_coeff_is_a_deprecated_alias_of_value():
     with pytest.warns(DeprecationWarning, match=r"Add\(coeff=...\) is deprecated; use value="):
@@ -272,6 +292,7 @@ def test_sweep_prompts_is_a_deprecated_alias_of_texts(tiny_model, sae):
 
 # ---- numpy feature indices (top_features(...).feature is an np.int64) --------------------------
 
+
 @pytest.mark.parametrize("kind", [scope.Clamp, scope.Add])
 def test_numpy_integer_features_steer_exactly_like_python_ints(tiny_model, sae, kind):
     tokens = tiny_model.to_tokens(PROMPT)
@@ -289,6 +310,7 @@ def test_numpy_integer_features_steer_exactly_like_python_ints(tiny_model, sae, 
 
 
 # ---- positions and strengths that cannot work are errors, with nothing left attached -----------
+
 
 def test_bos_position_is_rejected(tiny_model, sae):
     with pytest.raises(ValueError, match="positions includes 0, the BOS token"):
@@ -313,11 +335,11 @@ def test_positions_beyond_the_generation_are_rejected(tiny_model, sae):
     assert no_hooks_left(tiny_model)
     last = scope.generate(tiny_model, PROMPT, positions=[n + 2], **kwargs)  # the last position that runs
     with steered(tiny_model, sae, scope.Add(3, 8.0), [n + 2], prompt_length=n) as state:
-        steered_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4,
-                                         stop_at_eos=False)
+        steered_tokens = generate_tokens(
+            tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False
+        )
         assert state.prompt_length == n
-    plain_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4,
-                                   stop_at_eos=False)
+    plain_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False)
     assert steered_tokens[:3].tolist() == plain_tokens[:3].tolist()  # only the last step was steered
     assert steered_tokens[3] != plain_tokens[3]
     assert last == tiny_model.tokenizer.decode(steered_tokens.tolist(), skip_special_tokens=True)

@@ -46,7 +46,9 @@ def test_concurrent_calls_equal_their_sequential_results(jobs):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda name: (name, jobs[name]()), order))
     wrong = [(name, got, expected[name]) for name, got in results if got != expected[name]]
-    assert not wrong, f"{len(wrong)} of {len(results)} concurrent results differ from their sequential result: {wrong[:3]}"
+    assert not wrong, (
+        f"{len(wrong)} of {len(results)} concurrent results differ from their sequential result: {wrong[:3]}"
+    )
 
 
 def test_a_steer_block_in_one_thread_does_not_steer_another(tiny_model, make_sae):

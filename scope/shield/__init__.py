@@ -34,9 +34,25 @@ from scope.shield.prompts import build_prompt, build_prompts
 from scope.shield.scoring import answer_token_id, score, score_tokens, yes_no_ids, yes_no_logits
 
 __all__ = [
-    "POLICIES", "PROMPT_ONLY_LEAD", "PROMPT_RESPONSE_LEAD", "TRAINED_HARM_TYPES", "Policies", "Policy", "PolicySpec",
-    "answer_token_id", "attribute", "build_prompt", "build_prompts", "evaluate", "p_yes", "resolve_policies",
-    "resolve_policy", "score", "score_tokens", "yes_no_ids", "yes_no_logits",
+    "POLICIES",
+    "PROMPT_ONLY_LEAD",
+    "PROMPT_RESPONSE_LEAD",
+    "TRAINED_HARM_TYPES",
+    "Policies",
+    "Policy",
+    "PolicySpec",
+    "answer_token_id",
+    "attribute",
+    "build_prompt",
+    "build_prompts",
+    "evaluate",
+    "p_yes",
+    "resolve_policies",
+    "resolve_policy",
+    "score",
+    "score_tokens",
+    "yes_no_ids",
+    "yes_no_logits",
 ]
 
 

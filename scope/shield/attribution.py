@@ -14,8 +14,16 @@ from scope.shield.scoring import yes_no_ids
 METRIC_NAME = "logit Yes - logit No"
 
 
-def attribute(model: Any, sae: Any, user_prompt: str, policies: Policies, response: str | None = None, *,
-              k: int = 10, by: str = "feature") -> Attribution:
+def attribute(
+    model: Any,
+    sae: Any,
+    user_prompt: str,
+    policies: Policies,
+    response: str | None = None,
+    *,
+    k: int = 10,
+    by: str = "feature",
+) -> Attribution:
     """The SAE features that most raise or lower the verdict, as an :class:`~scope.Attribution`.
 
     The verdict is the logit difference ``d = logit_Yes - logit_No`` at the last position of the
@@ -35,8 +43,16 @@ def attribute(model: Any, sae: Any, user_prompt: str, policies: Policies, respon
         logits = final_logits(model, residual[0, -1], [yes, no])
         return logits[0] - logits[1]
 
-    return attribution.attribute(model, sae, build_prompt(user_prompt, policies, response), verdict, k=k, by=by,
-                                 metric_name=METRIC_NAME, labels=("raises Yes", "lowers Yes"))
+    return attribution.attribute(
+        model,
+        sae,
+        build_prompt(user_prompt, policies, response),
+        verdict,
+        k=k,
+        by=by,
+        metric_name=METRIC_NAME,
+        labels=("raises Yes", "lowers Yes"),
+    )
 
 
 def p_yes(result: Attribution) -> float:

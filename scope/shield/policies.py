@@ -113,8 +113,11 @@ def __getattr__(name: str):
     if name == "POLICY_OBJECTS":  # the second registry of 0.1, now the same dict
         import warnings
 
-        warnings.warn("scope.shield.POLICY_OBJECTS is deprecated; POLICIES holds the Policy objects.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "scope.shield.POLICY_OBJECTS is deprecated; POLICIES holds the Policy objects.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return POLICIES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -125,16 +128,19 @@ def resolve_policy(spec: PolicySpec) -> Policy:
         return spec
     if isinstance(spec, str):
         if spec not in POLICIES:
-            raise ValueError(f"Unknown policy {spec!r}. Valid keys: {', '.join(POLICIES)}; "
-                             "or pass scope.shield.Policy(name, text) / a (name, text) pair.")
+            raise ValueError(
+                f"Unknown policy {spec!r}. Valid keys: {', '.join(POLICIES)}; "
+                "or pass scope.shield.Policy(name, text) / a (name, text) pair."
+            )
         return POLICIES[spec]
     if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, str) for s in spec):
         if spec[1] in POLICIES:  # ("harassment", "hate_speech") is two keys, not a (name, text) pair
-            raise ValueError(f"{spec!r} looks like two policy keys; pass several policies as a list, "
-                             "e.g. ['harassment', 'hate_speech']. A tuple is read as (name, text).")
+            raise ValueError(
+                f"{spec!r} looks like two policy keys; pass several policies as a list, "
+                "e.g. ['harassment', 'hate_speech']. A tuple is read as (name, text)."
+            )
         return Policy(*spec)
-    raise TypeError(f"A policy must be a key of scope.shield.POLICIES, a Policy or a (name, text) "
-                    f"pair, got {spec!r}.")
+    raise TypeError(f"A policy must be a key of scope.shield.POLICIES, a Policy or a (name, text) pair, got {spec!r}.")
 
 
 def resolve_policies(policies: Policies) -> list[Policy]:
@@ -143,8 +149,7 @@ def resolve_policies(policies: Policies) -> list[Policy]:
         return [resolve_policy(policies)]
     resolved = [resolve_policy(p) for p in policies]
     if not resolved:
-        raise ValueError("policies is empty: give at least one, e.g. 'dangerous_content'. "
-                         f"Valid keys: {', '.join(POLICIES)}.")
+        raise ValueError(
+            f"policies is empty: give at least one, e.g. 'dangerous_content'. Valid keys: {', '.join(POLICIES)}."
+        )
     return resolved
-
-

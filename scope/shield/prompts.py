@@ -62,12 +62,12 @@ def build_prompt(user_prompt: str, policies: Policies, response: str | None = No
     guidelines = "\n".join(f"* {p.guideline(response is not None)}" for p in resolve_policies(policies))
     if response is None:
         return _PROMPT_ONLY.format(user_prompt=user_prompt.strip(), guidelines=guidelines)
-    return _PROMPT_RESPONSE.format(user_prompt=user_prompt.strip(), response=response.strip(),
-                                   guidelines=guidelines)
+    return _PROMPT_RESPONSE.format(user_prompt=user_prompt.strip(), response=response.strip(), guidelines=guidelines)
 
 
-def build_prompts(texts: str | Sequence[str], policies: Policies,
-                  responses: str | Sequence[str] | None = None) -> list[str]:
+def build_prompts(
+    texts: str | Sequence[str], policies: Policies, responses: str | Sequence[str] | None = None
+) -> list[str]:
     """:func:`build_prompt` for each text (and its response), all checked first."""
     policies = resolve_policies(policies)  # errors first, even for an empty list of texts
     prompts = _checks.texts(texts, "texts")
@@ -75,6 +75,8 @@ def build_prompts(texts: str | Sequence[str], policies: Policies,
         return [build_prompt(p, policies) for p in prompts]
     answers = _checks.texts(responses, "responses")
     if len(answers) != len(prompts):
-        raise ValueError(f"Got {len(prompts)} texts but {len(answers)} responses; "
-                         "give one response per text, or responses=None for the prompt-only use case.")
+        raise ValueError(
+            f"Got {len(prompts)} texts but {len(answers)} responses; "
+            "give one response per text, or responses=None for the prompt-only use case."
+        )
     return [build_prompt(p, policies, r) for p, r in zip(prompts, answers)]

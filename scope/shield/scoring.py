@@ -41,8 +41,10 @@ def yes_no_ids(model) -> tuple[int, int]:
     """Token ids of "Yes" and "No" for ``model``'s tokenizer."""
     yes, no = answer_token_id(model.tokenizer, "Yes"), answer_token_id(model.tokenizer, "No")
     if yes == no:
-        raise ValueError(f"'Yes' and 'No' start with the same token ({yes}) in this tokenizer; "
-                         "P(Yes) cannot be read from one next-token distribution.")
+        raise ValueError(
+            f"'Yes' and 'No' start with the same token ({yes}) in this tokenizer; "
+            "P(Yes) cannot be read from one next-token distribution."
+        )
     return yes, no
 
 
@@ -89,14 +91,20 @@ def _prefix_cache(model, prefix: torch.Tensor) -> TransformerLensKeyValueCache:
 
 def _expanded(cache: TransformerLensKeyValueCache, batch: int) -> TransformerLensKeyValueCache:
     """The batch-1 prefix cache viewed as ``batch`` rows (no copy)."""
-    entries = [TransformerLensKeyValueCacheEntry(past_keys=e.past_keys.expand(batch, -1, -1, -1),
-                                                 past_values=e.past_values.expand(batch, -1, -1, -1),
-                                                 frozen=True) for e in cache.entries]
+    entries = [
+        TransformerLensKeyValueCacheEntry(
+            past_keys=e.past_keys.expand(batch, -1, -1, -1),
+            past_values=e.past_values.expand(batch, -1, -1, -1),
+            frozen=True,
+        )
+        for e in cache.entries
+    ]
     return TransformerLensKeyValueCache(entries, cache.previous_attention_mask.expand(batch, -1), frozen=True)
 
 
-def score_tokens(model: Any, sequences: list[torch.Tensor], *, batch_size: int = 8,
-                 progress: bool = True, share_prefix: bool = True) -> np.ndarray:
+def score_tokens(
+    model: Any, sequences: list[torch.Tensor], *, batch_size: int = 8, progress: bool = True, share_prefix: bool = True
+) -> np.ndarray:
     """P(Yes) for already tokenized prompts (1-D tensors, BOS included), in the given order.
 
     Prompts are batched in order of length (less padding), left padded, run to the end
@@ -112,15 +120,16 @@ def score_tokens(model: Any, sequences: list[torch.Tensor], *, batch_size: int =
     device = model.cfg.device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     result = np.empty(len(sequences), dtype=np.float64)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with model_lock(model), torch.no_grad():
         shared = shared_prefix_length(model, sequences) if share_prefix else 0
         prefix = _prefix_cache(model, sequences[0][:shared]) if shared else None
         for batch in tqdm(batches, desc="ShieldGemma P(Yes)", unit="batch", disable=not progress):
             tokens, mask = pad([sequences[i][shared:] for i in batch], pad_id(model), side="left")
             cache = _expanded(prefix, len(batch)) if prefix is not None else None
-            residual = model(tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache,
-                             stop_at_layer=model.cfg.n_layers)
+            residual = model(
+                tokens.to(device), attention_mask=mask.to(device), past_kv_cache=cache, stop_at_layer=model.cfg.n_layers
+            )
             logits = yes_no_logits(model, residual[:, -1, :], yes, no).float()
             result[batch] = logits.softmax(dim=-1)[:, 0].cpu().numpy()
     return result
@@ -161,5 +170,3 @@ def score(
     # Exactly one BOS, as the model card's tokenizer call adds; no silent truncation at n_ctx.
     sequences = [model.to_tokens(p, prepend_bos=True, truncate=False)[0].cpu() for p in prompts]
     return score_tokens(model, sequences, batch_size=batch_size, progress=progress, share_prefix=share_prefix)
-
-

@@ -8,12 +8,27 @@
 """
 
 from scope.saes import max_activation, max_activations, set_max_activations
-from scope.steering.steered_generation import generate
-from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale, as_list, describe
 from scope.steering.context import Positions, SteeringState, steer, steered
+from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale, as_list, describe
+from scope.steering.steered_generation import generate
 from scope.steering.sweeps import reread, sweep
 
 __all__ = [
-    "Ablate", "Add", "Clamp", "Intervention", "Positions", "Scale", "SteeringState", "as_list", "describe",
-    "generate", "max_activation", "max_activations", "reread", "set_max_activations", "steer", "steered", "sweep",
+    "Ablate",
+    "Add",
+    "Clamp",
+    "Intervention",
+    "Positions",
+    "Scale",
+    "SteeringState",
+    "as_list",
+    "describe",
+    "generate",
+    "max_activation",
+    "max_activations",
+    "reread",
+    "set_max_activations",
+    "steer",
+    "steered",
+    "sweep",
 ]

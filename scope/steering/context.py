@@ -43,8 +43,10 @@ def check_positions(positions: Any) -> str | tuple[int, ...]:
     if not indices:
         raise ValueError("positions is empty: give token indices, or 'all', 'prompt' or 'generated'.")
     if 0 in indices:
-        raise ValueError("positions includes 0, the BOS token, which is never steered (Gemma Scope SAEs "
-                         "never saw it); the text's first token is position 1.")
+        raise ValueError(
+            "positions includes 0, the BOS token, which is never steered (Gemma Scope SAEs "
+            "never saw it); the text's first token is position 1."
+        )
     return indices
 
 
@@ -115,19 +117,23 @@ def steering_hook(sae: Any, interventions: list[Intervention], state: SteeringSt
 
     def coefficients(acts: torch.Tensor | None) -> torch.Tensor:
         assert acts is not None  # needs_acts is set whenever a coefficient reads them
-        return torch.stack([i.coefficient(acts[..., n], max_acts.get(i.feature))
-                            for n, i in enumerate(interventions)], dim=-1)
+        return torch.stack(
+            [i.coefficient(acts[..., n], max_acts.get(i.feature)) for n, i in enumerate(interventions)], dim=-1
+        )
 
     needs_acts = any(i.needs_acts for i in interventions)
-    splice = sae_splice(sae, features, coefficients if needs_acts else _constant(interventions),
-                        needs_acts=needs_acts, mask=state.mask)
+    splice = sae_splice(
+        sae, features, coefficients if needs_acts else _constant(interventions), needs_acts=needs_acts, mask=state.mask
+    )
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         out = splice(act, hook)
         if not _finite_downstream(out):
-            raise ValueError(f"Steering made the activations at {hook.name} non-finite (inf or NaN, or so "
-                             f"large that the next normalisation overflows): {interventions} is too strong "
-                             "for this model's dtype. Use a smaller value.")
+            raise ValueError(
+                f"Steering made the activations at {hook.name} non-finite (inf or NaN, or so "
+                f"large that the next normalisation overflows): {interventions} is too strong "
+                "for this model's dtype. Use a smaller value."
+            )
         return out
 
     return hook
@@ -168,16 +174,17 @@ def steer(model: Any, sae: Any, *interventions: Any, positions: Positions = "all
 
     See the module docstring for what is checked and guaranteed.
     """
-    positions = check_positions(positions)
+    checked = check_positions(positions)
     groups = group_by_sae(sae, interventions)
     for group_sae, _ in groups:
         check_compatible(model, group_sae)
         check_hook_free(model, sae_hook(group_sae))
     with model_lock(model):
-        state = SteeringState(positions=positions, special_ids=_special_ids(model))
+        state = SteeringState(positions=checked, special_ids=_special_ids(model))
         fwd_hooks = [(sae_hook(s), steering_hook(s, items, state)) for s, items in groups]
         recorder = model.register_forward_pre_hook(
-            lambda module, args, kwargs: state.record_input(model, args, kwargs), with_kwargs=True)
+            lambda module, args, kwargs: state.record_input(model, args, kwargs), with_kwargs=True
+        )
         try:
             with model.hooks(fwd_hooks=fwd_hooks):
                 yield state
@@ -186,8 +193,9 @@ def steer(model: Any, sae: Any, *interventions: Any, positions: Positions = "all
 
 
 @contextlib.contextmanager
-def steered(model: Any, sae: Any, steering: Any, positions: Positions, *,
-            prompt_length: int) -> Iterator[SteeringState | None]:
+def steered(
+    model: Any, sae: Any, steering: Any, positions: Positions, *, prompt_length: int
+) -> Iterator[SteeringState | None]:
     """``steer`` for a generation whose prompt has ``prompt_length`` tokens (no-op without steering;
     an SAE alone is still checked against the model)."""
     interventions = as_list(steering)

@@ -127,14 +127,17 @@ Steering = Union[Intervention, OnSAE]
 
 def as_list(steering: Any) -> list[Steering]:
     """Accept one intervention, a pair, or a sequence of them."""
-    if isinstance(steering, Intervention) or (isinstance(steering, tuple) and len(steering) == 2
-                                              and isinstance(steering[1], Intervention)):
+    if isinstance(steering, Intervention) or (
+        isinstance(steering, tuple) and len(steering) == 2 and isinstance(steering[1], Intervention)
+    ):
         return [steering]
     try:
         items = list(steering)
     except TypeError:
-        raise TypeError(f"steering must be interventions (scope.Add, Clamp, Ablate, Scale) or (sae, intervention) "
-                        f"pairs, got {steering!r}.") from None
+        raise TypeError(
+            f"steering must be interventions (scope.Add, Clamp, Ablate, Scale) or (sae, intervention) "
+            f"pairs, got {steering!r}."
+        ) from None
     for item in items:
         target = item[1] if isinstance(item, tuple) and len(item) == 2 else item
         if not isinstance(target, Intervention):

@@ -47,8 +47,16 @@ def generate(
     tokens = to_tokens(model, text, reserve=max_new_tokens)
     _check_reachable(positions, tokens.shape[1], max_new_tokens)
     with steered(model, sae, steering, positions, prompt_length=tokens.shape[1]):
-        new = generate_tokens(model, tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, seed=seed, stop_at_eos=stop_at_eos)
+        new = generate_tokens(
+            model,
+            tokens,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            stop_at_eos=stop_at_eos,
+        )
     return model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
 
 
@@ -65,6 +73,8 @@ def _check_reachable(positions: Any, prompt_length: int, max_new_tokens: int) ->
     indices = [positions] if not hasattr(positions, "__iter__") else list(positions)
     beyond = [int(i) for i in indices if _checks.non_negative_int(i, "a position index") >= length]
     if beyond:
-        raise ValueError(f"positions {beyond} lie beyond this generation: with a {prompt_length}-token prompt "
-                         f"and max_new_tokens={max_new_tokens} the model runs on positions 0..{length - 1} "
-                         "(BOS = 0; the last generated token is sampled, never run).")
+        raise ValueError(
+            f"positions {beyond} lie beyond this generation: with a {prompt_length}-token prompt "
+            f"and max_new_tokens={max_new_tokens} the model runs on positions 0..{length - 1} "
+            "(BOS = 0; the last generated token is sampled, never run)."
+        )

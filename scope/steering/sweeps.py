@@ -14,8 +14,8 @@ from scope.generation import check_sampling, generate_tokens
 from scope.hooks import model_lock, sae_hook
 from scope.inputs import to_tokens
 from scope.logits import final_logits
-from scope.steering.interventions import as_list
 from scope.steering.context import Positions, check_positions, steered
+from scope.steering.interventions import as_list
 
 COLUMNS = ["prompt", "value", "text", "concept", "fluency"]
 
@@ -48,8 +48,13 @@ def sweep(
     """
     values, texts = list(values), list(texts)
     check_positions(positions)
-    check_sampling(generate_kwargs.get("max_new_tokens", 64), generate_kwargs.get("temperature", 0.0),
-                   generate_kwargs.get("top_k"), generate_kwargs.get("top_p", 1.0), generate_kwargs.get("seed"))
+    check_sampling(
+        generate_kwargs.get("max_new_tokens", 64),
+        generate_kwargs.get("temperature", 0.0),
+        generate_kwargs.get("top_k"),
+        generate_kwargs.get("top_p", 1.0),
+        generate_kwargs.get("seed"),
+    )
     max_new_tokens = generate_kwargs.get("max_new_tokens", 64)
     prompts = [to_tokens(model, text, reserve=max_new_tokens) for text in texts]  # every text checked first
     runs = [(value, i) for value in values for i in range(len(texts))]
@@ -62,9 +67,15 @@ def sweep(
             new = generate_tokens(model, tokens, **generate_kwargs)
         concept, fluency = reread(model, concept_sae, feature, tokens, new)
         text = texts[i]
-        rows.append({"prompt": text if isinstance(text, str) else str(text), "value": value,
-                     "text": model.tokenizer.decode(new.tolist(), skip_special_tokens=True),
-                     "concept": concept, "fluency": fluency})
+        rows.append(
+            {
+                "prompt": text if isinstance(text, str) else str(text),
+                "value": value,
+                "text": model.tokenizer.decode(new.tolist(), skip_special_tokens=True),
+                "concept": concept,
+                "fluency": fluency,
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -75,8 +86,9 @@ def _concept_feature(sae: Any, interventions: Sequence[Any]) -> tuple[Any, int]:
     return (first[0], first[1].feature) if isinstance(first, tuple) else (sae, first.feature)
 
 
-def reread(model: Any, sae: Any, feature: int, prompt_tokens: torch.Tensor,
-           new_tokens: torch.Tensor) -> tuple[float, float]:
+def reread(
+    model: Any, sae: Any, feature: int, prompt_tokens: torch.Tensor, new_tokens: torch.Tensor
+) -> tuple[float, float]:
     """(mean activation of ``feature``, mean log-prob) over ``new_tokens``, read by the unsteered model."""
     if new_tokens.numel() == 0:
         return float("nan"), float("nan")
@@ -88,6 +100,6 @@ def reread(model: Any, sae: Any, feature: int, prompt_tokens: torch.Tensor,
         residual, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=model.cfg.n_layers)
         generated = cache[hook][0, n_prompt:]
         concept = sae.encode(generated.to(sae.W_dec.dtype))[:, feature].float().mean().item()
-        log_probs = final_logits(model, residual[0, n_prompt - 1:-1]).float().log_softmax(dim=-1)
+        log_probs = final_logits(model, residual[0, n_prompt - 1 : -1]).float().log_softmax(dim=-1)
         fluency = log_probs.gather(-1, tokens[0, n_prompt:, None]).mean().item()
     return concept, fluency
