@@ -30,7 +30,7 @@ from scope import _checks
 from scope._io import batched, check_writable_file, iter_texts, write_atomically, write_parquet
 from scope.features import check_feature
 from scope.hooks import activation_shape, check_compatible, check_width, run_to_hooks, sae_hook
-from scope.inputs import pad_id
+from scope.inputs import pad, pad_id
 
 DEFAULT_CONTEXT = 8  # tokens shown either side of a peak, in tables and on feature pages
 
@@ -125,13 +125,10 @@ class RunningTopK:
 def _batch_tokens(model, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[batch, pos]`` ids with BOS first and right padding (causal attention keeps padding from
     touching real tokens), and a mask of the real text tokens (not BOS, not padding)."""
-    length = 1 + max(len(w.tokens) for w in batch)
-    tokens = torch.full((len(batch), length), pad_id(model), dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.bool)
-    tokens[:, 0] = model.tokenizer.bos_token_id
-    for row, w in enumerate(batch):
-        tokens[row, 1 : 1 + len(w.tokens)] = torch.tensor(w.tokens, dtype=torch.long)
-        mask[row, 1 : 1 + len(w.tokens)] = True
+    bos = model.tokenizer.bos_token_id
+    tokens, real = pad([torch.tensor([bos, *w.tokens]) for w in batch], pad_id(model), side="right")
+    mask = real.bool()
+    mask[:, 0] = False  # BOS
     return tokens, mask
 
 

@@ -1,7 +1,8 @@
-"""Random Gemma Scope-format SAEs for tests, and an independent JumpReLU."""
+"""Random Gemma Scope-format SAEs for tests, an independent JumpReLU, and a forward-call counter."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,14 @@ def jumprelu(x: torch.Tensor, params: dict[str, np.ndarray]) -> tuple[torch.Tens
     p = {k: torch.from_numpy(v).double() for k, v in params.items()}
     pre = x.double() @ p["W_enc"] + p["b_enc"]
     return torch.relu(pre) * (pre > p["threshold"]), pre
+
+
+@contextlib.contextmanager
+def count_calls(module: torch.nn.Module):
+    """A list that grows by one each time ``module``'s forward runs inside the block."""
+    calls: list[int] = []
+    handle = module.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -1,7 +1,5 @@
 """Feature decoding checked against independent computations on the tiny Gemma 2."""
 
-import contextlib
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +8,7 @@ import torch
 import scope
 from scope import features as features_module
 from scope.cli import _table, main
-from tests.sae_util import jumprelu, random_params, write_params
+from tests.sae_util import count_calls, jumprelu, random_params, write_params
 
 TEXT = "Paris is the capital of France, and Rome is the capital of Italy."
 
@@ -25,16 +23,6 @@ def _resid(model, hook, text=TEXT):
     """The activation at ``hook`` from a full, ordinary forward pass."""
     _, cache = model.run_with_cache(model.to_tokens(text), names_filter=hook)
     return cache[hook][0]
-
-
-@contextlib.contextmanager
-def _count_calls(module):
-    calls = []
-    handle = module.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 # ----------------------------------------------------------------------------- encode
@@ -57,10 +45,10 @@ def test_encode_equals_a_jumprelu_written_out_on_captured_activations(tiny_model
 def test_encode_stops_at_the_sae_s_layer(tiny_model, make_sae):
     sae, _ = make_sae(hook="blocks.1.hook_resid_post")
     with (
-        _count_calls(tiny_model.blocks[1]) as ran,
-        _count_calls(tiny_model.blocks[2]) as later,
-        _count_calls(tiny_model.blocks[3]) as last,
-        _count_calls(tiny_model.unembed) as unembed,
+        count_calls(tiny_model.blocks[1]) as ran,
+        count_calls(tiny_model.blocks[2]) as later,
+        count_calls(tiny_model.blocks[3]) as last,
+        count_calls(tiny_model.unembed) as unembed,
     ):
         scope.encode(tiny_model, sae, TEXT)
     assert ran == [1] and later == [] and last == [] and unembed == []
@@ -238,9 +226,9 @@ def test_trace_is_one_pass_that_stops_after_the_deepest_sae(tiny_model, make_sae
     a, _ = make_sae(hook="blocks.0.hook_resid_post", seed=1)
     b, _ = make_sae(hook="blocks.1.hook_resid_post", seed=2)
     with (
-        _count_calls(tiny_model.blocks[0]) as first,
-        _count_calls(tiny_model.blocks[2]) as later,
-        _count_calls(tiny_model.unembed) as unembed,
+        count_calls(tiny_model.blocks[0]) as first,
+        count_calls(tiny_model.blocks[2]) as later,
+        count_calls(tiny_model.unembed) as unembed,
     ):
         table = scope.trace(tiny_model, [a, b], TEXT)  # a list: layers read from the hooks
     assert sorted(table.layer.unique()) == [0, 1]

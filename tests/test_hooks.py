@@ -1,7 +1,6 @@
 """Hook points (scope/hooks.py): names and layers, shapes from the config, whether an SAE fits a
 model (hook exists, width, device) without a forward pass, and running a model to its hooks."""
 
-import contextlib
 import threading
 
 import pytest
@@ -9,19 +8,10 @@ import torch
 
 import scope
 from scope import hooks
+from tests.sae_util import count_calls
 
 HOOK = "blocks.1.hook_resid_post"
 TEXT = "Paris is the capital of France."
-
-
-@contextlib.contextmanager
-def _count_calls(module):
-    calls = []
-    handle = module.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _no_hooks_left(model):
@@ -128,7 +118,7 @@ def test_check_compatible_runs_no_forward_pass(tiny_model, make_sae, monkeypatch
     monkeypatch.setattr(tiny_model, "forward", no_forward)
     monkeypatch.setattr(tiny_model, "run_with_hooks", no_forward)
     monkeypatch.setattr(tiny_model, "run_with_cache", no_forward)
-    with _count_calls(tiny_model.embed) as embedded, _count_calls(tiny_model.blocks[0]) as blocks:
+    with count_calls(tiny_model.embed) as embedded, count_calls(tiny_model.blocks[0]) as blocks:
         scope.check_compatible(tiny_model, good)
         scope.check_compatible(tiny_model, mlp)
         with pytest.raises(ValueError, match=r"SAE d_in is 2304 but .* has width 64 at blocks\.1\.hook_resid_post"):
@@ -201,9 +191,9 @@ def test_run_to_hooks_captures_the_activations_and_stops_after_the_deepest(tiny_
     wanted = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.attn.hook_z"]
     _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
     with (
-        _count_calls(tiny_model.blocks[1]) as ran,
-        _count_calls(tiny_model.blocks[2]) as later,
-        _count_calls(tiny_model.unembed) as unembed,
+        count_calls(tiny_model.blocks[1]) as ran,
+        count_calls(tiny_model.blocks[2]) as later,
+        count_calls(tiny_model.unembed) as unembed,
     ):
         acts = hooks.run_to_hooks(tiny_model, tokens, wanted)
     assert ran == [1] and later == [] and unembed == []
@@ -215,7 +205,7 @@ def test_run_to_hooks_captures_the_activations_and_stops_after_the_deepest(tiny_
 
 def test_run_to_hooks_refuses_an_unknown_hook_before_running(tiny_model):
     with (
-        _count_calls(tiny_model.embed) as embedded,
+        count_calls(tiny_model.embed) as embedded,
         pytest.raises(ValueError, match=r"no hook 'blocks\.7\.hook_resid_post'.*Blocks are 0\.\.3"),
     ):
         hooks.run_to_hooks(
