@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import types
 import warnings
 
@@ -365,22 +364,19 @@ def test_doctor_on_a_cache_not_converted_yet(fake_cache, no_hub, capsys):
 
 @pytest.fixture
 def real_cache_copy(tmp_path, monkeypatch):
-    """A copy of the real converted cache under a temporary SCOPE_CACHE (never the real one)."""
+    """A copy of the real converted cache under a temporary SCOPE_CACHE (never the real one). A
+    reconversion copies the pristine files instead of dequantizing the GGUF again (a minute; the
+    first load on a fresh machine runs the real one)."""
     real = bundled.ensure_bundled_checkpoint(progress=False)
     shutil.copytree(real, tmp_path / bundled.BUNDLED_DIR_NAME)
     monkeypatch.setenv(bundled.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(bundled, "_VERIFIED", set(), raising=False)  # as in a new process
+
+    def copy_pristine(work, staging, progress):
+        shutil.copytree(real, staging, ignore=shutil.ignore_patterns(bundled.COMPLETE_MARKER))
+
+    monkeypatch.setattr(bundled, "_write_checkpoint", copy_pristine)
     return tmp_path / bundled.BUNDLED_DIR_NAME
-
-
-@pytest.mark.slow
-def test_verifying_the_real_cache_takes_about_a_second(real_cache_copy):
-    started = time.perf_counter()
-    status = bundled.inspect_cache()
-    elapsed = time.perf_counter() - started
-    assert status.state == "ok", status
-    assert elapsed < 10, elapsed
-    print(f"sha256 of the bundled cache: {elapsed:.2f} s")
 
 
 @pytest.mark.slow
@@ -395,4 +391,4 @@ def test_random_bytes_in_the_real_weights_are_repaired(real_cache_copy):
     with torch.no_grad():
         top = model(tokens)[0, -1].topk(5).indices
     assert " Paris" in [model.tokenizer.decode([t]) for t in top]
-    assert bundled.inspect_cache().state == "ok"
+    assert bundled.inspect_cache().state == "ok"  # the repaired cache verifies
