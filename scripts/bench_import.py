@@ -1,8 +1,8 @@
 """What ``import scope`` costs beyond ``import torch``, each measured in a fresh interpreter.
 
-Prints the median over ``--repeats`` runs of: ``import torch``; ``import scope``; ``import scope``
+Prints the median over ``--repeats`` runs of: ``import torch``; ``import scope``; both; ``import scope``
 followed by a first use that loads the heavy stack (``scope.load_sae`` resolves to sae-lens and
-transformer-lens); and the overhead ``import scope`` - ``import torch``.
+transformer-lens); and the overhead (``import torch; import scope``) - ``import torch``.
 
     python scripts/bench_import.py --repeats 5
 """
@@ -17,6 +17,7 @@ import sys
 SNIPPETS = {
     "import torch": "import torch",
     "import scope": "import scope",
+    "import torch, scope": "import torch; import scope",
     "import scope; scope.load_sae (first use)": "import scope; scope.load_sae",
 }
 
@@ -37,7 +38,7 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, value in medians.items():
         print(f"{name:45s} {value:6.3f} s (median of {args.repeats}; min {min(times[name]):.3f})")
-    overhead = medians["import scope"] - medians["import torch"]
+    overhead = medians["import torch, scope"] - medians["import torch"]
     print(f"{'import scope beyond import torch':45s} {overhead:6.3f} s")
 
 
