@@ -420,9 +420,9 @@ def _error(err: BaseException) -> None:
 
 def _interrupted(args: argparse.Namespace) -> str:
     if args.command == "examples":
-        from scope.examples import _checkpoint_path
+        from scope.examples import checkpoint_path
 
-        checkpoint = _checkpoint_path(Path(args.out))
+        checkpoint = checkpoint_path(Path(args.out))
         if checkpoint.is_file():
             return (
                 f"scope: interrupted; {checkpoint} keeps the work done up to its last save: "

@@ -31,6 +31,7 @@ from scope._io import batched, check_writable_file, iter_texts, write_atomically
 from scope.features import check_feature
 from scope.hooks import activation_shape, check_compatible, check_width, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
+from scope.subjects import subject_of
 
 DEFAULT_CONTEXT = 8  # tokens shown either side of a peak, in tables and on feature pages
 
@@ -257,7 +258,8 @@ CHECKPOINT_VERSION = 1
 _RESTART = "pass overwrite=True (scope examples --overwrite) to discard it and start again, or choose another out= path"
 
 
-def _checkpoint_path(out: Path) -> Path:
+def checkpoint_path(out: Path) -> Path:
+    """The hidden checkpoint file beside a run's ``out=``."""
     return out.with_name(f".{out.name}.checkpoint")
 
 
@@ -423,8 +425,6 @@ def _first_values(tensor: torch.Tensor, n: int) -> torch.Tensor:
 def _model_identity(model) -> dict:
     """The model's name and shapes, and a hash of a sample of its weights (the first values of
     every tensor: cheap for a 27B model, and different for any other checkpoint)."""
-    from scope.subjects import subject_of
-
     spec = subject_of(model)
     cfg = model.cfg
     sample = [(name, _first_values(tensor, 256)) for name, tensor in model.state_dict().items()]
@@ -535,7 +535,7 @@ def mine(
     windows: Iterator[Window] = iter_windows(model, iter_texts(texts), window)
     resume = None
     if out is not None:
-        resume = _Resume(_checkpoint_path(Path(out)), _run_key(model, sae, selected, k, context, window, batch_size))
+        resume = _Resume(checkpoint_path(Path(out)), _run_key(model, sae, selected, k, context, window, batch_size))
         windows = resume.start(windows, top, stats, overwrite=overwrite)
     done = resume.done if resume else 0
     bar = tqdm(

@@ -17,6 +17,7 @@ other subject, such as the bundled Gemma 3 270M used offline in tests and notebo
 computation runs, but the number is a *stand-in*.
 """
 
+from scope.shield import policies as _policies
 from scope.shield.attribution import attribute, p_yes
 from scope.shield.metrics import evaluate
 from scope.shield.policies import (
@@ -58,7 +59,5 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "POLICY_OBJECTS":  # 0.1's second registry: now the same dict
-        from scope.shield import policies
-
-        return policies.__getattr__(name)
+        return _policies.__getattr__(name)
     raise AttributeError(f"module 'scope.shield' has no attribute {name!r}")
