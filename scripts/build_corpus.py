@@ -12,12 +12,33 @@ are free (DFSG) and recorded per source:
 | manpages-de/-fr/-es   | translated man pages (via groff)              | German, French, Spanish |
 | libpython3.11-stdlib  | the Python standard library sources           | code            |
 
-Each file is one document. Documents are de-duplicated (normalised text), then split into
-train / held-out by a hash of the document id (about 1 in 20 held out), so a document never
-straddles the split. Token counts use the bundled model's tokenizer.
+That is the documentation corpus (``--corpus docs``, the default). ``--corpus english`` builds the
+general-English corpus beside it (issue: demo SAEs that read general English), from packages
+whose text is prose a reader meets outside software manuals:
 
-    python scripts/build_corpus.py                 # full corpus -> $SCOPE_CACHE/corpus, sample -> data/
-    python scripts/build_corpus.py --out corpus    # elsewhere
+| package               | what                                                   | register |
+|-----------------------|--------------------------------------------------------|----------|
+| r-cran-janeaustenr    | Jane Austen's six novels (public domain), by chapter   | narrative, dialogue |
+| r-cran-tokenizers     | Melville's Moby-Dick (Project Gutenberg, public domain), by chapter | narrative |
+| dict-gcide            | the Collaborative International Dictionary of English  | definitional, citations |
+| wordnet-base          | WordNet 3.0 glosses with their example sentences       | definitional |
+| dict-devil            | Ambrose Bierce, The Devil's Dictionary (1911)           | satirical prose |
+| fortunes              | the fortune-mod quotations, jokes and dialogues        | quotations, dialogue |
+| debian-reference-en   | the Debian Reference (HTML, English)                   | instructions |
+| debian-handbook       | The Debian Administrator's Handbook (HTML, en-US)      | instructions, explanation |
+
+News-like text is the one register Debian does not ship under a clean licence; it is missing.
+R data sets are read with the ``rdata`` package (``pip install rdata``; only this script needs it).
+
+Each file is one document, except where a file holds many (novels are cut into chapters,
+dictionaries and quotation files into runs of entries of a few thousand characters). Documents are
+de-duplicated (normalised text), then split into train / held-out by a hash of the document id
+(about 1 in 20 held out), so a document never straddles the split. Token counts use the bundled
+model's tokenizer.
+
+    python scripts/build_corpus.py                    # docs corpus -> $SCOPE_CACHE/corpus, sample -> data/
+    python scripts/build_corpus.py --corpus english   # -> $SCOPE_CACHE/corpus-english, data/corpus_sample/english
+    python scripts/build_corpus.py --out corpus       # elsewhere
 
 Writes ``train.jsonl`` and ``heldout.jsonl`` (one ``{"id", "source", "lang", "kind", "text"}``
 per line) and ``manifest.json`` (sources, versions, licences, documents, tokens), atomically;
@@ -29,6 +50,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import html.parser
 import json
 import os
 import re
@@ -46,6 +68,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO / "data" / "corpus_sample"
 HELDOUT_ONE_IN = 20
 SAMPLE_CHARS = {"train": 2_000_000, "heldout": 1_000_000}
+ENGLISH_SAMPLE_CHARS = {"train": 800_000, "heldout": 700_000}
+ENTRY_RUN_CHARS = 4_000  # dictionaries and quotation files are cut into documents of about this size
 SAMPLE_DOC_CHARS = 6_000  # long documents are cut in the sample (never in the full corpus)
 MIN_CHARS = 200
 
@@ -56,7 +80,7 @@ class Source:
     lang: str
     kind: str  # "prose", "code", "man"
     pattern: str  # glob inside the unpacked package
-    reader: str  # "text", "pod", "man"
+    reader: str  # "text", "pod", "man", "html", "dictd", "wordnet", "fortune", "rdata-novels", "rdata-gutenberg"
     licence: str  # the licence of the text taken, from the package's Debian copyright file
     max_tokens: int | None = None  # keeps the mix mostly English
 
@@ -91,6 +115,70 @@ SOURCES = [
         "PSF-2.0 (Python Software Foundation License)",
     ),
 ]
+
+ENGLISH_SOURCES = [
+    Source(
+        "r-cran-janeaustenr",
+        "en",
+        "narrative",
+        "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
+        "rdata-novels",
+        "public domain (Jane Austen, 1811-1818); package MIT",
+    ),
+    Source(
+        "r-cran-tokenizers",
+        "en",
+        "narrative",
+        "usr/lib/R/site-library/tokenizers/data/Rdata.rdb",
+        "rdata-gutenberg",
+        "public domain (Herman Melville, 1851, via Project Gutenberg; header and licence footer removed); package MIT",
+    ),
+    Source(
+        "dict-gcide",
+        "en",
+        "definitional",
+        "usr/share/dictd/gcide.dict.dz",
+        "dictd",
+        "GPL-3+ (GCIDE)",
+        1_500_000,
+    ),
+    Source(
+        "wordnet-base",
+        "en",
+        "definitional",
+        "usr/share/wordnet/data.*",
+        "wordnet",
+        "WordNet 3.0 licence (permissive, BSD-like)",
+        600_000,
+    ),
+    Source("dict-devil", "en", "satire", "usr/share/dictd/devil.dict.dz", "dictd", "public domain (Bierce, 1911)"),
+    Source(
+        "fortunes",
+        "en",
+        "quotations",
+        "usr/share/games/fortunes/*",
+        "fortune",
+        "public domain and BSD (fortune-mod; per file)",
+    ),
+    Source(
+        "debian-reference-en",
+        "en",
+        "instructions",
+        "usr/share/debian-reference/*.en.html",
+        "html",
+        "GPL-2+",
+    ),
+    Source(
+        "debian-handbook",
+        "en",
+        "instructions",
+        "usr/share/doc/debian-handbook/html/en-US/*.html",
+        "html",
+        "GPL-2.0+ or CC-BY-SA-3.0",
+    ),
+]
+
+CORPORA = {"docs": SOURCES, "english": ENGLISH_SOURCES}
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -130,14 +218,139 @@ def licences(root: Path, package: str) -> list[str]:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_document(path: Path, reader: str) -> str:
+def read_documents(path: Path, reader: str) -> list[tuple[str, str]]:
+    """The documents in one file: ``(suffix of the document id, text)``; suffix "" for a whole file."""
     if reader == "text":
-        return path.read_text(encoding="utf-8", errors="replace")
+        return [("", path.read_text(encoding="utf-8", errors="replace"))]
     if reader == "pod":
-        return _run(["pod2text", "-w", "100", str(path)])
+        return [("", _run(["pod2text", "-w", "100", str(path)]))]
     if reader == "man":
-        return _render_man(path)
+        return [("", _render_man(path))]
+    if reader == "html":
+        return [("", _html_text(path.read_text(encoding="utf-8", errors="replace")))]
+    if reader == "dictd":
+        return _runs(_dictd_entries(gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")))
+    if reader == "wordnet":
+        return _runs(_wordnet_glosses(path))
+    if reader == "fortune":
+        if path.suffix or path.name == "ascii-art":  # .dat indexes, .u8 copies, pictures
+            return []
+        text = path.read_text(encoding="utf-8", errors="replace")
+        return _runs([f.strip() for f in re.split(r"^%$", text, flags=re.M) if f.strip()])
+    if reader == "rdata-novels":
+        return [item for name, lines in _rdata(path).items() for item in _chapters(name, "\n".join(lines))]
+    if reader == "rdata-gutenberg":
+        return [item for name, (text,) in _rdata(path).items() for item in _chapters(name, _strip_gutenberg(text))]
     raise ValueError(reader)
+
+
+def _runs(entries: list[str]) -> list[tuple[str, str]]:
+    """Consecutive entries joined into documents of about ENTRY_RUN_CHARS, numbered in file order."""
+    documents, run, size = [], [], 0
+    for entry in entries:
+        run.append(entry)
+        size += len(entry)
+        if size >= ENTRY_RUN_CHARS:
+            documents.append("\n\n".join(run))
+            run, size = [], 0
+    if run:
+        documents.append("\n\n".join(run))
+    return [(f"#{i}", text) for i, text in enumerate(documents)]
+
+
+def _dictd_entries(text: str) -> list[str]:
+    """The entries of a dictd database: blank-line separated blocks, the ``00-database`` header dropped,
+    GCIDE's pronunciation markup (``\\Ab*do"men\\``) and source tags (``[1913 Webster]``) removed."""
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text)]
+    entries = []
+    for block in blocks:
+        if not block or block.startswith("00-database") or block.startswith("00database"):
+            continue
+        block = re.sub(r"\\[^\\\n]{1,60}\\", "", block)
+        block = re.sub(r"^\s*\[[^\]\n]*(Webster|WordNet|PJC|Century)[^\]\n]*\]\s*$", "", block, flags=re.M)
+        block = re.sub(r"[ \t]+", " ", block).strip()
+        if len(block) > 10:  # drops stray markup lines
+            entries.append(block)
+    return entries[8:] if entries and "GNU version" in "".join(entries[:8]) else entries
+
+
+def _wordnet_glosses(path: Path) -> list[str]:
+    """One line per synset: its words, part of speech and gloss (definition; "examples")."""
+    pos = {"noun": "noun", "verb": "verb", "adj": "adjective", "adv": "adverb"}.get(path.name.split(".")[-1])
+    if pos is None:
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("  ") or " | " not in line:
+            continue  # the licence header
+        fields, gloss = line.split(" | ", 1)
+        parts = fields.split()
+        words = [parts[4 + 2 * i].replace("_", " ") for i in range(int(parts[3], 16))]
+        lines.append(f"{', '.join(words)} ({pos}): {gloss.strip()}")
+    return lines
+
+
+def _rdata(path: Path) -> dict:
+    """The objects of an R package's lazy-load data base (``Rdata.rdx`` index + ``Rdata.rdb``)."""
+    import zlib
+
+    import rdata
+
+    index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(path.with_suffix(".rdx").read_bytes())))
+    blob = path.read_bytes()
+    objects = {}
+    for name, (offset, length) in index["variables"].items():
+        raw = zlib.decompress(blob[int(offset) + 4 : int(offset) + int(length)])  # 4 bytes: the length
+        objects[str(name)] = [str(x) for x in rdata.conversion.convert(rdata.parser.parse_data(raw))]
+    return objects
+
+
+def _strip_gutenberg(text: str) -> str:
+    """The book alone: Project Gutenberg's header and licence footer removed."""
+    text = text.replace("\r\n", "\n").lstrip("\ufeff")
+    start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.M)
+    end = re.search(r"^\*\*\* ?END OF.*$", text, flags=re.M) or re.search(
+        r"^End of (the )?Project Gutenberg", text, flags=re.M
+    )
+    return text[start.end() if start else 0 : end.start() if end else len(text)]
+
+
+def _chapters(book: str, text: str) -> list[tuple[str, str]]:
+    """A novel cut at its chapter headings (``CHAPTER 12``, ``Chapter XII``, ``CHAPTER 1. Loomings.``)."""
+    parts = re.split(r"\n(?=(?:CHAPTER|Chapter) [0-9IVXLC]+\b)", text)
+    return [(f"{book}#{i}", re.sub(r"\n{3,}", "\n\n", part).strip()) for i, part in enumerate(parts)]
+
+
+class _TextOfHtml(html.parser.HTMLParser):
+    SKIPPED = {"script", "style", "head", "nav"}
+    BLOCKS = {"p", "div", "li", "pre", "h1", "h2", "h3", "h4", "h5", "tr", "br", "dt", "dd", "table", "section"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.skipping += tag in self.SKIPPED
+        if tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        self.skipping -= tag in self.SKIPPED and self.skipping > 0
+        if tag in self.BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def _html_text(source: str) -> str:
+    parser = _TextOfHtml()
+    parser.feed(source)
+    text = "".join(parser.parts)
+    text = re.sub(r"[ \t]+", " ", text)
+    return re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text).strip()
 
 
 def _run(command: list[str], stdin: bytes | None = None) -> str:
@@ -164,30 +377,31 @@ def is_heldout(doc_id: str) -> bool:
 # ----------------------------------------------------------------------------- building
 
 
-def collect(work: Path) -> tuple[list[dict], list[dict]]:
+def collect(work: Path, sources: list[Source]) -> tuple[list[dict], list[dict]]:
     """All documents (deduplicated) and one manifest entry per source."""
     debs = work / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     documents, entries, seen = [], [], set()
-    for source in tqdm(SOURCES, desc="Sources"):
+    for source in tqdm(sources, desc="Sources"):
         deb = fetch_package(source.package, debs)
         root = unpack(deb, debs)
         paths = sorted(p for p in root.glob(source.pattern) if p.is_file())
         kept = duplicates = 0
         for path in tqdm(paths, desc=source.package, leave=False):
-            text = read_document(path, source.reader).strip()
-            if len(text) < MIN_CHARS:
-                continue
-            key = hashlib.sha1(normalised(text).encode()).hexdigest()
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            doc_id = f"{source.package}:{path.relative_to(root)}"
-            documents.append(
-                {"id": doc_id, "source": source.package, "lang": source.lang, "kind": source.kind, "text": text}
-            )
-            kept += 1
+            for suffix, text in read_documents(path, source.reader):
+                text = text.strip()
+                if len(text) < MIN_CHARS:
+                    continue
+                key = hashlib.sha1(normalised(text).encode()).hexdigest()
+                if key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                doc_id = f"{source.package}:{path.relative_to(root)}{suffix}"
+                documents.append(
+                    {"id": doc_id, "source": source.package, "lang": source.lang, "kind": source.kind, "text": text}
+                )
+                kept += 1
         entries.append(
             {
                 "package": source.package,
@@ -218,9 +432,9 @@ def count_tokens(documents: list[dict]) -> None:
             doc["tokens"] = len(ids)
 
 
-def apply_budgets(documents: list[dict], entries: list[dict]) -> list[dict]:
+def apply_budgets(documents: list[dict], entries: list[dict], sources: list[Source]) -> list[dict]:
     """Drop documents of capped sources (in hash order) beyond their token budget."""
-    budgets = {s.package: s.max_tokens for s in SOURCES if s.max_tokens}
+    budgets = {s.package: s.max_tokens for s in sources if s.max_tokens}
     used: Counter = Counter()
     kept = []
     for doc in sorted(documents, key=lambda d: hashlib.sha1(d["id"].encode()).hexdigest()):
@@ -292,31 +506,37 @@ def main() -> int:
     from scope.bundled import cache_root
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=cache_root() / "corpus")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="docs")
+    parser.add_argument("--out", type=Path, help="default: $SCOPE_CACHE/corpus (docs) or corpus-english")
     parser.add_argument("--no-sample", action="store_true", help="do not rewrite data/corpus_sample")
     args = parser.parse_args()
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         print("build_corpus: needs apt-get and dpkg-deb (Debian or Ubuntu)", file=sys.stderr)
         return 2
-    documents, entries = collect(args.out)
+    sources = CORPORA[args.corpus]
+    out = args.out or cache_root() / ("corpus" if args.corpus == "docs" else f"corpus-{args.corpus}")
+    sample_dir, sample_chars = (
+        (SAMPLE_DIR, SAMPLE_CHARS) if args.corpus == "docs" else (SAMPLE_DIR / args.corpus, ENGLISH_SAMPLE_CHARS)
+    )
+    documents, entries = collect(out, sources)
     count_tokens(documents)
-    documents = apply_budgets(documents, entries)
+    documents = apply_budgets(documents, entries, sources)
     splits = {
         "heldout": [d for d in documents if is_heldout(d["id"])],
         "train": [d for d in documents if not is_heldout(d["id"])],
     }
     manifest = summarise(entries, splits)
     for split, docs in splits.items():
-        write_jsonl(args.out / f"{split}.jsonl", docs)
-    write_json(args.out / "manifest.json", manifest)
+        write_jsonl(out / f"{split}.jsonl", docs)
+    write_json(out / "manifest.json", manifest)
     if not args.no_sample:
-        SAMPLE_DIR.mkdir(parents=True, exist_ok=True)
+        sample_dir.mkdir(parents=True, exist_ok=True)
         for split, docs in splits.items():
-            write_jsonl(SAMPLE_DIR / f"{split}.jsonl", sample(docs, SAMPLE_CHARS[split]))
-        write_json(SAMPLE_DIR / "manifest.json", manifest)
+            write_jsonl(sample_dir / f"{split}.jsonl", sample(docs, sample_chars[split]))
+        write_json(sample_dir / "manifest.json", manifest)
     print(
         f"{len(documents)} documents; train {manifest['tokens']['train']:,} tokens, "
-        f"held-out {manifest['tokens']['heldout']:,} tokens -> {args.out}"
+        f"held-out {manifest['tokens']['heldout']:,} tokens -> {out}"
     )
     for entry in manifest["sources"]:
         kept = entry["train_documents"] + entry["heldout_documents"]

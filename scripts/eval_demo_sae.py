@@ -68,8 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def heldout_sequences(model, path: Path, context: int, max_tokens: int) -> torch.Tensor:
-    """Each document cut into [BOS] + (context - 1) token windows (documents never straddle)."""
+def heldout_sequences(model, path: Path, context: int, max_tokens: int, seed: int = 0) -> torch.Tensor:
+    """Each document cut into [BOS] + (context - 1) token windows (documents never straddle), then a
+    seeded random sample of the windows of every document: a prefix of the file would be one or two
+    sources only (the held-out files are in hash order within each source)."""
     bos = model.tokenizer.bos_token_id
     body = context - 1
     rows: list[torch.Tensor] = []
@@ -78,11 +80,10 @@ def heldout_sequences(model, path: Path, context: int, max_tokens: int) -> torch
             ids = model.tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
             for start in range(0, len(ids) - body + 1, body):
                 rows.append(torch.tensor([bos] + ids[start : start + body]))
-                if len(rows) * context >= max_tokens:
-                    return torch.stack(rows)
     if not rows:
         raise ValueError(f"{path} has no document of at least {context} tokens")
-    return torch.stack(rows)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([rows[i] for i in order[: max(1, max_tokens // context)].tolist()])
 
 
 @dataclass

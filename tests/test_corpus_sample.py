@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "corpus_sample"
+# corpus name -> its sample folder (scripts/build_corpus.py --corpus NAME)
+SAMPLES = {"docs": SAMPLE, "english": SAMPLE / "english"}
 
 
 def load_builder():
@@ -20,10 +22,15 @@ def load_builder():
     return module
 
 
+@pytest.fixture(scope="module", params=sorted(SAMPLES))
+def corpus(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def splits():
+def splits(corpus):
     return {
-        split: [json.loads(line) for line in (SAMPLE / f"{split}.jsonl").open(encoding="utf-8")]
+        split: [json.loads(line) for line in (SAMPLES[corpus] / f"{split}.jsonl").open(encoding="utf-8")]
         for split in ("train", "heldout")
     }
 
@@ -37,12 +44,12 @@ def test_documents_never_straddle_the_split(splits):
     assert not any(builder.is_heldout(i) for i in train_ids)
 
 
-def test_no_duplicate_documents_and_every_source_present(splits):
+def test_no_duplicate_documents_and_every_source_present(corpus, splits):
     builder = load_builder()
     everything = splits["train"] + splits["heldout"]
     keys = [hashlib.sha1(builder.normalised(d["text"]).encode()).hexdigest() for d in everything]
     assert len(keys) == len(set(keys))
-    sources = {s.package for s in builder.SOURCES}
+    sources = {s.package for s in builder.CORPORA[corpus]}
     assert {d["source"] for d in splits["train"]} == sources
     assert {d["source"] for d in splits["heldout"]} == sources
     assert all(set(d) == {"id", "source", "lang", "kind", "text"} for d in everything)
@@ -59,5 +66,40 @@ def test_manifest_describes_a_big_enough_mostly_english_corpus():
     assert by_lang["en"] / total > 0.5 and by_lang["code"] > 0 and {"de", "fr", "es"} <= set(by_lang)
 
 
+def test_english_corpus_is_general_prose_in_several_registers():
+    manifest = json.loads((SAMPLES["english"] / "manifest.json").read_text())
+    tokens = {}
+    for entry in manifest["sources"]:
+        assert entry["licence"] and entry["version"] and entry["lang"] == "en"
+        tokens[entry["kind"]] = tokens.get(entry["kind"], 0) + entry["train_tokens"] + entry["heldout_tokens"]
+    assert {"narrative", "definitional", "quotations", "instructions"} <= set(tokens)
+    # at least half of a docs + english training mix can be general English
+    assert manifest["tokens"]["train"] >= 4_000_000
+    assert max(tokens.values()) / sum(tokens.values()) < 0.6  # no one register dominates
+
+
+def test_english_readers_cut_books_and_dictionaries_into_documents(tmp_path):
+    builder = load_builder()
+    book = "Title\n\nCHAPTER 1. One.\n\nCall me Ishmael.\n\nCHAPTER 2. Two.\n\nSome years ago."
+    assert [t for _, t in builder._chapters("moby", book)] == [
+        "Title",
+        "CHAPTER 1. One.\n\nCall me Ishmael.",
+        "CHAPTER 2. Two.\n\nSome years ago.",
+    ]
+    gutenberg = "\ufeffHeader\r\n*** START OF THIS BOOK ***\r\nText.\r\n*** END OF THIS BOOK ***\r\nLicence"
+    assert builder._strip_gutenberg(gutenberg).strip() == "Text."
+    entries = builder._dictd_entries(
+        'Abdomen \\Ab*do"men\\, n. [L.]\n   The belly.\n   [1913 Webster]\n\nAbed \\A*bed"\\, adv.\n   In bed.'
+    )
+    assert entries == ["Abdomen , n. [L.]\n The belly.", "Abed , adv.\n In bed."]
+    fortunes = tmp_path / "wisdom"
+    fortunes.write_text("One.\n%\nTwo.\n%\n")
+    assert builder.read_documents(fortunes, "fortune") == [("#0", "One.\n\nTwo.")]
+    assert builder.read_documents(tmp_path / "wisdom.dat", "fortune") == []
+    page = "<html><head><title>t</title></head><body><p>Install  it.</p><script>x()</script><p>Done.</p></body></html>"
+    assert builder._html_text(page) == "Install it.\n\nDone."
+
+
 def test_sample_is_small():
-    assert sum(p.stat().st_size for p in SAMPLE.iterdir()) < 5_000_000
+    files = [p for folder in SAMPLES.values() for p in folder.iterdir() if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 5_000_000
