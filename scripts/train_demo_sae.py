@@ -1,4 +1,13 @@
-"""Train the demo JumpReLU SAE for the bundled Gemma 3 270M with sae-lens' own training runner.
+"""Train a demo JumpReLU SAE for the bundled Gemma 3 270M with sae-lens' own training runner.
+
+Defaults train the general demo SAE (issue: demo SAEs that read general English): the residual
+after block 9 of 18 (``--layer 9``), 8,192 features, on an equal-character mix of the general-English
+and documentation corpora (``scripts/build_corpus.py --corpus english`` and ``--corpus docs``),
+decoder rows folded to unit norm at the end (``--fold-decoder-norm``, thresholds rescaled with them,
+as Gemma Scope ships its SAEs), on ``--device`` (cuda when there is one). The shipped layer-6
+documentation SAE in ``data/demo_sae`` was trained by the first version of this script; its
+``training_config.json`` records that command (``--layer 6 --width 4096``, docs corpus only,
+no folding).
 
 Offline and on CPU, in two stages:
 
@@ -59,9 +68,9 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope")) / "corpus"
-DEFAULT_CACHE = DEFAULT_CORPUS.parent / "activations" / "blocks.6.hook_resid_post"
-HOOK = "blocks.6.hook_resid_post"
+CACHE = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope"))
+DEFAULT_CORPUS = CACHE / "corpus"
+DEFAULT_CORPORA = [CACHE / "corpus-english" / "train.jsonl", DEFAULT_CORPUS / "train.jsonl"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,10 +84,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the cached activations")
     p.add_argument("--cache-only", action="store_true", help="build the activation cache and stop")
     p.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the cached activations live (reused when present)"
+        "--cache-dir",
+        type=Path,
+        help="where the cached activations live (reused when present); default under $SCOPE_CACHE/activations",
     )
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--hook", default=HOOK)
+    p.add_argument("--width", type=int, default=8192)
+    p.add_argument("--layer", type=int, default=9, help="train on blocks.LAYER.hook_resid_post")
+    p.add_argument("--hook", help="any hook name instead of --layer's residual")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--fold-decoder-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ship unit-norm decoder rows (activations scaled up, thresholds with them)",
+    )
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--batch", type=int, default=1024, help="SAE training batch, in tokens")
     p.add_argument("--lr", type=float, default=8e-4)
@@ -100,19 +119,42 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dead-window", type=int, default=100, help="steps without firing before a feature counts dead")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS / "train.jsonl")
-    p.add_argument("--out", type=Path, default=ROOT / "data" / "demo_sae")
-    return p.parse_args()
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        nargs="+",
+        default=DEFAULT_CORPORA,
+        help="train.jsonl files, mixed in equal characters (the largest are cut, in seeded order)",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "data" / "demo_sae_english")
+    args = p.parse_args()
+    args.hook = args.hook or f"blocks.{args.layer}.hook_resid_post"
+    args.cache_dir = args.cache_dir or CACHE / "activations" / f"{args.hook}-{len(args.corpus)}corpora"
+    return args
 
 
-def load_texts(path: Path, seed: int) -> list[str]:
-    """Train documents, shuffled by seed so every source shows up early (the file is by source)."""
-    if not path.is_file():
-        sys.exit(f"{path} is missing: build the corpus first with scripts/build_corpus.py")
-    with path.open() as f:
-        texts = [json.loads(line)["text"] for line in f]
-    random.Random(seed).shuffle(texts)
-    return texts
+def load_texts(paths: list[Path], seed: int) -> list[str]:
+    """Train documents of every corpus in equal characters, shuffled by seed so every source shows
+    up early (each file is ordered by source)."""
+    corpora = []
+    for path in paths:
+        if not path.is_file():
+            sys.exit(f"{path} is missing: build the corpus first with scripts/build_corpus.py")
+        with path.open() as f:
+            texts = [json.loads(line)["text"] for line in f]
+        random.Random(seed).shuffle(texts)
+        corpora.append(texts)
+    budget = min(sum(map(len, texts)) for texts in corpora)
+    mixed = []
+    for texts in corpora:
+        used = 0
+        for text in texts:
+            if used >= budget:
+                break
+            mixed.append(text)
+            used += len(text)
+    random.Random(seed).shuffle(mixed)
+    return mixed
 
 
 def cache_activations(args: argparse.Namespace, model, dataset) -> None:
@@ -139,7 +181,7 @@ def cache_activations(args: argparse.Namespace, model, dataset) -> None:
         shuffle=True,
         seed=args.seed,
         dtype="float32",
-        device="cpu",
+        device=args.device,
         buffer_size_gb=0.5,
         prepend_bos=True,
         streaming=False,
@@ -171,10 +213,10 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
 
     total_steps = int(args.tokens // args.batch)
     sae_cfg = JumpReLUTrainingSAEConfig(
-        d_in=640,
+        d_in=args.d_in,
         d_sae=args.width,
         dtype="float32",
-        device="cpu",
+        device=args.device,
         apply_b_dec_to_input=True,
         normalize_activations="expected_average_only_in",  # folded into the weights at the end
         jumprelu_init_threshold=args.init_threshold,
@@ -210,7 +252,7 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
         lr_scheduler_name="constant",
         lr_warm_up_steps=max(1, total_steps // 20),
         lr_decay_steps=max(1, total_steps // 5),
-        device="cpu",
+        device=args.device,
         seed=args.seed,
         dtype="float32",
         logger=LoggingConfig(log_to_wandb=False),
@@ -249,10 +291,26 @@ def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
     return sae
 
 
-def ship(tmp: Path, out: Path, extra: dict) -> None:
-    """Copy the runner's output into ``out``: fp16 weights, cfg.json (fp32 compute), full config."""
+def fold_decoder_norm(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Unit-norm decoder rows, as sae-lens' ``fold_W_dec_norm`` does for JumpReLU: W_dec / n,
+    W_enc * n, b_enc * n and threshold * n, so the same features fire and the reconstruction is
+    unchanged while each activation becomes its contribution's norm in the residual."""
+    norms = weights["W_dec"].float().norm(dim=-1).clamp(min=1e-8)
+    folded = dict(weights)
+    folded["W_dec"] = weights["W_dec"] / norms[:, None]
+    folded["W_enc"] = weights["W_enc"] * norms[None, :]
+    folded["b_enc"] = weights["b_enc"] * norms
+    folded["threshold"] = weights["threshold"] * norms
+    return folded
+
+
+def ship(tmp: Path, out: Path, extra: dict, fold: bool) -> None:
+    """Copy the runner's output into ``out``: fp16 weights (decoder rows unit-norm when ``fold``),
+    cfg.json (fp32 compute), full config."""
     out.mkdir(parents=True, exist_ok=True)
     weights = load_file(str(tmp / "sae_weights.safetensors"))
+    if fold:
+        weights = fold_decoder_norm(weights)
     save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(out / "sae_weights.safetensors"))
     cfg = json.loads((tmp / "cfg.json").read_text())
     cfg["dtype"] = "float32"  # stored fp16, computed in fp32 (load_from_disk casts)
@@ -276,8 +334,9 @@ def main() -> None:
     import scope
 
     t0 = time.time()
-    model = scope.load_model("gemma-3-270m")
+    model = scope.load_model("gemma-3-270m", device=args.device, dtype="float32")  # fp32 activations on GPU too
     model.eval()
+    args.d_in = model.cfg.d_model
     texts = load_texts(args.corpus, args.seed)
     dataset = datasets.Dataset.from_dict({"text": texts})
     print(f"model + {len(texts)} documents loaded in {time.time() - t0:.1f}s", flush=True)
@@ -298,7 +357,10 @@ def main() -> None:
         seconds = time.time() - t1
         print(f"trained on {args.tokens:,} tokens in {seconds:.0f}s: {args.tokens / seconds:.0f} tokens/s", flush=True)
         extra = {
-            "scope_corpus": str(args.corpus),
+            "scope_corpus": [str(p) for p in args.corpus],
+            "scope_corpus_mix": "equal characters per corpus (largest cut in seeded order)",
+            "scope_decoder_norm": "unit (folded after training)" if args.fold_decoder_norm else "as trained",
+            "scope_device": args.device,
             "scope_train_seconds": round(seconds, 1),
             "scope_tokens_per_second": round(args.tokens / seconds, 1),
             "scope_threads": args.threads,
@@ -310,7 +372,7 @@ def main() -> None:
             "scope_init": "initial_sae(): b_dec = mean activation; b_enc so each feature fires on "
             "target_l0 / d_sae of 51k cached tokens; W_enc = W_dec.T, decoder norm 0.1",
         }
-        ship(Path(tmp), args.out, extra)
+        ship(Path(tmp), args.out, extra, args.fold_decoder_norm)
     print(f"saved to {args.out}", flush=True)
 
 

@@ -152,3 +152,28 @@ def test_demo_sae_reaches_the_quality_floor_on_held_out_text(bundled_model):
     assert figures["ce_loss_score"] >= 0.85
     assert 20 <= figures["mean_l0"] <= 100
     assert figures["dead_fraction"] < 0.10
+
+
+def _train_script():
+    spec = importlib.util.spec_from_file_location("train_demo_sae", ROOT / "scripts" / "train_demo_sae.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_folding_decoder_norms_equals_sae_lens_and_keeps_the_sae_exact(make_sae):
+    sae, params = make_sae(d_in=64, d_sae=48)
+    weights = {k: torch.from_numpy(v) for k, v in params.items()}
+    folded = _train_script().fold_decoder_norm(weights)
+    sae.fold_W_dec_norm()  # sae-lens' own JumpReLU folding, the independent computation
+    for name in ("W_enc", "W_dec", "b_enc", "threshold"):
+        torch.testing.assert_close(folded[name], getattr(sae, name).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(folded["W_dec"].norm(dim=-1), torch.ones(48))
+    x = torch.randn(32, 64) * 3
+    pre = x @ weights["W_enc"] + weights["b_enc"]
+    acts = torch.relu(pre) * (pre > weights["threshold"])
+    pre_f = x @ folded["W_enc"] + folded["b_enc"]
+    acts_f = torch.relu(pre_f) * (pre_f > folded["threshold"])
+    assert torch.equal(acts > 0, acts_f > 0) and (acts > 0).any()
+    torch.testing.assert_close(acts_f @ folded["W_dec"], acts @ weights["W_dec"], rtol=1e-4, atol=1e-4)
