@@ -28,7 +28,7 @@ whose text is prose a reader meets outside software manuals:
 | debian-handbook       | The Debian Administrator's Handbook (HTML, en-US)      | instructions, explanation |
 
 News-like text is the one register Debian does not ship under a clean licence; it is missing.
-R data sets are read with the ``rdata`` package (``pip install rdata``; only this script needs it).
+R data sets are read with the ``rdata`` package (``pip install -e ".[corpus]"``; only this script needs it).
 
 Each file is one document, except where a file holds many (novels are cut into chapters,
 dictionaries and quotation files into runs of entries of a few thousand characters). Documents are
