@@ -60,6 +60,29 @@ def cmd_features(args: argparse.Namespace) -> None:
     print(_table(scope.top_features(model, sae, args.text, k=args.k)))
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    import scope
+    from scope._io import iter_texts
+    from scope.labels import read_labels
+
+    if args.query is not None and args.negative:
+        raise ValueError("--negative goes with --positive (a contrast), not with --query.")
+    labels = read_labels(args.labels) if args.labels else None
+    if args.query is not None:  # words against labels: no model needed
+        _check_sae_spec(args.sae, args.hook)
+        sae = scope.load_sae(args.sae, hook=args.hook)
+        found = scope.search_features(None, sae, query=args.query, k=args.k, labels=labels)
+    else:
+        positive = list(iter_texts(args.positive))
+        negative = list(iter_texts(args.negative)) if args.negative else None
+        model, sae = _model_and_sae(args)
+        found = scope.search_features(model, sae, positive=positive, negative=negative, k=args.k, labels=labels)
+    if found.empty:
+        print(f"No feature label shares a word with {args.query!r}.")
+        return
+    print(_table(found.drop(columns=["top_tokens", "explanation"], errors="ignore").round(3)))
+
+
 def cmd_steer(args: argparse.Namespace) -> None:
     import scope
 
@@ -159,12 +182,29 @@ def _model_and_sae(args: argparse.Namespace):
     return model, sae
 
 
+def _sae_specs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """``(spec, hook)`` of each ``--sae`` (default: the demo SAE); ``--hook`` once per ``--sae``."""
+    specs = args.sae or ["demo"]
+    hooks = args.hook or [None] * len(specs)
+    if len(hooks) != len(specs):
+        raise ValueError(
+            f"--hook is given {len(hooks)} times for {len(specs)} --sae: give it once per --sae, in the same order."
+        )
+    for spec, hook in zip(specs, hooks):
+        _check_sae_spec(spec, hook)
+    return list(zip(specs, hooks))
+
+
 def cmd_examples(args: argparse.Namespace) -> None:
     import scope
     from scope._io import check_corpus_file, check_writable_file
 
+    specs = _sae_specs(args)
+    if len(specs) > 1 or args.engine:
+        return _mine_many(args, specs)
     check_writable_file(args.out, "--out")  # fail before a model loads
     check_corpus_file(args.corpus)
+    args.sae, args.hook = specs[0]
     model, sae = _model_and_sae(args)
     frame = scope.top_examples(
         model,
@@ -182,6 +222,48 @@ def cmd_examples(args: argparse.Namespace) -> None:
     print(f"\n{len(frame)} rows for {frame.feature.nunique()} features written to {args.out}")
 
 
+def _mine_many(args: argparse.Namespace, specs: list[tuple[str, str | None]]) -> None:
+    """Several SAEs in one pass (``--out`` a folder, one ``sae=HOOK`` table each), or any SAEs on Ray."""
+    import functools
+
+    import scope
+    from scope._io import check_corpus_file, check_writable_dir, check_writable_file
+
+    many = len(specs) > 1
+    check_writable_dir(args.out, "--out") if many else check_writable_file(args.out, "--out")
+    check_corpus_file(args.corpus)
+    _check_model(args.model)
+    options = dict(
+        features=args.features,
+        k=args.k,
+        context=args.context,
+        out=args.out,
+        checkpoint_every=args.checkpoint_every,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    if args.engine == "ray":
+        # Each worker loads the model and the SAEs itself; here each SAE is read once, on the CPU,
+        # only to name it by its hook.
+        saes = {
+            scope.load_sae(spec, hook=hook, device="cpu").cfg.metadata.hook_name: functools.partial(
+                scope.load_sae, spec, hook=hook
+            )
+            for spec, hook in specs
+        }
+        mined = scope.mine(
+            args.model, saes, args.corpus, engine="ray", workers=args.workers, shards=args.shards, **options
+        )
+    else:
+        model = scope.load_model(args.model)
+        loaded = [scope.load_sae(spec, hook=hook, device=model.cfg.device) for spec, hook in specs]
+        mined = scope.mine(model, loaded, args.corpus, **options)
+    results = mined if isinstance(mined, dict) else {specs[0][0]: mined}
+    for name, each in results.items():
+        print(f"{name}: {len(each.examples)} rows for {each.examples.feature.nunique()} features")
+    print(f"written to {args.out}")
+
+
 def cmd_dashboard(args: argparse.Namespace) -> None:
     from scope._io import check_corpus_file, check_writable_dir
     from scope.pages import dashboards
@@ -191,6 +273,47 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     model, sae = _model_and_sae(args)
     index = dashboards(model, sae, args.features, args.corpus, args.out, k=args.k, progress=sys.stderr.isatty())
     print(f"{len(args.features)} feature pages and their index: {index}")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    """LLM explanations of mined features (and, with --score, their detection scores)."""
+    import scope
+    from scope._io import check_writable_file
+
+    check_writable_file(args.out, "--out")  # fail before anything loads
+    scores_out = args.scores_out or str(Path(args.out).with_name(Path(args.out).stem + "_scores.parquet"))
+    if args.score:
+        check_writable_file(scores_out, "--scores-out")
+    if not Path(args.mined).is_file():
+        raise FileNotFoundError(f"--mined {args.mined}: no such file (write it with `scope examples --out`).")
+    model = sae = None
+    llm: scope.LLM
+    if args.endpoint:
+        llm = scope.Endpoint(args.endpoint, args.endpoint_model, api_key=args.api_key)
+    else:
+        _check_model(args.explainer)
+        explainer = scope.load_model(args.explainer)
+        llm = scope.LocalLLM(explainer, batch_size=args.batch_size)
+        if args.explainer == args.model:
+            model = explainer  # one copy serves as explainer and as the subject scoring needs
+    print(f"explainer: {llm.name}", file=sys.stderr)
+    progress = sys.stderr.isatty()
+    table = scope.explain(
+        args.mined, args.features, explainer=llm, n_examples=args.n_examples, out=args.out, progress=progress
+    )
+    if args.score:
+        if model is None:
+            _check_model(args.model)
+            model = scope.load_model(args.model)
+        _check_sae_spec(args.sae, args.hook)
+        sae = scope.load_sae(args.sae, hook=args.hook, device=model.cfg.device, dtype=model.cfg.dtype)
+        scores = scope.score_explanations(
+            args.mined, table, scorer=llm, model=model, sae=sae, out=scores_out, progress=progress
+        )
+        table = table.merge(scores[["feature", "balanced_accuracy", "precision", "recall"]], on="feature")
+    print(_table(table.drop(columns=["reply", "explainer"])))
+    where = f"{args.out}" + (f"; scores in {scores_out}" if args.score else "")
+    print(f"\n{len(table)} explanations by {llm.name} in {where}")
 
 
 def cmd_shield(args: argparse.Namespace) -> None:
@@ -224,6 +347,52 @@ def cmd_doctor(args: argparse.Namespace) -> None:
             f"the bundled model cache {status.folder} is corrupted: the next "
             "scope.load_model('gemma-3-270m') deletes it and converts it again"
         )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import scope
+    from scope.serve import Limits, create_app, host_warning, serve
+
+    _check_model(args.model)
+    specs = _named(args.sae or ["demo"], "--sae")
+    for spec in specs.values():
+        _check_sae_spec(spec, None)
+    mined_paths = _named(args.mined or [], "--mined", default_name=next(iter(specs)))
+    for name, path in mined_paths.items():
+        if name not in specs:
+            raise ValueError(f"--mined {name}={path} names no served SAE; served: {', '.join(specs)}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--mined {path}: no such file (write one with scope examples --out)")
+    limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens, max_queue=args.max_queue,
+                    max_batch=args.max_batch)  # fmt: skip
+    warning = host_warning(args.host)
+    if warning:
+        print(f"scope: warning: {warning}", file=sys.stderr)
+    model = scope.load_model(args.model)
+    saes = {name: scope.load_sae(spec, device=model.cfg.device) for name, spec in specs.items()}
+    mined = {name: pd.read_parquet(path) for name, path in mined_paths.items()}
+    app = create_app(model, saes, mined=mined, limits=limits, api_key=args.api_key, cors_origins=args.cors_origin)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"scope serve: {args.model} with SAEs {', '.join(saes)}")
+    print(f"  explorer    http://{shown}:{args.port}/")
+    keyed = "  (Authorization: Bearer required)" if args.api_key else ""
+    print(f"  OpenAI API  http://{shown}:{args.port}/v1{keyed}")
+    serve(app, host=args.host, port=args.port)
+
+
+def _named(values: list[str], option: str, default_name: str | None = None) -> dict[str, str]:
+    """``name=value`` (or a bare value: named by itself, or ``default_name``) -> {name: value}."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep:
+            name, rest = default_name or value, value
+        if not name or not rest:
+            raise ValueError(f"{option} {value!r}: expected SPEC or NAME=SPEC")
+        if name in named:
+            raise ValueError(f"{option}: the name {name!r} is given twice")
+        named[name] = rest
+    return named
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -291,15 +460,22 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens
     parser.add_argument("--seed", type=int, default=None, help="random seed of the sampling (default: unseeded)")
 
 
-def _add_mining_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_mining_arguments(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """``many``: ``--sae`` (and ``--hook``) may be repeated, one per SAE mined in the same pass."""
     parser.add_argument(
         "--sae",
-        default="demo",
+        action="append" if many else "store",
+        default=None if many else "demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)"
+        + ("; repeat it to mine several SAEs in one pass (default: demo)" if many else ""),
     )
     parser.add_argument(
-        "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
+        "--hook",
+        action="append" if many else "store",
+        default=None,
+        help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
+        + ("; once per --sae, in order" if many else ""),
     )
     parser.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
     parser.add_argument("--corpus", required=True, help="a .txt (one text per line), .jsonl or .parquet file")
@@ -342,6 +518,25 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--k", type=POSITIVE_INT, default=5, help="features shown per token")
     features.set_defaults(run=cmd_features)
 
+    search = commands.add_parser(
+        "search",
+        help="find features: by words in their labels, or by contrasting texts with and without a concept",
+    )
+    wanted = search.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--query", help="words to find in the feature labels and explanations")
+    wanted.add_argument(
+        "--positive", help="texts with the concept: .txt (one text per line), .jsonl (a text field) or .parquet"
+    )
+    search.add_argument(
+        "--negative", default=None, help="texts without it (same formats); omit to rank by corpus density"
+    )
+    search.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
+    search.add_argument("--sae", default="demo", help="any scope.load_sae spec, or 'demo' (the bundled demo SAE)")
+    search.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
+    search.add_argument("--labels", default=None, help="a label table (.parquet/.csv/.jsonl; default: the SAE's own)")
+    search.add_argument("--k", type=POSITIVE_INT, default=10, help="features shown")
+    search.set_defaults(run=cmd_search)
+
     steer = commands.add_parser("steer", help="unsteered vs steered continuation of a prompt")
     steer.add_argument("prompt", help="the text to continue (with --chat: the user's message)")
     steer.add_argument("--feature", type=NON_NEGATIVE_INT, required=True, help="the SAE feature to steer")
@@ -364,9 +559,21 @@ def build_parser() -> argparse.ArgumentParser:
     steer.set_defaults(run=cmd_steer)
 
     examples = commands.add_parser("examples", help="top activating examples of SAE features over a corpus")
-    _add_mining_arguments(examples)
+    _add_mining_arguments(examples, many=True)
     examples.add_argument("--features", type=FEATURES, default=None, help="comma-separated, e.g. 1,2,3 (default: all)")
-    examples.add_argument("--out", required=True, help="Parquet file for the results (resumes if interrupted)")
+    examples.add_argument(
+        "--out",
+        required=True,
+        help="Parquet file for the results (resumes if interrupted); with several --sae, a folder "
+        "holding one sae=HOOK/part-0.parquet per SAE",
+    )
+    examples.add_argument(
+        "--engine", choices=["ray"], default=None, help="shard the corpus over Ray workers (pip install 'scope[ray]')"
+    )
+    examples.add_argument("--workers", type=POSITIVE_INT, default=2, help="Ray workers (with --engine ray)")
+    examples.add_argument(
+        "--shards", type=POSITIVE_INT, default=64, help="corpus shards, by document hash (with --engine ray)"
+    )
     examples.add_argument("--context", type=NON_NEGATIVE_INT, default=8, help="tokens shown either side of the peak")
     examples.add_argument("--show", type=NON_NEGATIVE_INT, default=20, help="rows printed")
     examples.add_argument(
@@ -385,6 +592,32 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--features", type=FEATURES, required=True, help="comma-separated, e.g. 1,2,3")
     dashboard.add_argument("--out", required=True, help="folder for the pages and index.html")
     dashboard.set_defaults(run=cmd_dashboard)
+
+    explain = commands.add_parser("explain", help="LLM explanations of mined features, and their detection scores")
+    explain.add_argument("--mined", required=True, help="the Parquet table `scope examples --out` wrote")
+    explain.add_argument("--features", type=FEATURES, default=None, help="comma-separated (default: all mined)")
+    explain.add_argument("--out", required=True, help="Parquet file of explanations (a rerun resumes it)")
+    explain.add_argument(
+        "--explainer",
+        default="gemma-3-270m",
+        help="a model of `scope models` to explain with (an -it model for real use; the bundled base "
+        "model is a weak stand-in)",
+    )
+    explain.add_argument(
+        "--endpoint", default=None, help="an OpenAI-compatible base URL instead, e.g. http://127.0.0.1:8080/v1"
+    )
+    explain.add_argument("--endpoint-model", default="default", help="the model name the endpoint expects")
+    explain.add_argument("--api-key", default=None, help="the endpoint's key (default: $OPENAI_API_KEY, or none)")
+    explain.add_argument("--n-examples", type=POSITIVE_INT, default=10, help="examples shown per feature")
+    explain.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=8, help="chats generated together (local explainer)"
+    )
+    explain.add_argument("--score", action="store_true", help="also score each explanation by detection")
+    explain.add_argument("--scores-out", default=None, help="Parquet file of scores (default: OUT_scores.parquet)")
+    explain.add_argument("--model", default="gemma-3-270m", help="the subject the examples were mined from (--score)")
+    explain.add_argument("--sae", default="demo", help="the SAE the examples were mined from (--score)")
+    explain.add_argument("--hook", default=None, help="the SAE's hook, for a params.npz (--score)")
+    explain.set_defaults(run=cmd_explain)
 
     shield = commands.add_parser("shield", help="ShieldGemma P(Yes) per policy for a prompt (and response)")
     shield.add_argument("prompt", help="the user's prompt to classify")
@@ -410,6 +643,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     commands.add_parser("doctor", help="check the bundled model's cache and the hub").set_defaults(run=cmd_doctor)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible steering server and feature explorer")
+    serve.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
+    serve.add_argument(
+        "--sae",
+        action="append",
+        help="an SAE to serve, as SPEC or NAME=SPEC (any scope.load_sae spec), repeatable (default: demo)",
+    )
+    serve.add_argument(
+        "--mined",
+        action="append",
+        help="examples Parquet of `scope examples --out` as PATH or NAME=PATH, repeatable (default: none)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (a non-loopback one prints a warning)")
+    serve.add_argument("--port", type=POSITIVE_INT, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' on API routes (default: none)"
+    )
+    serve.add_argument("--max-batch", type=POSITIVE_INT, default=8, help="most requests one batched generation groups")
+    serve.add_argument("--max-queue", type=POSITIVE_INT, default=64, help="requests waiting or running; more get 429")
+    serve.add_argument("--max-tokens", type=POSITIVE_INT, default=512, help="most tokens one request may generate")
+    serve.add_argument("--max-prompt-tokens", type=POSITIVE_INT, default=4096, help="longest prompt accepted")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        help="an origin allowed to call the API from a browser, repeatable (default: none)",
+    )
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -420,10 +681,12 @@ def _error(err: BaseException) -> None:
 
 def _interrupted(args: argparse.Namespace) -> str:
     if args.command == "examples":
-        from scope.examples import checkpoint_path
+        from scope.examples import checkpoint_path, shards_path
 
         checkpoint = checkpoint_path(Path(args.out))
-        if checkpoint.is_file():
+        if shards_path(Path(args.out)).is_dir():
+            checkpoint = shards_path(Path(args.out))
+        if checkpoint.is_file() or checkpoint.is_dir():
             return (
                 f"scope: interrupted; {checkpoint} keeps the work done up to its last save: "
                 "run the same command again to resume"

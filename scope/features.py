@@ -26,6 +26,7 @@ from scope.hooks import (
     sae_hook,
 )
 from scope.inputs import str_tokens, to_tokens
+from scope.labels import as_labels, with_labels
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
@@ -79,19 +80,28 @@ def neuronpedia_url(sae: SAE, feature: int) -> str | None:
 
 
 def top_features(
-    model: HookedSAETransformer, sae: SAE, text: str, *, k: int = 5, include_bos: bool = False
+    model: HookedSAETransformer,
+    sae: SAE,
+    text: str,
+    *,
+    k: int = 5,
+    include_bos: bool = False,
+    labels: Any = None,
 ) -> pd.DataFrame:
     """The ``k`` strongest features at each token of ``text``.
 
-    Columns: position, token, rank (1 = strongest), feature, activation; plus url when the SAE
-    has a Neuronpedia id. Only active features are listed (fewer than k rows for a token where
-    fewer fire). BOS is left out by default: Gemma Scope was not trained on it and its
-    activations there are huge and meaningless.
+    Columns: position, token, rank (1 = strongest), feature, activation; plus label when labels
+    are passed (``labels=``: a label table or ``{feature: label}``) or attached to the SAE (the
+    demo SAE's, :func:`scope.labels.set_labels`), and url when the SAE has a Neuronpedia id.
+    Only active features are listed (fewer than k rows for a token where fewer fire). BOS is
+    left out by default: Gemma Scope was not trained on it and its activations there are huge
+    and meaningless.
     """
     k = _checks.positive_int(k, "k")
+    table = as_labels(labels) if labels is not None else None  # checked before the model runs
     acts = encode(model, sae, text)
     skip = _bos_positions(model, acts.tokens) if not include_bos else set()
-    return with_urls(_top_table(acts, k, skip), sae)
+    return with_urls(with_labels(_top_table(acts, k, skip), sae, table), sae)
 
 
 def _top_table(acts: FeatureActs, k: int, skip: set[int]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Fast hooked generation with a KV cache; sampling.
+"""Fast hooked generation with a KV cache, one prompt or a batch of them; sampling.
 
 transformer-lens' own ``generate`` copies every weight matrix on every step (see
 :mod:`scope.layout`) and computes full-vocabulary logits for every prompt position. Here each
@@ -7,12 +7,28 @@ fires (steering is such hooks: :mod:`scope.steering` composes them, this module 
 not steering), the weights are laid out for transformer-lens' kernels, and logits are only
 computed for the last position. Greedy output equals transformers' greedy output on the same
 weights.
+
+A batch (:func:`generate_batch`) runs like this:
+
+1. Prompts are sorted by length and cut into chunks of ``batch_size`` (less padding); each
+   chunk is padded on the left with the mask of real tokens. transformer-lens takes rotary
+   positions from the mask's running sum and masks padded keys, so every row sees the
+   positions and context it would see alone (the sliding window compares positions within
+   a row, so padding does not move it).
+2. One forward pass over the padded chunk fills the KV cache; then one pass per step over
+   each active row's newest token.
+3. Each row samples with its own generator when it has a seed (a row with seed s samples what
+   it would sample alone with seed s), stops at ``<eos>``/``<end_of_turn>``, a stop string, or
+   ``max_new_tokens``.
+4. Finished rows leave the batch and the cache, so they stop costing compute. ``on_rows``
+   announces which prompts the next forward pass holds (per-row hooks index by it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
 
 import torch
 from jaxtyping import Int
@@ -21,7 +37,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from scope import _checks
 from scope.chat import END_OF_TURN
 from scope.hooks import HookFn, model_lock
-from scope.inputs import check_length
+from scope.inputs import check_length, pad, pad_id
 from scope.layout import is_relaid, relayout_for_speed
 from scope.logits import final_logits
 
@@ -36,9 +52,17 @@ def stop_token_ids(model: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def next_token_logits(model: Any, tokens: torch.Tensor, cache: TransformerLensKeyValueCache) -> torch.Tensor:
-    """Run ``tokens`` through the model (extending ``cache``); logits ``[batch, d_vocab]`` of the last one."""
-    residual = model(tokens, past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+def next_token_logits(
+    model: Any,
+    tokens: torch.Tensor,
+    cache: TransformerLensKeyValueCache,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``tokens`` through the model (extending ``cache``); logits ``[batch, d_vocab]`` of the
+    last one. ``attention_mask`` ``[batch, pos]`` marks real tokens (default: all of them)."""
+    if attention_mask is None:
+        attention_mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
+    residual = model(tokens, past_kv_cache=cache, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
     return final_logits(model, residual[:, -1, :])
 
 
@@ -86,6 +110,215 @@ def check_sampling(
     return max_new_tokens, temperature, top_k, top_p, seed
 
 
+Seeds = Union[int, None, Sequence[Union[int, None]]]
+FinishReason = Literal["stop", "length"]
+TokenCallback = Callable[[int, int], Any]
+
+
+@dataclass
+class Completion:
+    """One prompt's generation: what an OpenAI-style server reports for it.
+
+    ``prompt_length``: prompt tokens (BOS included); ``tokens``: the generated ids (a stop token
+    excluded, a stop string's tokens included); ``text``: their decoded text, cut before the
+    first stop string; ``finish_reason``: ``"stop"`` (a stop token or string) or ``"length"``.
+    """
+
+    prompt_length: int
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason = "length"
+
+
+def check_seeds(seed: Any, n_rows: int) -> list[int | None]:
+    """One seed per row from ``None``, one integer (every row seeded alike: each samples what it
+    would sample alone with that seed) or a sequence of ``n_rows`` integers/None."""
+    if seed is None or not isinstance(seed, Sequence) or isinstance(seed, str):
+        one = None if seed is None else _checks.integer(seed, "seed")
+        return [one] * n_rows
+    seeds = [None if s is None else _checks.integer(s, "seed") for s in seed]
+    if len(seeds) != n_rows:
+        raise ValueError(f"seed has {len(seeds)} entries for {n_rows} prompts: give one seed, or one per prompt.")
+    return seeds
+
+
+def check_stop(stop: Any) -> tuple[str, ...]:
+    """Stop strings from None, one string or a sequence of non-empty strings."""
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, Sequence):
+        raise TypeError(f"stop must be a string or a list of strings, got {stop!r}.")
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"stop must be a string or a list of strings, got {item!r} in it.")
+        if not item:
+            raise ValueError("stop contains an empty string, which would stop every row at once.")
+    return tuple(items)
+
+
+def generate_batch(
+    model: Any,
+    prompts: Sequence[Int[torch.Tensor, " pos"]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: Seeds = None,
+    stop_at_eos: bool = True,
+    stop: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    on_token: TokenCallback | None = None,
+    on_rows: Callable[[torch.Tensor], Any] | None = None,
+) -> list[Completion]:
+    """Generate after each prompt (1-D token tensors, BOS first) in left-padded KV-cached batches;
+    one :class:`Completion` per prompt, in order. See the module docstring for the steps.
+
+    ``on_token(row, token)`` is called for every generated token (not stop tokens) as it is
+    sampled: a stream. ``on_rows(rows)`` is called before each forward pass whose rows changed,
+    with the prompt indices of its rows. ``fwd_hooks`` (and any hooks on the model) apply.
+    """
+    max_new_tokens, temperature, top_k, top_p, _ = check_sampling(max_new_tokens, temperature, top_k, top_p)
+    prompts = [_check_prompt(p) for p in prompts]
+    seeds = check_seeds(seed, len(prompts))
+    stops = check_stop(stop)
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    for prompt in prompts:
+        check_length(model, len(prompt), reserve=max_new_tokens, name="prompt")
+    completions = [Completion(prompt_length=len(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    stop_ids = stop_token_ids(model) if stop_at_eos else set()
+    with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        if not is_relaid(model):
+            relayout_for_speed(model)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            _generate_chunk(
+                model, rows, prompts, seeds, completions, max_new_tokens, sampling, stop_ids, stops, on_token, on_rows
+            )
+    for completion in completions:
+        completion.text = _text(model, completion.tokens, stops)
+    return completions
+
+
+def _check_prompt(prompt: Any) -> torch.Tensor:
+    if not isinstance(prompt, torch.Tensor):
+        raise TypeError(f"prompts must be 1-D token tensors, got {type(prompt).__name__}.")
+    if prompt.dim() == 2 and prompt.shape[0] == 1:
+        prompt = prompt[0]
+    if prompt.dim() != 1 or prompt.numel() == 0:
+        raise ValueError(f"each prompt must be a non-empty 1-D token tensor, got shape {tuple(prompt.shape)}.")
+    return prompt
+
+
+def _generate_chunk(
+    model: Any,
+    rows: list[int],
+    prompts: Sequence[torch.Tensor],
+    seeds: Sequence[int | None],
+    completions: list[Completion],
+    max_new_tokens: int,
+    sampling: dict[str, Any],
+    stop_ids: set[int],
+    stops: tuple[str, ...],
+    on_token: TokenCallback | None,
+    on_rows: Callable[[torch.Tensor], Any] | None,
+) -> None:
+    """Steps 1-4 of the module docstring for one chunk of prompts (indices ``rows``)."""
+    if max_new_tokens == 0:
+        return
+    device = model.cfg.device
+    tokens, mask = pad([prompts[i] for i in rows], pad_id(model), side="left")
+    tokens, mask = tokens.to(device), mask.to(device)
+    generators = [_generator(seeds[i], device) if sampling["temperature"] > 0.0 else None for i in rows]
+    active = torch.tensor(rows, dtype=torch.long)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=len(rows))
+    for step in range(max_new_tokens):
+        if on_rows is not None:
+            on_rows(active)
+        logits = next_token_logits(model, tokens, cache, mask)
+        new = _sample_rows(logits, generators, sampling)
+        keep = [
+            n
+            for n, row in enumerate(active.tolist())
+            if _append(model, completions[row], int(new[n]), stop_ids, stops, on_token, row)
+        ]
+        if step == max_new_tokens - 1 or not keep:
+            return
+        if len(keep) < len(active):  # finished rows leave the batch and the cache
+            index = torch.tensor(keep, dtype=torch.long)
+            active, new = active[index], new[index.to(new.device)]
+            generators = [generators[n] for n in keep]
+            _select_rows(cache, index.to(device))
+        tokens = new[:, None]
+        mask = torch.ones_like(tokens)
+
+
+def _append(
+    model: Any,
+    completion: Completion,
+    token: int,
+    stop_ids: set[int],
+    stops: tuple[str, ...],
+    on_token: TokenCallback | None,
+    row: int,
+) -> bool:
+    """Record ``token`` for one row; False once the row is finished (stop token or string)."""
+    if token in stop_ids:
+        completion.finish_reason = "stop"
+        return False
+    completion.tokens.append(token)
+    if on_token is not None:
+        on_token(row, token)
+    if stops and _stop_index(_decode(model, completion.tokens), stops) is not None:
+        completion.finish_reason = "stop"
+        return False
+    return True
+
+
+def _sample_rows(
+    logits: torch.Tensor, generators: list[torch.Generator | None], sampling: dict[str, Any]
+) -> torch.Tensor:
+    """One token per row ``[batch]``; a row with its own generator samples alone (as it would solo)."""
+    if sampling["temperature"] == 0.0 or all(g is None for g in generators):
+        return sample_token(logits, **sampling)[:, 0]
+    return torch.cat([sample_token(logits[n : n + 1], generator=g, **sampling)[:, 0] for n, g in enumerate(generators)])
+
+
+def _generator(seed: int | None, device: Any) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _select_rows(cache: TransformerLensKeyValueCache, index: torch.Tensor) -> None:
+    """Keep only rows ``index`` of every layer's keys and values and of the cached mask."""
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys[index.to(entry.past_keys.device)]
+        entry.past_values = entry.past_values[index.to(entry.past_values.device)]
+    cache.previous_attention_mask = cache.previous_attention_mask[index.to(cache.previous_attention_mask.device)]
+
+
+def _decode(model: Any, tokens: list[int]) -> str:
+    return model.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _stop_index(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _text(model: Any, tokens: list[int], stops: tuple[str, ...]) -> str:
+    text = _decode(model, tokens)
+    cut = _stop_index(text, stops) if stops else None
+    return text if cut is None else text[:cut]
+
+
 def generate_tokens(
     model: Any,
     tokens: Int[torch.Tensor, "1 pos"],
@@ -100,27 +333,18 @@ def generate_tokens(
 ) -> Int[torch.Tensor, " n_new"]:
     """Generated token ids ``[n_new]`` after the prompt ``tokens`` ``[1, pos]`` (stop token
     excluded), with ``fwd_hooks`` attached for the duration (and any hooks already on the model)."""
-    max_new_tokens, temperature, top_k, top_p, seed = check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if tokens.dim() != 2 or tokens.shape[0] != 1:
         raise ValueError(f"tokens must have shape [1, pos], got {tuple(tokens.shape)}.")
-    check_length(model, tokens.shape[1], reserve=max_new_tokens, name="prompt")
-    device = model.cfg.device
-    generator = None
-    if temperature > 0.0 and seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    stops = stop_token_ids(model) if stop_at_eos else set()
-    new_tokens: list[int] = []
-    with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        if not is_relaid(model):
-            relayout_for_speed(model)
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=1)
-        step_input = tokens.to(device)
-        for _ in range(max_new_tokens):
-            logits = next_token_logits(model, step_input, cache)
-            step_input = sample_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            token = int(step_input.item())
-            if token in stops:
-                break
-            new_tokens.append(token)
-    return torch.tensor(new_tokens, dtype=torch.long)
+    (completion,) = generate_batch(
+        model,
+        [tokens[0]],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_at_eos=stop_at_eos,
+        fwd_hooks=fwd_hooks,
+    )
+    return torch.tensor(completion.tokens, dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,26 +42,87 @@ def residual_norms_figure(norms: pd.DataFrame, *, log_scale: bool = True) -> go.
     return figure
 
 
-def steering_tradeoff_figure(results: pd.DataFrame) -> go.Figure:
-    """Concept vs fluency over steering strengths, from :func:`scope.sweep` (means over prompts).
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both ``x`` and ``y`` (higher is better), by ``x``."""
+    points = [(float(a), float(b), i) for i, (a, b) in enumerate(zip(x, y)) if np.isfinite(a) and np.isfinite(b)]
+    front = []
+    for a, b, i in points:
+        dominated = any(c >= a and d >= b and (c > a or d > b) for c, d, _ in points)
+        if not dominated:
+            front.append((a, i))
+    return [i for _, i in sorted(front)]
 
-    Up is more of the concept in the text, right is more fluent: a good strength sits up and right.
+
+def steering_tradeoff_figure(
+    results: pd.DataFrame,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    recommended: float | None = None,
+) -> go.Figure:
+    """Concept vs fluency over steering strengths (means over prompts), the Pareto front marked.
+
+    ``results``: a :func:`scope.sweep` table (``x="fluency"``, ``y="concept"`` by default) or a
+    :func:`scope.evaluate_steering` table (then the judge's ``fluency_score`` and
+    ``concept_score`` by default). A ``method`` column (e.g. "SAE clamp", "DiffMean add") draws
+    one curve per method. ``recommended`` marks that strength (see
+    :func:`scope.steering.evaluation.recommend_strength`). Up is more of the concept in the
+    text, right is more fluent: a good strength sits up and right, on the front.
     """
-    means = results.groupby("value", sort=True)[["concept", "fluency"]].mean().reset_index()
-    figure = go.Figure(
+    judged = {"concept_score", "fluency_score"} <= set(results.columns)
+    x = x or ("fluency_score" if judged else "fluency")
+    y = y or ("concept_score" if judged else "concept")
+    for column in (x, y, "value"):
+        if column not in results.columns:
+            raise ValueError(f"results has no {column!r} column (columns: {', '.join(map(str, results.columns))}).")
+    keys = ["method", "value"] if "method" in results.columns else ["value"]
+    means = results.groupby(keys, sort=True)[[x, y]].mean().reset_index()
+    figure = go.Figure()
+    for method, group in means.groupby("method", sort=False) if "method" in means else [(None, means)]:
+        figure.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group[y],
+                mode="lines+markers+text",
+                name=str(method) if method is not None else "strength",
+                text=[f"{v:g}" for v in group["value"]],
+                textposition="top center",
+                hovertemplate=f"strength %{{text}}<br>{x} %{{x:.2f}}<br>{y} %{{y:.2f}}<extra></extra>",
+            )
+        )
+    front = means.iloc[pareto_front(means[x], means[y])]
+    figure.add_trace(
         go.Scatter(
-            x=means["fluency"],
-            y=means["concept"],
-            mode="lines+markers+text",
-            text=[f"{v:g}" for v in means["value"]],
-            textposition="top center",
-            hovertemplate="strength %{text}<br>fluency %{x:.2f}<br>concept %{y:.2f}<extra></extra>",
+            x=front[x],
+            y=front[y],
+            mode="lines+markers",
+            name="Pareto front",
+            line={"dash": "dot", "color": "gray"},
+            marker={"size": 14, "symbol": "circle-open", "color": "black"},
+            hoverinfo="skip",
         )
     )
+    if recommended is not None:
+        chosen = means[means["value"] == recommended]
+        figure.add_trace(
+            go.Scatter(
+                x=chosen[x],
+                y=chosen[y],
+                mode="markers",
+                name=f"recommended ({recommended:g})",
+                marker={"size": 18, "symbol": "star", "color": "gold", "line": {"width": 1, "color": "black"}},
+            )
+        )
+    labels = {
+        "fluency": "fluency (mean log-prob of generated tokens, unsteered model)",
+        "concept": "concept (feature's mean activation on the generated text)",
+        "fluency_score": "fluency (judge, 0-2)",
+        "concept_score": "concept (judge, 0-2)",
+    }
     figure.update_layout(
         title="Steering trade-off: concept vs fluency by strength",
-        xaxis_title="fluency (mean log-prob of generated tokens, unsteered model)",
-        yaxis_title="concept (feature's mean activation on the generated text)",
+        xaxis_title=labels.get(x, x),
+        yaxis_title=labels.get(y, y),
     )
     return figure
 

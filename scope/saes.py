@@ -9,7 +9,8 @@ API. What sae-lens lacks and this module adds:
   bundled demo SAE, with malformed files reported by name and problem.
 - Per-feature statistics (max activations, densities) kept in the SAE's ``cfg.metadata``, the
   open bag sae-lens provides for such fields: ``Clamp(..., unit="max")`` reads them there, and
-  they are saved with the SAE.
+  they are saved with the SAE. Feature labels (:mod:`scope.labels`) live there too; the demo
+  SAE loads with its shipped labels.
 - :func:`load_saes`: every layer's SAE, loaded only when first used.
 """
 
@@ -29,6 +30,7 @@ import torch
 from scope import _checks
 from scope.gemma_scope import GemmaScopeId, covered_layers, describe_layers, gemma_scope_id, registry, split_spec
 from scope.hooks import check_compatible
+from scope.labels import read_labels, set_labels
 from scope.subjects import ModelUnavailableError, model_name
 
 if TYPE_CHECKING:
@@ -118,6 +120,9 @@ def _load_demo(hook: str | None, device: str, dtype: str) -> SAE:
         set_feature_stats(sae, {name: column for name, column in stats.items() if name != "n_tokens"})
         if "n_tokens" in stats:
             sae.cfg.metadata[STATS_TOKENS] = int(stats["n_tokens"].sum())
+    labels_file = DEMO_SAE_DIR / "labels.parquet"  # written by scripts/label_demo_sae.py
+    if labels_file.is_file():
+        set_labels(sae, read_labels(labels_file))
     return sae
 
 

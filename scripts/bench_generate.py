@@ -4,6 +4,11 @@
     python scripts/bench_generate.py --gemma2-2b     # plus a full-size Gemma 2 2B, random weights
     python scripts/bench_generate.py --stock         # plus transformer-lens' own generate, with
                                                      # its default and with scope's weight layout
+    python scripts/bench_generate.py --batched       # batches of 1/4/8/16 prompts only
+
+Batched (bundled model): scope.generate on a list of prompts against transformers' batched
+generate on the same left-padded batch, against scope generating the prompts one at a time, and
+steered with a different Clamp strength per row against unsteered batched scope.
 
 Prints tokens/s for each and the ratio scope / transformers (median over repetitions,
 alternating the two so that machine noise hits both alike). Greedy decoding, KV cache on
@@ -29,12 +34,33 @@ import torch
 import scope
 
 PROMPT = "The history of the Roman Empire began when"
+PROMPTS = [
+    "The history of the Roman Empire began when",
+    "My favourite recipe for bread",
+    "In a small village by the sea, there lived an old fisherman who",
+    "The theory of relativity",
+    "Once upon a time",
+    "The best way to learn a new language is to",
+    "Scientists announced today that",
+    "Dear diary, today I",
+    "The stock market fell sharply after",
+    "Photosynthesis is the process by which",
+    "Here is a short poem about autumn:",
+    "The capital of France is",
+    "To install the package, first",
+    "The old castle on the hill had been empty for",
+    "Water boils at",
+    "My grandmother always said that",
+]
+
+
+CLOCK = time.perf_counter  # --cpu-time: time.process_time, steadier on a busy shared host
 
 
 def timed(fn) -> float:
-    started = time.perf_counter()
+    started = CLOCK()
     fn()
-    return time.perf_counter() - started
+    return CLOCK() - started
 
 
 def hf_generate(hf_model, tokens: torch.Tensor, n: int) -> torch.Tensor:
@@ -217,18 +243,98 @@ def bench_gemma2_2b(n: int, reps: int) -> None:
         print(f"  {side}: load {r['load_s']:.0f} s, peak RSS {r['peak_gb']:.1f} GB")
 
 
+def hf_generate_batch(hf_model, tokens: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        out = hf_model.generate(
+            tokens, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+    return out[:, tokens.shape[1] :]
+
+
+def bench_batched(n: int, reps: int) -> None:
+    """Batches of 1/4/8/16 prompts: scope vs transformers (same padded batch), vs scope one at a
+    time (batch 8), and per-row-steered vs unsteered batched scope (batch 8)."""
+    from transformers import AutoModelForCausalLM
+
+    from scope.bundled import ensure_bundled_checkpoint
+
+    model = scope.load_model("gemma-3-270m")
+    hf_model = AutoModelForCausalLM.from_pretrained(str(ensure_bundled_checkpoint()), dtype=torch.float32).eval()
+    sae = steering_sae(model)
+    print(f"Batched greedy generation, Gemma 3 270M (bundled, fp32, CPU, {n} new tokens per prompt, median of {reps})")
+    for size in (1, 4, 8, 16):
+        _bench_batch(model, hf_model, sae, PROMPTS[:size], n, reps)
+
+
+def _bench_batch(model, hf_model, sae, texts: list[str], n: int, reps: int) -> None:
+    from scope.inputs import pad, pad_id
+
+    size = len(texts)
+    kwargs = dict(max_new_tokens=n, stop_at_eos=False, batch_size=size)
+    tokens, mask = pad([scope.to_tokens(model, t)[0] for t in texts], pad_id(model), side="left")
+
+    def scope_run():
+        return scope.generate(model, texts, **kwargs)
+
+    def hf_run():
+        return hf_generate_batch(hf_model, tokens, mask, n)
+
+    same = [c.tokens for c in scope.generate_completions(model, texts, **kwargs)] == hf_run().tolist()
+    hf_times, scope_times = [], []
+    for _ in range(reps):
+        hf_times.append(timed(hf_run))
+        scope_times.append(timed(scope_run))
+    report(f"  batch {size:2d}", n * size, hf_times, scope_times, f"; greedy tokens identical: {same}")
+    if size != 8:
+        return
+    clamps = [[scope.Clamp(123, 10.0 * (i + 1))] for i in range(size)]
+
+    def one_at_a_time():
+        return [scope.generate(model, t, max_new_tokens=n, stop_at_eos=False) for t in texts]
+
+    def steered_run():
+        return scope.generate(model, texts, sae=sae, steering=clamps, **kwargs)
+
+    steered_run()
+    solo_times, steered_times, batched_times = [], [], []
+    for _ in range(reps):
+        solo_times.append(timed(one_at_a_time))
+        batched_times.append(timed(scope_run))
+        steered_times.append(timed(steered_run))
+    solo, batched, steered = (statistics.median(t) for t in (solo_times, batched_times, steered_times))
+    print(
+        f"  batch 8 vs the same 8 prompts one at a time: {n * size / batched:.2f} vs {n * size / solo:.2f} tok/s, "
+        f"ratio batched/one-at-a-time {solo / batched:.2f}"
+    )
+    print(
+        f"  batch 8 steered (a different Clamp strength per row, {sae.cfg.d_sae}-wide SAE at "
+        f"{sae.cfg.metadata.hook_name}) vs unsteered batched: {n * size / steered:.2f} vs "
+        f"{n * size / batched:.2f} tok/s, ratio steered/unsteered {batched / steered:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--gemma2-2b", action="store_true", help="also a full-size random Gemma 2 2B (~13 GB)")
     parser.add_argument("--stock", action="store_true", help="also time transformer-lens' own generate")
+    parser.add_argument("--batched", action="store_true", help="only the batched comparison")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="time by this process's CPU time, one thread (a busy host)"
+    )
     parser.add_argument("--side", choices=["transformers", "scope"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return run_2b_side(args.side, args.tokens, args.reps)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
+        torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_bundled(args.tokens, args.reps, args.stock)
+    if not args.batched:
+        bench_bundled(args.tokens, args.reps, args.stock)
+    bench_batched(max(args.tokens // 2, 4), args.reps)
     if args.gemma2_2b:
         bench_gemma2_2b(max(args.tokens // 2, 4), args.reps)
 

@@ -52,6 +52,7 @@ def no_hooks_left(model) -> bool:
     return (
         all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
         and not model._forward_pre_hooks
+        and not model.embed._forward_pre_hooks
         and not getattr(model, "acts_to_saes", {})
     )
 

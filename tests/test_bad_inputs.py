@@ -395,7 +395,11 @@ def test_api_bad_input(case, tiny_model, sae, tmp_path):
     with pytest.raises(error, match=pattern):
         call(tiny_model, sae, work)
     assert not any(hp._forward_hooks or hp._backward_hooks for hp in tiny_model.hook_dict.values())
-    assert not tiny_model._forward_pre_hooks and not getattr(tiny_model, "acts_to_saes", {})
+    assert (
+        not tiny_model._forward_pre_hooks
+        and not tiny_model.embed._forward_pre_hooks
+        and not getattr(tiny_model, "acts_to_saes", {})
+    )
     written = [p for p in sorted(work.rglob("*")) if p not in before and not _made_by_the_case(p)]
     assert not written, f"left behind: {written}"
 

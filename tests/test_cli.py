@@ -174,7 +174,12 @@ def test_examples_and_dashboard_write_what_the_library_gives(capsys, tmp_path, t
         )
         == 0
     )
-    assert sorted(p.name for p in pages.iterdir()) == ["feature_3.html", "feature_5.html", "index.html"]
+    assert sorted(p.name for p in pages.iterdir()) == [
+        "feature_3.html",
+        "feature_5.html",
+        "index.html",
+        "plotly.min.js",
+    ]
 
 
 @pytest.fixture

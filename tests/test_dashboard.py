@@ -5,10 +5,12 @@ import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
+from plotly.offline import get_plotlyjs
 
 import scope
-from scope.pages import dashboards
+from scope.pages import dashboards, interval_examples, shown_token
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -34,16 +36,28 @@ def test_page_shows_examples_histogram_and_logit_lens(tiny_model, sae, tmp_path)
     path = scope.dashboard(tiny_model, sae, feature, TEXTS, tmp_path / "page.html", k=5, progress=False)
     page = path.read_text()
     top = scope.top_examples(tiny_model, sae, TEXTS, features=[feature], k=5, progress=False)
-    assert page.count("class='example'") == len(top)
-    # every example's peak activation is printed, and every shaded token carries its value on hover
-    for value in top.activation:
-        assert f">{value:.2f}</span>" in page
+    assert page.count("data-rank=") == len(top)
+    # every example's peak activation is printed, with its document and position
+    for row in top.itertuples():
+        assert f">{row.activation:.2f}</span><span class='where'>doc {row.text_id} · pos {row.position}<" in page
     assert re.search(r"title='activation \d+\.\d{3}'", page)
     assert "<b>four" not in page  # text is escaped, never parsed as markup
-    assert "Plotly.newPlot" in page and "plotly.js" in page.lower()  # plotly inlined: works offline
+    # plotly.js is beside the page, not inlined: the page is small and still works offline
+    assert "Plotly.newPlot" in page and "<script src='plotly.min.js'" in page
+    assert (tmp_path / "plotly.min.js").read_text() == get_plotlyjs()
+    assert len(page) < 200_000
     lens = scope.feature_logits(tiny_model, sae, feature, k=10)
-    assert repr(lens.token.iloc[0]).replace("'", "&#x27;") in page
+    assert f"<code class='token'>{shown_token(lens.token.iloc[0])}</code>" in page
     assert "Neuronpedia" not in page  # a local params.npz has no Neuronpedia id
+    norm = float(sae.W_dec[feature].detach().norm())
+    assert f"decoder row has norm <b>{norm:.3g}</b>" in page  # the activation unit is stated
+
+
+def test_tokens_are_shown_as_text():
+    assert shown_token("\n") == "↵"
+    assert shown_token(" if") == "&nbsp;if"
+    assert shown_token("        return") == "&nbsp;&nbsp;return"  # indentation runs shortened
+    assert shown_token("<b>") == "&lt;b&gt;"
 
 
 def test_unmined_feature_is_refused(tiny_model, sae, tmp_path):
@@ -52,18 +66,94 @@ def test_unmined_feature_is_refused(tiny_model, sae, tmp_path):
         scope.dashboard(tiny_model, sae, 3, TEXTS, tmp_path / "p.html", mined=mined)
 
 
-def test_index_links_every_page(tiny_model, sae, tmp_path):
+def test_index_links_every_page_and_pages_share_plotly(tiny_model, sae, tmp_path):
     index = dashboards(tiny_model, sae, [0, 5, 7], TEXTS, tmp_path / "pages", k=3, progress=False)
     text = index.read_text()
     for feature in (0, 5, 7):
         assert f"href='feature_{feature}.html'" in text
-        assert (tmp_path / "pages" / f"feature_{feature}.html").is_file()
+        page = (tmp_path / "pages" / f"feature_{feature}.html").read_text()
+        assert "<script src='plotly.min.js'" in page
     assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == [
         "feature_0.html",
         "feature_5.html",
         "feature_7.html",
         "index.html",
+        "plotly.min.js",
     ]
+
+
+def _windows_in(model, sae, feature, low, high):
+    """Independently: (text_id, position, activation) of every text whose maximum for the feature
+    lies in [low, high) (TEXTS are shorter than a window, so a text is one window)."""
+    found = set()
+    for text_id, text in enumerate(TEXTS):
+        values = scope.encode(model, sae, text).values[1:, feature]  # BOS left out
+        value, position = float(values.max()), int(values.argmax()) + 1
+        if value > 0 and low <= value < high:
+            found.add((text_id, position, round(value, 4)))
+    return found
+
+
+def test_interval_groups_hold_the_windows_of_each_interval(tiny_model, sae):
+    feature = _firing_feature(tiny_model, sae)
+    mined = scope.mine(tiny_model, sae, TEXTS, features=[feature], k=1, progress=False)
+    groups = interval_examples(tiny_model, sae, mined, [feature], TEXTS, 3, 100, 4, 128, 0)[feature]
+    assert len(groups) == 3 and groups[0].high == float("inf") and groups[-1].low == 0.0
+    assert [g.low for g in groups] == sorted((g.low for g in groups), reverse=True)  # highest first
+    top = {(int(r.text_id), int(r.position)) for r in mined.examples.itertuples()}
+    for group in groups:
+        expected = {w for w in _windows_in(tiny_model, sae, feature, group.low, group.high) if w[:2] not in top}
+        got = {(e.text_id, e.position, round(e.activation, 4)) for e in group.examples}
+        assert got == expected and group.seen == len(expected)
+        for e in group.examples:  # the context is centred on the peak, with its activation there
+            assert e.acts[e.peak] == pytest.approx(e.activation)
+
+
+def test_interval_sampling_keeps_per_group_and_is_seeded(tiny_model, sae):
+    feature = _firing_feature(tiny_model, sae)
+    mined = scope.mine(tiny_model, sae, TEXTS, features=[feature], k=1, progress=False)
+
+    def sample(seed):
+        groups = interval_examples(tiny_model, sae, mined, [feature], TEXTS, 1, 2, 4, 128, seed)[feature]
+        return [(e.text_id, e.position) for e in groups[0].examples], groups[0].seen
+
+    (first, seen), (again, _) = sample(0), sample(0)
+    assert first == again and len(first) == min(2, seen)
+
+
+def test_page_shows_label_explanation_and_detection_score(tiny_model, sae, tmp_path):
+    feature = _firing_feature(tiny_model, sae)
+    labels = pd.DataFrame({"feature": [feature], "label": ["'fox' 60% <x>"]})
+    explanations = pd.DataFrame({"feature": [feature], "explanation": ["Animals & <tags>"], "explainer": ["m-x"]})
+    scores = pd.DataFrame(
+        {
+            "feature": [feature],
+            "balanced_accuracy": [0.75],
+            "precision": [0.8],
+            "recall": [0.6],
+            "n_activating": [5],
+            "n_non_activating": [5],
+            "scorer": ["m-x"],
+        }
+    )
+    path = scope.dashboard(
+        tiny_model,
+        sae,
+        feature,
+        TEXTS,
+        tmp_path / "p.html",
+        k=3,
+        labels=labels,
+        explanations=explanations,
+        scores=scores,
+        progress=False,
+    )
+    page = path.read_text()
+    assert "Label: <b>&#x27;fox&#x27; 60% &lt;x&gt;</b>" in page
+    assert "Explanation: <b>Animals &amp; &lt;tags&gt;</b>" in page and "(m-x)" in page
+    assert "balanced accuracy <b>0.75</b> (precision 0.80, recall 0.60" in page
+    bare = scope.dashboard(tiny_model, sae, feature, TEXTS, tmp_path / "q.html", k=3, progress=False).read_text()
+    assert "No label or explanation yet" in bare
 
 
 # ----------------------------------------------------------------------------- a real browser

@@ -631,3 +631,125 @@ def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
 
     small, large = peak_kb(500), peak_kb(2000)
     assert large - small < 25_000, (small, large)  # KB
+
+
+# ----------------------------------------------------------------------------- many SAEs in one pass
+
+
+@pytest.fixture
+def three_saes(make_sae):
+    """SAEs at three hooks, two of them at the same one (so a dict names them)."""
+    return {
+        "early": make_sae(hook="blocks.0.hook_resid_post", d_sae=24, seed=5)[0],
+        "mid": make_sae(hook=HOOK, d_sae=40, seed=3)[0],
+        "mid_b": make_sae(hook=HOOK, d_sae=16, seed=7)[0],
+        "late": make_sae(hook="blocks.2.hook_mlp_out", d_sae=32, seed=9)[0],
+    }
+
+
+def _assert_mined_equal(got, expected):
+    pd.testing.assert_frame_equal(got.examples, expected.examples)
+    assert got.features == expected.features and got.n_tokens == expected.n_tokens
+    for name in ("density", "histogram", "context_ids", "context_acts"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert got.token_strings == expected.token_strings
+
+
+def test_many_saes_in_one_pass_equal_separate_runs(tiny_model, three_saes, monkeypatch):
+    kwargs = dict(k=3, window=6, batch_size=4, progress=False)
+    separate = {name: scope.mine(tiny_model, sae, TEXTS, **kwargs) for name, sae in three_saes.items()}
+    stops = []
+    original = type(tiny_model).forward
+
+    def recording(self, *args, **kw):
+        stops.append(kw.get("stop_at_layer"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(type(tiny_model), "forward", recording)
+    together = scope.mine(tiny_model, three_saes, TEXTS, **kwargs)
+    windows = sum(-(-len(tiny_model.tokenizer.encode(t, add_special_tokens=False)) // 5) for t in TEXTS)
+    assert stops == [3] * -(-windows // 4)  # one forward per batch, to block 2 and no further
+    assert list(together) == list(three_saes)
+    for name in three_saes:
+        assert len(separate[name].examples) > 10
+        _assert_mined_equal(together[name], separate[name])
+
+
+def test_many_saes_features_and_lists(tiny_model, three_saes):
+    kwargs = dict(k=2, window=6, batch_size=3, progress=False)
+    saes = [three_saes["early"], three_saes["mid"], three_saes["late"]]
+    got = scope.mine(tiny_model, saes, TEXTS, features={HOOK: [5, 1]} | {"blocks.0.hook_resid_post": [2]}, **kwargs)
+    assert list(got) == ["blocks.0.hook_resid_post", HOOK, "blocks.2.hook_mlp_out"]  # named by hook
+    _assert_mined_equal(got[HOOK], scope.mine(tiny_model, saes[1], TEXTS, features=[5, 1], **kwargs))
+    assert got["blocks.0.hook_resid_post"].features == [2] and got["blocks.2.hook_mlp_out"].features == list(range(32))
+    with pytest.raises(ValueError, match="Two SAEs of the list read blocks.1.hook_resid_post"):
+        scope.mine(tiny_model, [three_saes["mid"], three_saes["mid_b"]], TEXTS, progress=False)
+    with pytest.raises(ValueError, match="SAE name 'a/b' cannot name a folder"):
+        scope.mine(tiny_model, {"a/b": saes[0]}, TEXTS, progress=False)
+    with pytest.raises(ValueError, match="saes is empty"):
+        scope.mine(tiny_model, {}, TEXTS, progress=False)
+    with pytest.raises(TypeError, match=r"saes\[1\] is a str"):
+        scope.mine(tiny_model, [saes[0], "demo"], TEXTS, progress=False)
+
+
+def test_many_saes_write_a_hive_dataset_that_resumes(tiny_model, three_saes, tmp_path):
+    kwargs = dict(k=3, window=6, batch_size=2, checkpoint_every=2, progress=False)
+    texts = TEXTS * 5
+    singles = {}
+    for name, sae in three_saes.items():
+        scope.mine(tiny_model, sae, texts, out=tmp_path / f"{name}.parquet", **kwargs)
+        singles[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
+    out = tmp_path / "many"
+    with pytest.raises(Interrupt):
+        scope.mine(tiny_model, three_saes, _interrupting(texts, 17), out=out, **kwargs)
+    checkpoint = tmp_path / ".many.checkpoint"
+    assert checkpoint.is_file() and not out.exists()
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["windows_done"] > 0 and sorted(state["top"]) == sorted(three_saes)
+    resumed = scope.mine(tiny_model, three_saes, texts, out=out, **kwargs)
+    assert not checkpoint.exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"sae={name}" for name in three_saes)
+    for name in three_saes:  # each partition is what a single-SAE run writes
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"sae={name}" / "part-0.parquet"), singles[name])
+        pd.testing.assert_frame_equal(resumed[name].examples, singles[name])
+    whole = pd.read_parquet(out)
+    assert len(whole) == sum(len(f) for f in singles.values())
+    pd.testing.assert_frame_equal(
+        whole[whole.sae == "late"].drop(columns="sae").reset_index(drop=True), singles["late"]
+    )
+    # A checkpoint of these SAEs refuses another set, and a rerun replaces the dataset whole.
+    with pytest.raises(Interrupt):
+        scope.mine(tiny_model, three_saes, _interrupting(texts, 17), out=out, **kwargs)
+    fewer = {name: three_saes[name] for name in ("early", "late")}
+    with pytest.raises(ValueError, match="different run"):
+        scope.mine(tiny_model, fewer, texts, out=out, **kwargs)
+    scope.mine(tiny_model, fewer, texts, out=out, overwrite=True, **kwargs)
+    assert sorted(p.name for p in out.iterdir()) == ["sae=early", "sae=late"]
+    assert not list(tmp_path.glob(".many.*"))  # no temporary folder or checkpoint left behind
+
+
+def test_cli_hooks_must_pair_with_saes(tmp_path, capsys):
+    from scope.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello\n")
+    argv = ["examples", "--corpus", str(corpus), "--out", str(tmp_path / "o"), "--sae", "demo", "--sae", "demo"]
+    assert main([*argv, "--hook", "blocks.1.hook_resid_post"]) == 2
+    assert "--hook is given 1 times for 2 --sae" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_mines_several_saes_into_one_dataset(bundled_model, tmp_path, capsys):
+    from scope.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "mined"
+    hooks = ["blocks.3.hook_resid_post", "blocks.6.hook_resid_post"]
+    argv = ["examples", "--corpus", str(corpus), "--out", str(out), "--k", "2", "--features", "1,2,3"]
+    assert main([*argv, "--sae", "demo", "--hook", hooks[0], "--sae", "demo", "--hook", hooks[1]]) == 0
+    assert f"written to {out}" in capsys.readouterr().out
+    for hook in hooks:
+        sae = scope.load_sae("demo", hook=hook)
+        expected = scope.top_examples(bundled_model, sae, TEXTS, k=2, features=[1, 2, 3], progress=False)
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"sae={hook}" / "part-0.parquet"), expected)

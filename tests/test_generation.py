@@ -4,7 +4,7 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 import scope
-from scope.generation import next_token_logits, sample_token, stop_token_ids
+from scope.generation import generate_batch, next_token_logits, sample_token, stop_token_ids
 
 PROMPT = "Paris is the capital of France, and the quick brown fox"
 
@@ -179,3 +179,143 @@ def test_tokenize_prompt_is_a_deprecated_alias_of_to_tokens(tiny_model):
 def test_bad_prompt_type(tiny_model):
     with pytest.raises(TypeError, match="string or a list"):
         scope.generate(tiny_model, 42)
+
+
+# ---- batches: left padding, KV cache, per-row stops and seeds ----------------------------------
+
+TEXTS = [
+    PROMPT,
+    "knock knock",
+    [{"role": "user", "content": "Tell me a joke about foxes."}],
+    "def add(a, b):",
+    "a",
+]
+
+
+def solo(model, text, **kwargs):
+    return scope.generate(model, text, **kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_every_row_of_a_batch_equals_its_solo_generation(tiny_model, batch_size):
+    kwargs = dict(max_new_tokens=20, stop_at_eos=False)  # crosses the 8-token sliding window
+    batched = scope.generate(tiny_model, TEXTS, batch_size=batch_size, **kwargs)
+    assert isinstance(batched, list) and len(batched) == len(TEXTS)
+    assert batched == [solo(tiny_model, text, **kwargs) for text in TEXTS]
+    assert isinstance(scope.generate(tiny_model, PROMPT, **kwargs), str)  # one text in, one string out
+
+
+def test_batch_equals_transformers_batched_generate(tiny_model, tiny_hf):
+    """An independent reference: transformers' own left-padded batched greedy generate."""
+    hf_model, _ = tiny_hf
+    prompts = [scope.to_tokens(tiny_model, t)[0] for t in TEXTS]
+    tokens, mask = scope.inputs.pad(prompts, scope.inputs.pad_id(tiny_model), side="left")
+    n, eos = 16, tiny_model.tokenizer.eos_token_id
+    # Both sides never pick <eos> (min_new_tokens would mask it on the HF side only).
+    expected = hf_model.generate(
+        tokens, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, suppress_tokens=[eos]
+    )[:, tokens.shape[1] :]
+
+    def suppress_eos(logits, hook):
+        logits = logits.clone()
+        logits[..., eos] = -1e4
+        return logits
+
+    with tiny_model.hooks(fwd_hooks=[("unembed.hook_out", suppress_eos)]):
+        completions = generate_batch(tiny_model, prompts, max_new_tokens=n, stop_at_eos=False)
+    assert [c.tokens for c in completions] == expected.tolist()
+
+
+def test_finished_rows_leave_the_batch_and_the_others_are_unchanged(tiny_model):
+    """A stop string ends one row early; the batch shrinks (rows and KV cache) and every other row
+    still equals its solo generation."""
+    kwargs = dict(max_new_tokens=12, stop_at_eos=False)
+    first = scope.generate_completions(tiny_model, [TEXTS[0]], **kwargs)[0]
+    decode = tiny_model.tokenizer.decode
+    # A token whose text first appears at step j (so the stop string ends the row right there).
+    j, stop = next(
+        (j, decode([t]))
+        for j, t in enumerate(first.tokens)
+        if j > 0 and decode([t]).strip() and decode([t]) not in decode(first.tokens[:j])
+    )
+    batch_sizes, streamed = [], {}
+    completions = generate_batch(
+        tiny_model,
+        [scope.to_tokens(tiny_model, t)[0] for t in TEXTS],
+        stop=stop,
+        on_rows=lambda rows: batch_sizes.append(len(rows)),
+        on_token=lambda row, token: streamed.setdefault(row, []).append(token),
+        **kwargs,
+    )
+    assert completions[0].finish_reason == "stop" and completions[0].tokens == first.tokens[: j + 1]
+    assert completions[0].text == first.text[: first.text.index(stop)]
+    assert batch_sizes[0] == len(TEXTS) and batch_sizes[-1] < len(TEXTS)  # rows left the batch
+    for text, completion in zip(TEXTS[1:], completions[1:]):
+        alone = scope.generate_completions(tiny_model, [text], stop=stop, **kwargs)[0]
+        assert completion.tokens == alone.tokens and completion.finish_reason == alone.finish_reason
+    assert [streamed[row] for row in range(len(TEXTS))] == [c.tokens for c in completions]  # the stream
+
+
+def test_completion_counts_and_finish_reasons(tiny_model):
+    end_of_turn = tiny_model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    calls = []
+
+    def end_longer_row_at_step_three(logits, hook):
+        calls.append(logits.shape[0])
+        if len(calls) == 3:  # the third forward pass: both rows still in it, sorted by length
+            logits = logits.clone()
+            logits[1, end_of_turn] = 1e4  # [batch, d_vocab]: only the last position is unembedded
+        return logits
+
+    with tiny_model.hooks(fwd_hooks=[("unembed.hook_out", end_longer_row_at_step_three)]):
+        longer, shorter = scope.generate_completions(tiny_model, TEXTS[:2], max_new_tokens=6, stop_at_eos=True)
+    assert longer.prompt_length == scope.to_tokens(tiny_model, TEXTS[0]).shape[1]
+    assert shorter.prompt_length == scope.to_tokens(tiny_model, TEXTS[1]).shape[1] < longer.prompt_length
+    assert len(longer.tokens) == 2 and longer.finish_reason == "stop"  # end_of_turn is not a token of it
+    assert calls == [2, 2, 2, 1, 1, 1]  # the finished row left the batch
+    assert len(shorter.tokens) == 6 and shorter.finish_reason == "length"
+
+
+def test_per_row_seeds_sample_what_each_row_samples_alone(tiny_model):
+    kwargs = dict(max_new_tokens=12, temperature=1.3, stop_at_eos=False)
+    seeds = [5, 6, 7]
+    batched = scope.generate(tiny_model, TEXTS[:3], seed=seeds, **kwargs)
+    assert batched == [solo(tiny_model, t, seed=s, **kwargs) for t, s in zip(TEXTS[:3], seeds)]
+    same_seed = scope.generate(tiny_model, [PROMPT, PROMPT], seed=9, **kwargs)
+    assert same_seed[0] == same_seed[1] == solo(tiny_model, PROMPT, seed=9, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(seed=[1, 2]), ValueError, "seed has 2 entries for 3 prompts"),
+        (dict(seed=[1, "x", 3]), TypeError, "seed must be an integer"),
+        (dict(stop=""), ValueError, "empty string"),
+        (dict(stop=[3]), TypeError, "stop must be a string"),
+        (dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_batch_arguments(tiny_model, kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        scope.generate(tiny_model, TEXTS[:3], max_new_tokens=2, **kwargs)
+
+
+def test_bad_batch_inputs(tiny_model):
+    with pytest.raises(ValueError, match="empty list"):
+        scope.generate(tiny_model, [])
+    with pytest.raises(TypeError, match="string or a list"):
+        scope.generate(tiny_model, [PROMPT, 42])
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        scope.generate(tiny_model, [PROMPT, "word " * 300], max_new_tokens=2)
+
+
+@pytest.mark.slow
+def test_bundled_batch_rows_equal_solo_generation(bundled_model):
+    texts = [
+        "The history of the Roman Empire began when",
+        "Once upon a time",
+        [{"role": "user", "content": "Name three colours."}],
+        "Water boils at",
+    ]
+    kwargs = dict(max_new_tokens=12, stop_at_eos=False)
+    assert scope.generate(bundled_model, texts, **kwargs) == [scope.generate(bundled_model, t, **kwargs) for t in texts]

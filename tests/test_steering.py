@@ -86,6 +86,24 @@ def test_several_saes_at_different_layers(tiny_model, sae, params, make_sae):
     assert torch.equal(delta[0, 0], torch.zeros_like(delta[0, 0]))
 
 
+def test_run_with_hooks_and_encode_are_steered_as_their_first_pass(tiny_model, sae, make_sae):
+    # transformer-lens' run_with_hooks calls forward() directly: steering once missed such passes
+    # (scope.encode runs that way) or steered them with the previous pass' mask
+    later, _ = make_sae("blocks.2.hook_resid_post", d_sae=16, seed=9)
+    plain = scope.encode(tiny_model, later, PROMPT).values
+    tokens = tiny_model.to_tokens(PROMPT)
+    with torch.no_grad():
+        with scope.steer(tiny_model, sae, scope.Add(1, 30.0)):
+            steered = scope.encode(tiny_model, later, PROMPT).values  # the first pass under steering
+            hooked = tiny_model.run_with_hooks(tokens[:, :5])  # a shorter input: no stale mask may fit it
+            _, cache = tiny_model.run_with_cache(tokens, names_filter="blocks.2.hook_resid_post")
+            called = tiny_model(tokens[:, :5])
+        expected = later.encode(cache["blocks.2.hook_resid_post"][0])
+    assert not torch.allclose(steered, plain)
+    torch.testing.assert_close(steered, expected)
+    torch.testing.assert_close(hooked, called)
+
+
 def _clean_next(model, tokens):
     with torch.no_grad():
         return model.run_with_cache(tokens, names_filter=NEXT)[1][NEXT]
@@ -105,7 +123,11 @@ def test_nested_contexts_add_up(tiny_model, sae):
 
 
 def no_hooks_left(model):
-    return all(not hp.fwd_hooks for hp in model.hook_dict.values()) and not model._forward_pre_hooks
+    return (
+        all(not hp.fwd_hooks for hp in model.hook_dict.values())
+        and not model._forward_pre_hooks
+        and not model.embed._forward_pre_hooks
+    )
 
 
 def test_exception_inside_steer_removes_everything(tiny_model, sae):
@@ -359,3 +381,84 @@ def test_overflowing_strength_raises_and_leaves_no_hooks(tiny_model, sae):
     with torch.no_grad(), scope.steer(tiny_model, sae, scope.Add(3, 1e3)):  # large but sound: runs
         assert torch.isfinite(tiny_model(tokens)).all()
     assert no_hooks_left(tiny_model)
+
+
+# ---- batches: shared and per-row steering, batched sweeps ---------------------------------------
+
+BATCH = [PROMPT, "knock knock", [{"role": "user", "content": "def add(a, b):"}], "a"]
+
+
+def test_batched_steered_generation_equals_each_text_alone(tiny_model, sae):
+    kwargs = dict(sae=sae, steering=[scope.Clamp(7, 12.0)], max_new_tokens=12, stop_at_eos=False)
+    batched = scope.generate(tiny_model, BATCH, **kwargs)
+    assert batched == [scope.generate(tiny_model, text, **kwargs) for text in BATCH]
+    assert batched != scope.generate(tiny_model, BATCH, max_new_tokens=12, stop_at_eos=False)  # it steered
+    assert no_hooks_left(tiny_model)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", [2, 5, 9]])
+def test_per_row_steering_equals_each_row_alone(tiny_model, sae, make_sae, positions):
+    """Rows differ in features, strengths and SAEs, or have none; explicit positions count in each
+    row's own tokens (left padding does not shift them)."""
+    other, _ = make_sae("blocks.2.hook_resid_post", d_sae=16, seed=9)
+    rows = [
+        [scope.Clamp(7, 12.0)],
+        [scope.Add(3, 6.0), (other, scope.Add(2, -4.0))],
+        [],
+        [scope.Clamp(7, -5.0), Scale(4, 3.0)],
+    ]
+    kwargs = dict(sae=sae, positions=positions, max_new_tokens=12, stop_at_eos=False)
+    batched = scope.generate(tiny_model, BATCH, steering=rows, **kwargs)
+    alone = [scope.generate(tiny_model, text, steering=row, **kwargs) for text, row in zip(BATCH, rows)]
+    assert batched == alone
+    plain = scope.generate(tiny_model, BATCH, max_new_tokens=12, stop_at_eos=False)
+    assert batched[2] == plain[2]  # the row without steering
+    assert sum(b != p for b, p in zip(batched, plain)) >= 2
+    assert no_hooks_left(tiny_model)
+
+
+def test_padding_and_bos_are_never_steered(tiny_model, sae):
+    seen = []
+
+    def record(resid, hook):
+        seen.append(resid.clone())
+
+    def prefill(steering):
+        seen.clear()
+        with tiny_model.hooks(fwd_hooks=[(NEXT, record)]):
+            scope.generate(tiny_model, ["a", PROMPT], sae=sae, steering=steering, max_new_tokens=1)
+        return seen[0]  # [batch, pos, d]: "a" left-padded in row 0
+
+    plain, steered_batch = prefill(()), prefill([scope.Add(3, 5.0)])
+    n_pad = plain.shape[1] - 2  # "a" is <bos> a
+    assert torch.equal(steered_batch[0, : n_pad + 1], plain[0, : n_pad + 1])  # padding and BOS untouched
+    assert torch.allclose(steered_batch[0, -1], plain[0, -1] + 5.0 * sae.W_dec[3], atol=1e-4)
+    assert torch.equal(steered_batch[1, 0], plain[1, 0])  # the other row's BOS
+    assert torch.allclose(steered_batch[1, 1:], plain[1, 1:] + 5.0 * sae.W_dec[3], atol=1e-4)
+
+
+def test_per_row_steering_needs_one_list_per_text(tiny_model, sae):
+    with pytest.raises(ValueError, match="steering has 2 per-row lists for 4 texts"):
+        scope.generate(tiny_model, BATCH, sae=sae, steering=[[scope.Add(3, 1.0)], [scope.Add(3, 2.0)]])
+    with pytest.raises(ValueError, match="feature 48 is out of range"):  # every row checked before running
+        scope.generate(tiny_model, BATCH, sae=sae, steering=[[], [], [], [scope.Add(48, 1.0)]])
+    assert no_hooks_left(tiny_model)
+
+
+def test_batched_sweep_equals_the_sequential_sweep(tiny_model, sae):
+    args = (tiny_model, sae, lambda v: scope.Clamp(7, v), [0.0, 8.0, -4.0], BATCH[:3])
+    kwargs = dict(max_new_tokens=6, stop_at_eos=False, progress=False)
+    sequential = scope.sweep(*args, batch_size=1, **kwargs)
+    batched = scope.sweep(*args, batch_size=4, **kwargs)
+    pd.testing.assert_frame_equal(batched, sequential)
+    assert sequential["text"].nunique() > 1
+
+
+@pytest.mark.slow
+def test_bundled_per_row_steering_equals_each_row_alone(bundled_model):
+    demo = scope.load_sae("demo")
+    texts = ["The history of the Roman Empire began when", "Once upon a time", "Water boils at"]
+    rows = [[scope.Clamp(5, 40.0)], [], [scope.Add(11, 30.0)]]
+    kwargs = dict(sae=demo, max_new_tokens=10, stop_at_eos=False)
+    batched = scope.generate(bundled_model, texts, steering=rows, **kwargs)
+    assert batched == [scope.generate(bundled_model, t, steering=r, **kwargs) for t, r in zip(texts, rows)]

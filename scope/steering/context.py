@@ -27,7 +27,8 @@ from scope import _checks
 from scope.features import check_feature
 from scope.hooks import HookFn, check_compatible, check_hook_free, model_lock, sae_hook, sae_splice
 from scope.saes import max_activation
-from scope.steering.interventions import Intervention, as_list
+from scope.steering.directions import Direction
+from scope.steering.interventions import Intervention, as_list, is_pair
 
 Positions = Union[Literal["all", "prompt", "generated"], Sequence[int]]
 POSITION_MODES = ("all", "prompt", "generated")
@@ -52,31 +53,60 @@ def check_positions(positions: Any) -> str | tuple[int, ...]:
 
 def group_by_sae(sae: Any, interventions: Sequence[Any]) -> list[tuple[Any, list[Intervention]]]:
     """``[(sae, [interventions...])]`` from bare interventions (on ``sae``) and ``(sae, intervention)`` pairs,
-    each checked against its SAE."""
-    groups: dict[int, tuple[Any, list[Intervention]]] = {}
-    for item in as_list(interventions):
-        target_sae, intervention = item if isinstance(item, tuple) else (sae, item)
-        if target_sae is None:
-            raise ValueError(f"{intervention!r} has no SAE: pass sae=..., or (sae, intervention) pairs.")
-        check_feature(target_sae, intervention.feature, f"{type(intervention).__name__} feature")
-        if intervention.needs_max:
-            max_activation(target_sae, intervention.feature)
-        groups.setdefault(id(target_sae), (target_sae, []))[1].append(intervention)
+    each checked against its SAE. An intervention on a :class:`Direction` is grouped under the
+    direction itself, as its feature 0."""
+    return [(target, items) for target, items, _ in plan(sae, [as_list(interventions)])]
+
+
+def plan(sae: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, list[Intervention], list[set[int]]]]:
+    """Per SAE (or direction): its distinct interventions, and for each the rows that apply it.
+
+    ``rows`` holds one list of interventions per batch row; everything is checked here, before
+    any hook is attached.
+    """
+    groups: dict[int, tuple[Any, list[Intervention], list[set[int]]]] = {}
+    for row, interventions in enumerate(rows):
+        for item in interventions:
+            target, intervention = _target(sae, item)
+            _, items, owners = groups.setdefault(id(target), (target, [], []))
+            if intervention not in items:
+                items.append(intervention)
+                owners.append(set())
+            owners[items.index(intervention)].add(row)
     return list(groups.values())
+
+
+def _target(sae: Any, item: Any) -> tuple[Any, Intervention]:
+    target_sae, intervention = item if isinstance(item, tuple) else (sae, item)
+    if isinstance(intervention.feature, Direction):
+        return intervention.feature, intervention.on_feature(0)
+    if target_sae is None:
+        raise ValueError(f"{intervention!r} has no SAE: pass sae=..., or (sae, intervention) pairs.")
+    check_feature(target_sae, intervention.feature, f"{type(intervention).__name__} feature")
+    if intervention.needs_max:
+        max_activation(target_sae, intervention.feature)
+    return target_sae, intervention
 
 
 @dataclass
 class SteeringState:
     """What the steering hooks know about the forward pass in flight.
 
-    ``prompt_length`` is set by :func:`scope.generate`; outside it, every position of an
-    input counts as prompt (so ``positions="generated"`` steers nothing).
+    ``prompt_length`` (one prompt) or ``prompt_lengths`` (one per batch row) is set by
+    :func:`scope.generate`; outside it, every position of an input counts as prompt (so
+    ``positions="generated"`` steers nothing). ``rows`` says which batch rows the pass in flight
+    holds (generation drops finished rows); None: all of them, in order.
     """
 
     positions: str | tuple[int, ...]
     prompt_length: int | None = None
+    prompt_lengths: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
     steerable: torch.Tensor | None = None  # [batch, pos] tokens of the pass in flight that may be steered
     special_ids: tuple[int, ...] = field(default=())
+
+    def set_rows(self, rows: torch.Tensor) -> None:
+        self.rows = rows.to("cpu", torch.long)
 
     def record_input(self, model: Any, args: tuple, kwargs: dict) -> None:
         tokens = args[0] if args else kwargs.get("input")
@@ -85,46 +115,88 @@ class SteeringState:
         if not isinstance(tokens, torch.Tensor):  # embeddings passed in: nothing to mask by
             self.steerable = None
             return
-        cache = kwargs.get("past_kv_cache")
-        offset = cache.entries[0].past_keys.shape[1] if cache is not None else 0
-        absolute = torch.arange(offset, offset + tokens.shape[1], device=tokens.device)
-        steerable = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        real, position = self._real_positions(tokens, kwargs.get("attention_mask"), kwargs.get("past_kv_cache"))
+        steerable = real
         for special in self.special_ids:  # BOS and padding are never steered
-            steerable &= tokens != special
-        self.steerable = steerable & self._position_mask(absolute)[None, :]
+            steerable = steerable & (tokens != special)
+        self.steerable = steerable & self._position_mask(position)
+
+    def _real_positions(self, tokens: torch.Tensor, mask: Any, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(which tokens are real, each token's position in its own row) for the pass in flight:
+        a left-padded row counts positions from its first real token, as it would alone."""
+        new = (
+            torch.ones(tokens.shape, dtype=torch.long, device=tokens.device) if mask is None else mask.to(tokens.device)
+        )
+        past = cache.previous_attention_mask.to(tokens.device) if cache is not None else new[:, :0]
+        if past.shape[0] != tokens.shape[0]:  # a cache this state cannot read: count from its length
+            past = torch.ones(
+                tokens.shape[0], cache.entries[0].past_keys.shape[1], dtype=torch.long, device=tokens.device
+            )
+        full = torch.cat([past.long(), new.long()], dim=1)
+        position = (full.cumsum(dim=1) - 1)[:, past.shape[1] :]
+        return new.bool(), position
 
     def mask(self, act: torch.Tensor) -> torch.Tensor:
         if self.steerable is None or self.steerable.shape != act.shape[:2]:
             return torch.zeros(act.shape[:2], dtype=torch.bool, device=act.device)
         return self.steerable
 
-    def _position_mask(self, absolute: torch.Tensor) -> torch.Tensor:
+    def row_index(self, batch: int) -> torch.Tensor:
+        """The batch rows of the pass in flight, as indices into the rows steering was given for."""
+        return self.rows if self.rows is not None and len(self.rows) == batch else torch.arange(batch)
+
+    def _prompt_lengths(self, position: torch.Tensor) -> torch.Tensor:
+        if self.prompt_lengths is not None:
+            return self.prompt_lengths[self.row_index(position.shape[0])].to(position.device)[:, None]
+        if self.prompt_length is not None:
+            return torch.full((position.shape[0], 1), self.prompt_length, device=position.device)
+        return position[:, -1:] + 1  # no generation: everything is prompt
+
+    def _position_mask(self, position: torch.Tensor) -> torch.Tensor:
         if self.positions == "all":
-            return torch.ones_like(absolute, dtype=torch.bool)
-        prompt_length = self.prompt_length if self.prompt_length is not None else int(absolute[-1]) + 1
+            return torch.ones_like(position, dtype=torch.bool)
         if self.positions == "prompt":
-            return absolute < prompt_length
+            return position < self._prompt_lengths(position)
         if self.positions == "generated":
-            return absolute >= prompt_length
-        wanted = torch.tensor(self.positions, device=absolute.device, dtype=absolute.dtype)
-        return torch.isin(absolute, wanted)
+            return position >= self._prompt_lengths(position)
+        wanted = torch.tensor(self.positions, device=position.device, dtype=position.dtype)
+        return torch.isin(position, wanted)
 
 
-def steering_hook(sae: Any, interventions: list[Intervention], state: SteeringState) -> HookFn:
-    """The hook for one SAE's interventions: their coefficients through the one SAE splice."""
-    max_acts = {i.feature: max_activation(sae, i.feature) for i in interventions if i.needs_max}
-    features = torch.tensor([i.feature for i in interventions])
+def steering_hook(
+    sae: Any,
+    interventions: list[Intervention],
+    state: SteeringState,
+    owners: list[set[int]] | None = None,
+    n_rows: int = 1,
+) -> HookFn:
+    """The hook for one SAE's interventions: their coefficients through the one SAE splice.
+
+    ``owners``: for each intervention, which of the ``n_rows`` batch rows apply it (None: all).
+    """
+    indices = [_feature_index(i) for i in interventions]
+    max_acts = {f: max_activation(sae, f) for f, i in zip(indices, interventions) if i.needs_max}
+    features = torch.tensor(indices)
+    owns = None if owners is None else _ownership(owners, n_rows)
 
     def coefficients(acts: torch.Tensor | None) -> torch.Tensor:
         assert acts is not None  # needs_acts is set whenever a coefficient reads them
         return torch.stack(
-            [i.coefficient(acts[..., n], max_acts.get(i.feature)) for n, i in enumerate(interventions)], dim=-1
+            [i.coefficient(acts[..., n], max_acts.get(indices[n])) for n, i in enumerate(interventions)], dim=-1
         )
 
     needs_acts = any(i.needs_acts for i in interventions)
-    splice = sae_splice(
-        sae, features, coefficients if needs_acts else _constant(interventions), needs_acts=needs_acts, mask=state.mask
-    )
+    base = coefficients if needs_acts else _constant(interventions)
+
+    def per_row(acts: torch.Tensor | None) -> torch.Tensor:
+        c = base(acts)
+        assert owns is not None and state.steerable is not None
+        rows = owns[state.row_index(state.steerable.shape[0])].to(c.device, c.dtype)  # [batch, n]
+        return c * rows[:, None, :]
+
+    splice = sae_splice(sae, features, base if owns is None else per_row, needs_acts=needs_acts, mask=state.mask)
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         out = splice(act, hook)
@@ -137,6 +209,21 @@ def steering_hook(sae: Any, interventions: list[Intervention], state: SteeringSt
         return out
 
     return hook
+
+
+def _feature_index(intervention: Intervention) -> int:
+    """The feature index (interventions on a direction arrive here as its feature 0, see :func:`plan`)."""
+    if not isinstance(intervention.feature, int):
+        raise TypeError(f"{intervention!r} reached a steering hook without a feature index.")
+    return intervention.feature
+
+
+def _ownership(owners: list[set[int]], n_rows: int) -> torch.Tensor:
+    """``[n_rows, n_interventions]``: 1 where a row applies an intervention."""
+    owns = torch.zeros(n_rows, len(owners))
+    for n, rows in enumerate(owners):
+        owns[sorted(rows), n] = 1.0
+    return owns
 
 
 def _finite_downstream(out: torch.Tensor) -> bool:
@@ -161,12 +248,13 @@ def _constant(interventions: list[Intervention]):
 
 @contextlib.contextmanager
 def steer(model: Any, sae: Any, *interventions: Any, positions: Positions = "all") -> Iterator[SteeringState]:
-    """Steer ``model`` with SAE feature interventions inside a ``with`` block.
+    """Steer ``model`` with SAE feature (or direction) interventions inside a ``with`` block.
 
     Args:
         model: a loaded subject.
         sae: the SAE that bare interventions refer to (its hook point is where they act).
-            Interventions on other SAEs (other layers) are given as ``(sae, intervention)`` pairs.
+            Interventions on other SAEs (other layers) are given as ``(sae, intervention)`` pairs;
+            interventions on a :class:`~scope.steering.directions.Direction` act at its hook.
         interventions: :class:`Add`, :class:`Clamp`, :func:`Ablate`, :class:`Scale`.
         positions: ``"all"`` (every position but BOS), ``"prompt"``, ``"generated"`` (meaningful in
             :func:`scope.generate`), or explicit token indices counted in the whole sequence
@@ -174,39 +262,102 @@ def steer(model: Any, sae: Any, *interventions: Any, positions: Positions = "all
 
     See the module docstring for what is checked and guaranteed.
     """
+    with _installed(model, sae, [as_list(interventions)], positions, per_row=False) as state:
+        yield state
+
+
+@contextlib.contextmanager
+def _installed(
+    model: Any, sae: Any, rows: list[list[Any]], positions: Positions, *, per_row: bool
+) -> Iterator[SteeringState]:
+    """Check everything, then attach one hook per SAE/direction and the input recorder; always remove them."""
     checked = check_positions(positions)
-    groups = group_by_sae(sae, interventions)
-    for group_sae, _ in groups:
+    groups = plan(sae, rows)
+    for group_sae, _, _ in groups:
         check_compatible(model, group_sae)
         check_hook_free(model, sae_hook(group_sae))
     with model_lock(model):
         state = SteeringState(positions=checked, special_ids=_special_ids(model))
-        fwd_hooks = [(sae_hook(s), steering_hook(s, items, state)) for s, items in groups]
-        recorder = model.register_forward_pre_hook(
-            lambda module, args, kwargs: state.record_input(model, args, kwargs), with_kwargs=True
-        )
+        fwd_hooks = [
+            (sae_hook(s), steering_hook(s, items, state, owners if per_row else None, len(rows)))
+            for s, items, owners in groups
+        ]
+        # A model(...) call records its input (tokens, attention mask, KV cache) in a pre-hook on
+        # the model. transformer-lens' run_with_hooks calls forward() directly and skips that hook
+        # (scope.encode runs that way): the embedding's pre-hook records those passes from their
+        # tokens, so no pass is steered with a stale mask or not at all.
+        called = [False]
+        recorders = [
+            model.register_forward_pre_hook(
+                lambda module, args, kwargs: _record_call(state, model, args, kwargs, called), with_kwargs=True
+            ),
+            model.embed.register_forward_pre_hook(lambda module, args: _record_embedded(state, model, args, called)),
+        ]
         try:
             with model.hooks(fwd_hooks=fwd_hooks):
                 yield state
         finally:
-            recorder.remove()
+            for recorder in recorders:
+                recorder.remove()
+
+
+def _record_call(state: SteeringState, model: Any, args: tuple, kwargs: dict, called: list[bool]) -> None:
+    state.record_input(model, args, kwargs)
+    called[0] = True
+
+
+def _record_embedded(state: SteeringState, model: Any, args: tuple, called: list[bool]) -> None:
+    if not called[0]:  # a pass that skipped model(...): its tokens, no mask, no cache
+        state.record_input(model, args, {})
+    called[0] = False
+
+
+def steering_rows(steering: Any, n_rows: int) -> tuple[list[list[Any]], bool]:
+    """(one list of interventions per row, whether rows differ) from one list for every row or one
+    list per row (``[[...], [...], []]``; None or ``[]`` for a row steers it not at all)."""
+    if not _is_per_row(steering):
+        return [as_list(steering)], False
+    rows = [as_list(row) if row is not None else [] for row in steering]
+    if len(rows) != n_rows:
+        raise ValueError(
+            f"steering has {len(rows)} per-row lists for {n_rows} texts: give one list per text, "
+            "or one flat list of interventions for all of them."
+        )
+    return rows, True
+
+
+def _is_per_row(steering: Any) -> bool:
+    if steering is None or isinstance(steering, (Intervention, str)) or is_pair(steering):
+        return False
+    try:
+        items = list(steering)
+    except TypeError:
+        return False
+    return bool(items) and all(
+        item is None or (isinstance(item, (list, tuple)) and not is_pair(item)) for item in items
+    )
 
 
 @contextlib.contextmanager
 def steered(
-    model: Any, sae: Any, steering: Any, positions: Positions, *, prompt_length: int
+    model: Any, sae: Any, steering: Any, positions: Positions, *, prompt_length: int | Sequence[int]
 ) -> Iterator[SteeringState | None]:
-    """``steer`` for a generation whose prompt has ``prompt_length`` tokens (no-op without steering;
-    an SAE alone is still checked against the model)."""
-    interventions = as_list(steering)
-    if not interventions:
+    """``steer`` for a generation of prompts with ``prompt_length`` tokens (one int, or one per row):
+    ``steering`` is one list for every row or one list per row (see :func:`steering_rows`). A no-op
+    without steering; an SAE alone is still checked against the model."""
+    lengths = [prompt_length] if isinstance(prompt_length, int) else list(prompt_length)
+    rows, per_row = steering_rows(steering, len(lengths))
+    if not any(rows):
         if sae is not None:
             check_compatible(model, sae)
         check_positions(positions)
         yield None
         return
-    with steer(model, sae, *interventions, positions=positions) as state:
-        state.prompt_length = prompt_length
+    with _installed(model, sae, rows, positions, per_row=per_row) as state:
+        if isinstance(prompt_length, int):
+            state.prompt_length = prompt_length
+        else:
+            state.prompt_lengths = torch.tensor(lengths, dtype=torch.long)
         yield state
 
 

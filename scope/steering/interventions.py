@@ -1,4 +1,4 @@
-"""What steering does to one SAE feature: add, clamp, ablate or scale it.
+"""What steering does to one SAE feature (or one raw direction): add, clamp, ablate or scale it.
 
 Every intervention is an exact edit of the activation ``h`` at the SAE's hook, computed from
 the *clean* feature activation ``a = f(h)`` (the SAE encoder on ``h``), always as
@@ -10,6 +10,9 @@ the *clean* feature activation ``a = f(h)`` (the SAE encoder on ``h``), always a
   reads ``value`` in multiples of the feature's max activation.
 - ``Ablate(f)``:       ``Clamp(f, 0)``.
 - ``Scale(f, value)``: ``c = (value - 1) * a`` (the feature multiplied by ``value``).
+
+The feature may also be a :class:`~scope.steering.directions.Direction` ``u`` at a hook: then
+``a = h . u`` and ``W_dec[feature] = u`` (see that module); ``unit="max"`` needs an SAE feature.
 
 Every intervention names its strength ``value`` (``coeff=`` and ``factor=`` are deprecated
 aliases). Types and finiteness are checked when an intervention is made; whether the feature
@@ -25,6 +28,7 @@ from typing import Any, Literal, Union
 import torch
 
 from scope import _checks
+from scope.steering.directions import Direction
 
 UNITS = ("act", "max")
 
@@ -44,7 +48,7 @@ def _strength(kind: str, value: Any, old_name: str, old_value: Any) -> float:
 class Intervention:
     """One feature edit; subclasses say how its coefficient follows from the clean activation."""
 
-    feature: int
+    feature: int | Direction
     value: float
 
     needs_acts = False  # does the coefficient depend on the clean activation?
@@ -58,15 +62,24 @@ class Intervention:
         raise NotImplementedError
 
     def _set(self, feature: Any, value: float) -> None:
-        object.__setattr__(self, "feature", _checks.integer(feature, f"{type(self).__name__} feature"))
+        if not isinstance(feature, Direction):
+            feature = _checks.integer(feature, f"{type(self).__name__} feature")
+        object.__setattr__(self, "feature", feature)
         object.__setattr__(self, "value", value)
+
+    def on_feature(self, feature: int) -> Intervention:
+        """The same intervention on another feature index (a direction is feature 0 of itself)."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        object.__setattr__(copy, "feature", feature)
+        return copy
 
 
 @dataclass(frozen=True, init=False)
 class Add(Intervention):
     """``h += value * W_dec[feature]`` at every steered position."""
 
-    def __init__(self, feature: int, value: float | None = None, *, coeff: float | None = None):
+    def __init__(self, feature: int | Direction, value: float | None = None, *, coeff: float | None = None):
         self._set(feature, _strength("Add", value, "coeff", coeff))
 
     @property
@@ -85,9 +98,14 @@ class Clamp(Intervention):
     unit: Literal["act", "max"]
     needs_acts = True
 
-    def __init__(self, feature: int, value: float, unit: Literal["act", "max"] = "act"):
+    def __init__(self, feature: int | Direction, value: float, unit: Literal["act", "max"] = "act"):
         self._set(feature, _strength("Clamp", value, "value", None))
         object.__setattr__(self, "unit", _checks.choice(unit, UNITS, "Clamp unit"))
+        if unit == "max" and isinstance(feature, Direction):
+            raise ValueError(
+                f"Clamp(..., unit='max') needs an SAE feature's max activation; {feature!r} has none. "
+                "Clamp a direction's projection with unit='act'."
+            )
 
     @property
     def needs_max(self) -> bool:
@@ -98,7 +116,7 @@ class Clamp(Intervention):
         return target - acts
 
 
-def Ablate(feature: int) -> Clamp:  # noqa: N802 (reads like the other intervention classes)
+def Ablate(feature: int | Direction) -> Clamp:  # noqa: N802 (reads like the other intervention classes)
     """Zero ``feature`` (a clamp to 0, error term kept)."""
     return Clamp(feature, 0.0)
 
@@ -109,7 +127,7 @@ class Scale(Intervention):
 
     needs_acts = True
 
-    def __init__(self, feature: int, value: float | None = None, *, factor: float | None = None):
+    def __init__(self, feature: int | Direction, value: float | None = None, *, factor: float | None = None):
         self._set(feature, _strength("Scale", value, "factor", factor))
 
     @property
@@ -125,11 +143,19 @@ OnSAE = tuple[Any, Intervention]  # (sae, intervention): an intervention on anot
 Steering = Union[Intervention, OnSAE]
 
 
+def is_pair(item: Any) -> bool:
+    """Whether ``item`` is an ``(sae, intervention)`` pair (not a tuple of two interventions)."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[1], Intervention)
+        and not isinstance(item[0], Intervention)
+    )
+
+
 def as_list(steering: Any) -> list[Steering]:
     """Accept one intervention, a pair, or a sequence of them."""
-    if isinstance(steering, Intervention) or (
-        isinstance(steering, tuple) and len(steering) == 2 and isinstance(steering[1], Intervention)
-    ):
+    if isinstance(steering, Intervention) or is_pair(steering):
         return [steering]
     try:
         items = list(steering)
@@ -139,7 +165,7 @@ def as_list(steering: Any) -> list[Steering]:
             f"pairs, got {steering!r}."
         ) from None
     for item in items:
-        target = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+        target = item[1] if is_pair(item) else item
         if not isinstance(target, Intervention):
             raise TypeError(f"Expected scope.Add, scope.Clamp, scope.Ablate or scope.Scale, got {item!r}.")
     return items
@@ -150,11 +176,12 @@ def describe(interventions: Any) -> str:
     parts = []
     for item in as_list(interventions):
         item = item[1] if isinstance(item, tuple) else item
+        target = item.feature.label if isinstance(item.feature, Direction) else f"f={item.feature}"
         if isinstance(item, Add):
-            parts.append(f"Add(f={item.feature}, {item.value:g})")
+            parts.append(f"Add({target}, {item.value:g})")
         elif isinstance(item, Clamp):
             unit = " x max" if item.unit == "max" else ""
-            parts.append(f"Clamp(f={item.feature}, {item.value:g}{unit})")
+            parts.append(f"Clamp({target}, {item.value:g}{unit})")
         else:
-            parts.append(f"Scale(f={item.feature}, x{item.value:g})")
+            parts.append(f"Scale({target}, x{item.value:g})")
     return ", ".join(parts)

@@ -1,11 +1,17 @@
-"""``scope.generate``: a continuation of a text or a chat, steered or not."""
+"""``scope.generate``: continuations of a text, a chat, or a batch of them, steered or not.
+
+:func:`generate` returns text (a string for one input, a list for a list);
+:func:`generate_completions` returns :class:`~scope.generation.Completion` records (token
+counts, finish reasons) and streams tokens through ``on_token``, for servers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from scope import _checks
-from scope.generation import check_sampling, generate_tokens
+from scope.generation import Completion, Seeds, TokenCallback, check_sampling, check_seeds, check_stop, generate_batch
 from scope.inputs import TextOrMessages, to_tokens
 from scope.steering.context import Positions, steered
 
@@ -13,51 +19,124 @@ from scope.steering.context import Positions, steered
 @_checks.renamed(prompt_or_messages="text")
 def generate(
     model: Any,
-    text: TextOrMessages,
+    text: TextOrMessages | Sequence[TextOrMessages],
     *,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float = 1.0,
-    seed: int | None = None,
+    seed: Seeds = None,
     stop_at_eos: bool = True,
+    stop: str | Sequence[str] | None = None,
     sae: Any = None,
     steering: Any = (),
     positions: Positions = "all",
-) -> str:
-    """Generate a continuation of a text or a chat; returns only the new text.
+    batch_size: int = 16,
+) -> str | list[str]:
+    """Generate a continuation of a text or a chat, or of each of a list of them; only the new text.
 
     Args:
         model: a loaded subject (see :func:`scope.load_model`); any hooks on it apply.
-        text: a string, or a chat as ``[{"role": "user", "content": ...}, ...]`` (rendered with
-            :func:`scope.chat.format_chat`, ending with the model's turn). ``prompt_or_messages=``
-            is its deprecated name.
-        max_new_tokens: the most tokens to generate; the text plus these must fit the context.
+        text: a string, a chat as ``[{"role": "user", "content": ...}, ...]`` (rendered with
+            :func:`scope.chat.format_chat`, ending with the model's turn), or a list of those
+            (then a list of strings comes back, in order). ``prompt_or_messages=`` is its
+            deprecated name.
+        max_new_tokens: the most tokens to generate; each text plus these must fit the context.
         temperature: 0 is greedy (deterministic); above 0 samples.
         top_k, top_p: restrict sampling to the k most likely tokens / the smallest set whose
             probability reaches top_p.
-        seed: makes sampling reproducible (without it, torch's global RNG is used).
+        seed: makes sampling reproducible (without it, torch's global RNG is used): one integer
+            (every text samples what it would sample alone with it) or one per text.
         stop_at_eos: stop at ``<eos>`` or ``<end_of_turn>`` (not included in the text).
+        stop: a string or strings that end a continuation (cut before it).
         sae, steering, positions: steer while generating (see :func:`scope.steer`): interventions
-            such as ``scope.Clamp(f, 10, unit="max")`` on ``sae``, or ``(sae, intervention)`` pairs;
-            ``positions`` is ``"all"`` (prompt and generated tokens, never BOS), ``"prompt"``,
-            ``"generated"`` or token indices (BOS = 0; indices count prompt then generated tokens).
+            such as ``scope.Clamp(f, 10, unit="max")`` on ``sae``, ``(sae, intervention)`` pairs,
+            or interventions on a :class:`scope.Direction`. For a list of texts, ``steering`` is
+            one list for all of them or one list per text (``[[...], [...], []]``: rows may differ
+            in features, strengths and SAEs, or have none). ``positions`` is ``"all"`` (prompt and
+            generated tokens, never BOS or padding), ``"prompt"``, ``"generated"`` or token
+            indices (BOS = 0; indices count each text's prompt then generated tokens).
+        batch_size: texts per batch (left-padded, KV-cached; finished rows leave the batch).
+
+    Greedy output of each text equals generating it alone.
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)  # cheap checks first
-    tokens = to_tokens(model, text, reserve=max_new_tokens)
-    _check_reachable(positions, tokens.shape[1], max_new_tokens)
-    with steered(model, sae, steering, positions, prompt_length=tokens.shape[1]):
-        new = generate_tokens(
+    texts = _as_texts(text)
+    completions = generate_completions(
+        model,
+        texts if texts is not None else [text],  # type: ignore[list-item]  # one text or chat
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_at_eos=stop_at_eos,
+        stop=stop,
+        sae=sae,
+        steering=steering,
+        positions=positions,
+        batch_size=batch_size,
+    )
+    outputs = [completion.text for completion in completions]
+    return outputs if texts is not None else outputs[0]
+
+
+def generate_completions(
+    model: Any,
+    texts: Sequence[TextOrMessages],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: Seeds = None,
+    stop_at_eos: bool = True,
+    stop: str | Sequence[str] | None = None,
+    sae: Any = None,
+    steering: Any = (),
+    positions: Positions = "all",
+    batch_size: int = 16,
+    on_token: TokenCallback | None = None,
+) -> list[Completion]:
+    """Like :func:`generate` for a list of texts, returning one :class:`Completion` per text
+    (``prompt_length``, ``tokens``, ``text``, ``finish_reason`` ``"stop"``/``"length"``);
+    ``on_token(row, token_id)`` is called for each generated token as it is sampled (a stream)."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)  # cheap checks first
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
+        raise TypeError(f"texts must be a non-empty list of strings or chats, got {texts!r}.")
+    check_seeds(seed, len(texts))
+    check_stop(stop)
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    prompts = [to_tokens(model, t, reserve=max_new_tokens)[0] for t in texts]  # every text checked first
+    lengths = [len(p) for p in prompts]
+    for length in lengths:
+        _check_reachable(positions, length, max_new_tokens)
+    with steered(model, sae, steering, positions, prompt_length=lengths) as state:
+        return generate_batch(
             model,
-            tokens,
+            prompts,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             seed=seed,
             stop_at_eos=stop_at_eos,
+            stop=stop,
+            batch_size=batch_size,
+            on_token=on_token,
+            on_rows=state.set_rows if state is not None else None,
         )
-    return model.tokenizer.decode(new.tolist(), skip_special_tokens=True)
+
+
+def _as_texts(text: Any) -> list[Any] | None:
+    """The list of inputs when ``text`` is a list of texts or chats; None for one text or chat."""
+    if isinstance(text, str) or not isinstance(text, Sequence):
+        return None
+    if not text:
+        raise ValueError("text is an empty list: give a text, a chat, or a non-empty list of them.")
+    first = text[0]
+    if isinstance(first, str) or (isinstance(first, Sequence) and not isinstance(first, str)):
+        return list(text)
+    return None  # a chat: a list of {"role", "content"} messages
 
 
 def _check_reachable(positions: Any, prompt_length: int, max_new_tokens: int) -> None:

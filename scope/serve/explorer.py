@@ -1,0 +1,234 @@
+"""The explorer: HTML pages (``/``, ``/feature/{sae}/{feature}``) and the JSON endpoints behind them.
+
+- ``POST /api/features``: a text's tokens, the top features at each with their labels, and every
+  listed feature's activation at every token (the page shades tokens by any of them).
+- ``GET /api/feature/{sae}/{feature}``: a feature page's data: label and explanation, density,
+  max activation and quantiles (the SAE's recorded statistics), activation histogram and top
+  examples (from mined data, when the server has it), logit lens, Neuronpedia link.
+- ``POST /api/search``: :func:`scope.search_features` (query or contrastive), when scope has it.
+
+The pages are static files of this package plus plotly.js from the installed plotly package
+(no build step, no network). Files are served from a fixed table of names: a request path never
+reaches the file system.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import importlib.util
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly
+import torch
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+
+from scope.examples import HISTOGRAM_EDGES, Mined
+from scope.features import check_feature, encode, feature_logits, neuronpedia_url
+from scope.hooks import sae_hook
+from scope.saes import STATS_TOKENS, feature_stats
+from scope.serve.schemas import FeaturesRequest, SearchRequest
+from scope.serve.state import Served
+
+api = APIRouter()
+pages = APIRouter()
+
+HINT_TOKENS = 3  # promoted tokens shown for a feature that has no label
+_STATIC = {  # URL name -> (file in scope/serve/static, media type)
+    "explorer.js": ("explorer.js", "text/javascript"),
+    "feature.js": ("feature.js", "text/javascript"),
+    "common.js": ("common.js", "text/javascript"),
+    "style.css": ("style.css", "text/css"),
+}
+
+
+def _served(request: Request) -> Served:
+    return request.app.state.served
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+@api.post("/api/features")
+async def features(body: FeaturesRequest, request: Request) -> dict[str, Any]:
+    served = _served(request)
+    name, sae = served.sae(body.sae)
+    return await run_in_threadpool(token_features, served, name, sae, body.text, body.k)
+
+
+def token_features(served: Served, name: str, sae: Any, text: str, k: int) -> dict[str, Any]:
+    """Tokens, their top ``k`` active features (BOS left out: its activations mean nothing), and
+    each listed feature's activation at every token."""
+    acts = encode(served.model, sae, text)
+    values = acts.values.float()
+    top_values, top_features = torch.topk(values, min(k, values.shape[-1]), dim=-1)
+    bos = served.model.tokenizer.bos_token
+    tokens: list[dict[str, Any]] = []
+    listed: set[int] = set()
+    for position, token in enumerate(acts.tokens):
+        row: list[dict[str, Any]] = []
+        if token != bos:
+            for value, feature in zip(top_values[position].tolist(), top_features[position].tolist()):
+                if value > 0:
+                    row.append({"feature": feature, "activation": value})
+                    listed.add(feature)
+        tokens.append({"position": position, "token": token, "features": row})
+    ordered = sorted(listed)
+    notes = feature_notes(served, name, sae, ordered)
+    for entry in tokens:
+        for item in entry["features"]:
+            item.update(notes[item["feature"]])
+    shaded = values.clone()
+    shaded[[i for i, t in enumerate(acts.tokens) if t == bos]] = 0.0
+    activations = {str(f): [round(v, 5) for v in shaded[:, f].tolist()] for f in ordered}
+    return {"sae": name, "tokens": tokens, "activations": activations}
+
+
+def feature_notes(served: Served, name: str, sae: Any, features: list[int]) -> dict[int, dict[str, Any]]:
+    """Per feature: its label (when the server has labels), else the tokens it promotes most (logit lens)."""
+    notes: dict[int, dict[str, Any]] = {f: served.label(name, f) for f in features}
+    unlabelled = [f for f in features if "label" not in notes[f]]
+    for feature, hint in zip(unlabelled, _promoted_tokens(served.model, sae, unlabelled)):
+        notes[feature]["promotes"] = hint
+    return notes
+
+
+def _promoted_tokens(model: Any, sae: Any, features: list[int]) -> list[list[str]]:
+    """The top promoted tokens of each feature's decoder direction, from one product with W_U
+    (residual-width SAEs only; others get none)."""
+    if not features or sae.W_dec.shape[-1] != model.cfg.d_model:
+        return [[] for _ in features]
+    with torch.no_grad():
+        logits = sae.W_dec[features].float() @ model.W_U.float()
+        top = torch.topk(logits, HINT_TOKENS, dim=-1).indices.tolist()
+    return [[model.tokenizer.decode([t]) for t in row] for row in top]
+
+
+@api.get("/api/feature/{sae_name:path}/{feature}")  # SAE names may hold "/" (release/id)
+async def feature_page_data(sae_name: str, feature: int, request: Request) -> dict[str, Any]:
+    served = _served(request)
+    name, sae = served.sae(sae_name)
+    feature = check_feature(sae, feature)
+    return await run_in_threadpool(feature_data, served, name, sae, feature)
+
+
+def feature_data(served: Served, name: str, sae: Any, feature: int) -> dict[str, Any]:
+    """Everything a feature page shows, as JSON."""
+    lens = feature_logits(served.model, sae, feature, k=10)
+    stats = {key: float(column[feature]) for key, column in feature_stats(sae).items()}
+    data: dict[str, Any] = {
+        "sae": name,
+        "feature": feature,
+        "hook": sae_hook(sae),
+        "d_sae": int(sae.cfg.d_sae),
+        **served.label(name, feature),
+        "stats": stats,
+        "stats_tokens": sae.cfg.metadata.get(STATS_TOKENS),
+        "neuronpedia": neuronpedia_url(sae, feature),
+        "logit_lens": {
+            direction: [{"token": r.token, "logit": r.logit} for r in lens[lens.direction == direction].itertuples()]
+            for direction in ("promoted", "suppressed")
+        },
+        "examples": [],
+        "histogram": None,
+    }
+    mined = served.mined.get(name)
+    if isinstance(mined, Mined):
+        data |= _from_mined(mined, feature)
+    elif isinstance(mined, pd.DataFrame):
+        rows = mined[mined["feature"] == feature].sort_values("rank")
+        data["examples"] = [
+            {"rank": int(r["rank"]), "activation": float(r["activation"]), "context": str(r["context"])}
+            for _, r in rows.iterrows()
+        ]
+    return data
+
+
+def _from_mined(mined: Mined, feature: int) -> dict[str, Any]:
+    if feature not in mined.features:
+        return {}
+    i = mined.features.index(feature)
+    rows = mined.examples.index[mined.examples["feature"] == feature]
+    examples = []
+    for row in rows:
+        tokens, acts = mined.span(row)
+        example = mined.examples.loc[row]
+        examples.append(
+            {"rank": int(example["rank"]), "activation": float(example["activation"]), "tokens": tokens, "acts": acts}
+        )
+    edges = HISTOGRAM_EDGES.tolist()
+    return {
+        "examples": examples,
+        "density": float(mined.density[i]),
+        "n_tokens": mined.n_tokens,
+        "histogram": {"edges": edges, "counts": mined.histogram[i].tolist()},
+    }
+
+
+@api.post("/api/search")
+async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+    served = _served(request)
+    name, sae = served.sae(body.sae)
+    if importlib.util.find_spec("scope.search") is None:
+        raise HTTPException(501, "Feature search is not available in this version of scope (scope.search).")
+    search_features = importlib.import_module("scope.search").search_features
+    kwargs = {"query": body.query, "positive": body.positive, "negative": body.negative, "k": body.k}
+    kwargs["labels"] = served.label_tables.get(name)
+    table = await run_in_threadpool(
+        search_features, served.model, sae, **{key: value for key, value in kwargs.items() if value is not None}
+    )
+    records = table.to_dict(orient="records")
+    for record in records:
+        record.update({k: v for k, v in served.label(name, int(record["feature"])).items() if k not in record})
+    return {"sae": name, "results": _plain(records)}
+
+
+def _plain(value: Any) -> Any:
+    """numpy and pandas scalars as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+@pages.get("/", response_class=HTMLResponse)
+def index() -> HTMLResponse:
+    return HTMLResponse(_static_text("index.html"))
+
+
+@pages.get("/feature/{sae_name:path}/{feature}", response_class=HTMLResponse)
+def feature_page(sae_name: str, feature: int, request: Request) -> HTMLResponse:
+    _, sae = _served(request).sae(sae_name)
+    check_feature(sae, feature)
+    return HTMLResponse(_static_text("feature.html"))
+
+
+@pages.get("/static/{name}")
+def static(name: str) -> Response:
+    if name == "plotly.min.js":
+        return Response(_plotly_js(), media_type="text/javascript")
+    if name not in _STATIC:
+        raise HTTPException(404, f"No static file {name!r}.")
+    file, media_type = _STATIC[name]
+    return Response(_static_text(file), media_type=media_type)
+
+
+@cache
+def _static_text(file: str) -> str:
+    return (importlib.resources.files("scope.serve") / "static" / file).read_text(encoding="utf-8")
+
+
+@cache
+def _plotly_js() -> bytes:
+    return (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()

@@ -1,0 +1,176 @@
+"""The OpenAI-compatible routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
+
+Responses follow OpenAI's shapes (``chat.completion`` / ``text_completion`` objects, ``usage``,
+``finish_reason``); with ``"stream": true`` they are server-sent events of OpenAI's chunk
+objects ending with ``data: [DONE]``. The extension field ``steering`` (see
+:class:`scope.serve.schemas.SteeringSpec`) steers the request; without it the plain model answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from scope.serve.engine import Engine, Event, Job
+from scope.serve.errors import error_body, error_status
+from scope.serve.schemas import ChatRequest, CompletionRequest
+from scope.serve.state import GenerationArgs, Served
+
+router = APIRouter()
+
+
+def _served(request: Request) -> tuple[Served, Engine]:
+    return request.app.state.served, request.app.state.engine
+
+
+@router.get("/v1/models")
+def list_models(request: Request) -> dict[str, Any]:
+    """The model, then each SAE (``"owned_by": "scope"``; SAEs carry their hook and width)."""
+    served, _ = _served(request)
+    created = request.app.state.created
+    data: list[dict[str, Any]] = [{"id": served.model_name, "object": "model", "created": created, "owned_by": "scope"}]
+    for name, sae in served.saes.items():
+        data.append(
+            {
+                "id": name,
+                "object": "sae",
+                "created": created,
+                "owned_by": "scope",
+                "hook": sae.cfg.metadata.hook_name,
+                "d_sae": int(sae.cfg.d_sae),
+            }
+        )
+    return {"object": "list", "data": data}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request) -> Any:
+    served, engine = _served(request)
+    args = served.generation_args(body.chat(), body, chat=True)
+    reply = _Reply("chatcmpl", "chat.completion", served.model_name, chat=True)
+    return await _respond(engine, args, reply, stream=body.stream, include_usage=body.include_usage())
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    served, engine = _served(request)
+    args = served.generation_args(body.text(), body, chat=False)
+    reply = _Reply("cmpl", "text_completion", served.model_name, chat=False)
+    return await _respond(engine, args, reply, stream=body.stream, include_usage=body.include_usage())
+
+
+class _Reply:
+    """OpenAI's response and chunk objects for one request."""
+
+    def __init__(self, prefix: str, kind: str, model: str, *, chat: bool):
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.kind = kind
+        self.model = model
+        self.chat = chat
+        self.created = int(time.time())
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, done: Event) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text}
+        choice |= {"logprobs": None, "finish_reason": done.finish_reason}
+        return self._head(self.kind) | {"choices": [choice], "usage": usage(done)}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if text:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+        else:
+            choice = {"index": 0, "text": text or ""}
+        choice |= {"logprobs": None, "finish_reason": finish_reason}
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return self._head(kind) | {"choices": [choice]}
+
+    def usage_chunk(self, done: Event) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return self._head(kind) | {"choices": [], "usage": usage(done)}
+
+
+def usage(done: Event) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _submit(engine: Engine, args: GenerationArgs) -> tuple[Job, asyncio.Queue[Event]]:
+    """Queue the job; its events arrive on the returned asyncio queue (raises QueueFullError)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(event: Event) -> None:
+        # RuntimeError: the event loop is gone (the server shut down): nobody is listening
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    job = Job(args, sink)
+    engine.submit(job)
+    return job, events
+
+
+async def _respond(engine: Engine, args: GenerationArgs, reply: _Reply, *, stream: bool, include_usage: bool) -> Any:
+    job, events = _submit(engine, args)
+    if stream:
+        return StreamingResponse(
+            _sse(job, events, reply, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    parts: list[str] = []
+    try:
+        while True:
+            event = await events.get()
+            if event.kind == "delta":
+                parts.append(event.text)
+            elif event.kind == "error":
+                assert event.error is not None
+                return JSONResponse(error_body(event.error), status_code=error_status(event.error))
+            else:
+                return reply.whole("".join(parts), event)
+    finally:
+        job.cancelled.set()  # a client that went away stops its generation
+
+
+async def _sse(job: Job, events: asyncio.Queue[Event], reply: _Reply, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        yield _data(reply.chunk(None, first=True))
+        while True:
+            event = await events.get()
+            if event.kind == "delta":
+                yield _data(reply.chunk(event.text))
+            elif event.kind == "error":
+                assert event.error is not None
+                yield _data(error_body(event.error))
+                break
+            else:
+                yield _data(reply.chunk(None, event.finish_reason))
+                if include_usage:
+                    yield _data(reply.usage_chunk(event))
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
