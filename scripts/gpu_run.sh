@@ -15,6 +15,11 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# sae-lens imports wandb at module level (config.py) and calls it only when logging to wandb; the
+# image has no wandb and its wheel drags in pydantic, sentry and more: an empty stand-in is enough.
+if ! python3 -c "import wandb" 2>/dev/null; then
+  mkdir -p /tmp/site/wandb && echo '"""Device-only stand-in: sae-lens imports wandb; nothing here calls it."""' >/tmp/site/wandb/__init__.py
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 df -h /tmp | tail -1
 python3 -m pip list 2>/dev/null | grep -iE "^(torch|transformers|transformer-lens|sae-lens|datasets|pyarrow|fsspec|huggingface.hub|numpy|pandas|accelerate) "
