@@ -87,7 +87,7 @@ def main() -> int:
     vocab = len(model.tokenizer)
     texts = [model.tokenizer.decode(torch.randint(3, vocab, (256,), generator=gen).tolist()) for _ in range(16)]
     profiled(
-        "scope.mine, 16 texts, 16k SAE",
+        f"scope.mine, 16 texts, {shape.d_sae}-feature SAE",
         lambda: scope.mine(model, state.sae, texts, window=128, batch_size=16, progress=False),
         args.device,
         out,
