@@ -57,9 +57,10 @@ from tqdm.auto import tqdm
 
 from scope import _checks
 from scope._io import batched, check_writable_file, write_parquet
-from scope.examples import PEAK_CLOSE, PEAK_OPEN, Mined
+from scope.examples import Mined
 from scope.hooks import check_compatible, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
+from scope.labels import split_peak
 from scope.llm import as_llm
 
 EXPLAIN_COLUMNS = ["feature", "explanation", "explainer", "n_examples", "reply"]
@@ -192,8 +193,7 @@ def _from_frame(frame: pd.DataFrame) -> dict[int, list[Example]]:
         )
     result: dict[int, list[Example]] = {}
     for record in frame.sort_values(["feature", "rank"]).itertuples(index=False):
-        before, _, rest = str(record.context).partition(PEAK_OPEN)
-        peak, _, after = rest.partition(PEAK_CLOSE)
+        before, peak, after = split_peak(str(record.context))
         result.setdefault(int(record.feature), []).append(
             Example(
                 int(record.feature),

@@ -53,6 +53,7 @@ from scope.distributed import ShardStore, WorkerPool, require_ray, shard_of
 from scope.features import check_feature
 from scope.hooks import activation_shape, check_compatible, check_width, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
+from scope.labels import PEAK_CLOSE, PEAK_OPEN
 from scope.models import load_model
 from scope.saes import LazySAEs, load_sae
 from scope.subjects import subject_of
@@ -60,7 +61,6 @@ from scope.subjects import subject_of
 DEFAULT_CONTEXT = 8  # tokens shown either side of a peak, in tables and on feature pages
 
 COLUMNS = ["feature", "rank", "activation", "text_id", "position", "token", "context"]
-PEAK_OPEN, PEAK_CLOSE = "\u27e6", "\u27e7"  # ⟦peak token⟧ inside a context string
 
 
 @dataclass

@@ -241,10 +241,11 @@ def _generate_chunk(
             on_rows(active)
         logits = next_token_logits(model, tokens, cache, mask)
         new = _sample_rows(logits, generators, sampling)
+        ids = new.tolist()  # one device-to-host copy per step, not one per row
         keep = [
             n
             for n, row in enumerate(active.tolist())
-            if _append(model, completions[row], int(new[n]), stop_ids, stops, on_token, row)
+            if _append(model, completions[row], ids[n], stop_ids, stops, on_token, row)
         ]
         if step == max_new_tokens - 1 or not keep:
             return

@@ -79,7 +79,7 @@ _DEFAULTS: dict[str, Any] = {
     "documents": 0,
     "explanation": None,
 }
-PEAK_OPEN, PEAK_CLOSE = "\u27e6", "\u27e7"  # as scope.examples marks a peak: ⟦token⟧
+PEAK_OPEN, PEAK_CLOSE = "\u27e6", "\u27e7"  # ⟦peak token⟧ inside a mined context string (scope.examples)
 TOP_TOKENS = 3
 MIN_SHARE = 0.1  # a peak token under this share of the examples is not listed after the first
 MIXED = 0.2  # under this share for the commonest peak token, the label says "mixed"
@@ -215,12 +215,18 @@ def _quoted(token: str) -> str:
     return f'"{token}"'
 
 
+def split_peak(context: str) -> tuple[str, str, str]:
+    """``(before, peak, after)`` of a context string ``"...⟦peak⟧..."`` as mining writes it."""
+    before, _, rest = context.partition(PEAK_OPEN)
+    peak, _, after = rest.partition(PEAK_CLOSE)
+    return before, peak, after
+
+
 def _pattern(contexts: list[str], peak: str) -> str:
     befores: Counter[str] = Counter()
     afters: Counter[str] = Counter()
     for context in contexts:
-        before, _, rest = context.partition(PEAK_OPEN)
-        _, _, after = rest.partition(PEAK_CLOSE)
+        before, _, after = split_peak(context)
         befores[_neighbour_before(before)] += 1
         afters[_neighbour_after(after)] += 1
     return f"{_majority(befores, len(contexts))}{PEAK_OPEN}{peak}{PEAK_CLOSE}{_majority(afters, len(contexts))}"
