@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 # installing it first stops pip from fetching a multi-GB CUDA build. Override on a GPU box:
 #   make setup TORCH="torch"
 TORCH ?= torch==2.13.0
+# pytest-xdist workers for `make test`: one per core of the 2-core CI machine. Each worker loads
+# its own bundled model (~2 GB with the test fixtures): raise it with care, e.g. TEST_WORKERS=4.
+# `--dist loadgroup` keeps tests that share Ray or Chromium on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -21,10 +25,10 @@ demo: setup
 	$(BIN)/scope demo
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check scope tests scripts

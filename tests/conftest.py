@@ -6,7 +6,34 @@ import torch
 
 from tests.tiny import save_tiny_gemma2
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# `make test` runs the suite on pytest-xdist workers (`-n 2`): the cores are shared among them, so
+# that two workers on two cores do not each start two compute threads. OMP_NUM_THREADS carries the
+# share to the processes tests start (notebook kernels, Ray workers, children).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
+# Tests that share something one machine has once run on one worker (`--dist loadgroup`):
+# Ray's local cluster, and Chromium.
+XDIST_GROUPS = {
+    "test_distributed.py": "ray",
+    "test_dashboard.py": "chromium",
+    "test_serve_browser.py": "chromium",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if _WORKERS > 1:
+        # Long tests first, the many short ones last, where they fill in whichever worker
+        # finishes early (xdist hands tests out in this order).
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -240,6 +240,63 @@ def test_stale_temporary_folders_go_even_when_the_cache_is_complete(fake_cache, 
     assert not stale.exists() and len(fake_cache) == 1
 
 
+# Each child logs "calling" before it asks for the checkpoint; the one that converts waits until
+# both have called, so the other asks while the conversion runs (what two pytest-xdist workers
+# starting on a fresh machine do).
+CONCURRENT_CONVERSION = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from scope import bundled
+
+    log, go = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def write(line):
+        with open(log, "a") as handle:
+            handle.write(line + "\\n")
+
+    def slow_write(work, staging, progress):
+        write("converting")
+        deadline = time.monotonic() + 30
+        while log.read_text().count("calling") < 2:
+            if time.monotonic() > deadline:
+                sys.exit("the other child never asked")
+            time.sleep(0.01)
+        time.sleep(0.5)  # the other child is now past its first check, at the lock
+        staging.mkdir()
+        (staging / "config.json").write_text('{"model_type": "gemma3_text"}')
+        (staging / "model.safetensors").write_bytes(bytes(range(256)) * 4096)
+
+    bundled._write_checkpoint = slow_write
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    write("calling")
+    print(bundled.ensure_bundled_checkpoint(progress=False), flush=True)
+""")
+
+
+def test_two_processes_asking_at_once_convert_once(tmp_path):
+    cache, log, go = tmp_path / "cache", tmp_path / "log.txt", tmp_path / "go"
+    env = dict(os.environ, **{bundled.CACHE_ENV: str(cache)})
+    command = [sys.executable, "-c", CONCURRENT_CONVERSION, str(log), str(go)]
+    children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert [child.stdout.readline() for child in children] == ["ready\n", "ready\n"]
+        go.touch()  # both start together
+        outputs = [child.communicate(timeout=120)[0] for child in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert [child.returncode for child in children] == [0, 0]
+    lines = log.read_text().splitlines()
+    assert sorted(lines) == ["calling", "calling", "converting"]  # one conversion; the other waited for it
+    folder = cache / bundled.BUNDLED_DIR_NAME
+    assert [out.strip() for out in outputs] == [str(folder), str(folder)]
+    assert bundled.is_converted(folder) and not list(cache.glob(bundled.WORK_PREFIX + "*"))
+    assert (folder / "model.safetensors").read_bytes() == FAKE_WEIGHTS
+
+
 # ----------------------------------------------------------------------------- an unwritable cache
 
 
