@@ -1,0 +1,301 @@
+"""scripts/golden_gate.py and scripts/find_concept_feature.py: the keyword matcher, the sweep's
+figures against independent computations, the JSON layout, and bad input."""
+
+import importlib
+import json
+import math
+import re
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import scope
+from scope.saes import set_max_activations
+from tests.sae_util import count_calls
+
+HOOK = "blocks.1.hook_resid_post"
+PROMPTS = ["The quick brown fox", "Paris is the capital of", "knock knock. who is"]
+TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def gg():
+    return _script("golden_gate")
+
+
+def _script(name):
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parent.parent / "scripts")
+    import sys
+
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the scripts import their siblings, as when run as scripts
+    return importlib.import_module(name)
+
+
+@pytest.fixture
+def sae(make_sae):
+    return make_sae(HOOK, seed=3, threshold_scale=0.3)[0]
+
+
+def no_hooks_left(model):
+    return all(not hp.fwd_hooks for hp in model.hook_dict.values()) and not model._forward_pre_hooks
+
+
+# ----------------------------------------------------------------------------- keywords
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("We went to the sea.", True),
+        ("THE SEA WAS CALM", True),  # case
+        ("Sea-shore walks", True),  # a hyphen ends a word
+        ("a walk on the seashore", False),  # a closed compound is another word unless listed
+        ("the seal barked", False),
+        ("in the season of mists", False),
+        ("the seas were high", True),  # plural: listed
+        ("a sperm\n  whale surfaced", True),  # multi-word keyword across any whitespace
+        ("a sperm cell", False),
+        ("undersea cables", False),
+    ],
+)
+def test_mentions_is_whole_word_and_case_insensitive(gg, text, found):
+    assert gg.mentions(text, ["sea", "seas", "sperm whale"]) is found
+
+
+def test_plurals_count_only_when_listed(gg):
+    assert not gg.mentions("three dogs", ["dog"])
+    assert gg.mentions("three dogs", ["dog", "dogs"])
+    assert gg.mentions("three dogs", gg.keyword_list(["dogs"]))  # the concept's list has plurals
+
+
+def test_keyword_list_from_concept_name_or_words(gg):
+    assert gg.keyword_list("Whales") == gg.CONCEPT_KEYWORDS["whales"]
+    assert gg.keyword_list(["whale, whales", "harpoon", "whale"]) == ["whale", "whales", "harpoon"]
+    assert gg.mentions("C++ (c.f.)", ["c.f."])  # regex characters are literal
+    assert not gg.mentions("cxf", ["c.f"])
+
+
+@pytest.mark.parametrize("keywords", [[], [""], [" , ,"]])
+def test_empty_keywords_are_refused(gg, keywords):
+    with pytest.raises(ValueError, match="keywords is empty"):
+        gg.keyword_list(keywords)
+    with pytest.raises(ValueError, match="keywords is empty"):
+        gg.keyword_pattern(keywords)
+
+
+def test_concept_texts_and_prompts_agree_with_the_keyword_lists(gg):
+    """Every positive text mentions its concept and no negative does; no Golden Gate prompt
+    mentions any concept or appears among the search texts."""
+    find = _script("find_concept_feature")
+    assert set(find.CONCEPTS) == set(gg.CONCEPT_KEYWORDS)
+    for concept, pairs in find.CONCEPTS.items():
+        assert len(pairs) >= 10
+        for positive, negative in pairs:
+            assert gg.mentions(positive, gg.CONCEPT_KEYWORDS[concept]), (concept, positive)
+            assert not gg.mentions(negative, gg.CONCEPT_KEYWORDS[concept]), (concept, negative)
+    prompts = gg.read_prompts(gg.DEFAULT_PROMPTS)
+    assert len(prompts) >= 20 and len(set(prompts)) == len(prompts)
+    searched = {text for pairs in find.CONCEPTS.values() for pair in pairs for text in pair}
+    for prompt in prompts:
+        assert prompt not in searched
+        for concept, keywords in gg.CONCEPT_KEYWORDS.items():
+            assert not gg.mentions(prompt, keywords), (concept, prompt)
+
+
+def test_read_prompts_skips_comments_and_blank_lines(gg, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# a comment\n\nFirst prompt  \n  # indented comment\nSecond one\n", encoding="utf-8")
+    assert gg.read_prompts(path) == ["First prompt", "Second one"]
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_model, tmp_path_factory, gg):
+    """One sweep on the tiny model, the keyword taken from the unsteered text (so that the
+    mention fraction is neither 0 nor 1 by construction)."""
+    from tests.sae_util import random_params, write_params
+
+    path = write_params(
+        tmp_path_factory.mktemp("gg-sae") / "params.npz", random_params(64, 48, seed=3, threshold_scale=0.3)
+    )
+    sae = scope.load_sae(path, hook=HOOK, device="cpu")
+    set_max_activations(sae, torch.linspace(0.5, 5.0, 48))
+    unsteered = scope.generate(tiny_model, PROMPTS, max_new_tokens=TOKENS)
+    keyword = re.findall(r"\w+", unsteered[0])[0]
+    saved = []
+    table, rows = gg.measure(
+        tiny_model, sae, 7, [keyword], [5.0, 0, 50.0], PROMPTS, max_new_tokens=TOKENS, batch_size=2, progress=False,
+        on_strength=lambda t, r: saved.append(t),
+    )  # fmt: skip
+    return sae, keyword, unsteered, table, rows, saved
+
+
+def test_strength_zero_is_the_unsteered_model_exactly(tiny_model, sweep):
+    sae, _, unsteered, table, rows, _ = sweep
+    assert table["strength"].tolist() == [0.0, 5.0, 50.0]  # the baseline first, always
+    zero = rows[rows["strength"] == 0.0]
+    assert zero["text"].tolist() == unsteered
+    assert zero["prompt"].tolist() == PROMPTS
+    # and the other strengths do steer (a clamp of 0 would not be the baseline either)
+    assert rows[rows["strength"] == 50.0]["text"].tolist() != unsteered
+    assert no_hooks_left(tiny_model)
+
+
+def test_partial_figures_are_handed_on_after_each_strength(sweep):
+    table, saved = sweep[3], sweep[5]
+    assert [t["strength"].tolist() for t in saved] == [[0.0], [0.0, 5.0], [0.0, 5.0, 50.0]]
+    pd.testing.assert_frame_equal(saved[-1], table)
+
+
+def test_mention_fraction_equals_a_word_count(sweep):
+    _, keyword, _, table, rows, _ = sweep
+    for strength, group in rows.groupby("strength"):
+        hits = [keyword.lower() in {w.lower() for w in re.findall(r"\w+", text)} for text in group["text"]]
+        row = table[table["strength"] == strength].iloc[0]
+        assert row["mention_fraction"] == pytest.approx(sum(hits) / len(hits))
+    assert table[table["strength"] == 0.0]["mention_fraction"].item() > 0  # the keyword came from there
+
+
+def test_perplexity_and_ratio_equal_a_plain_forward(tiny_model, sweep):
+    _, _, _, table, rows, _ = sweep
+    recomputed: dict[float, list[float]] = {}
+    for row in rows.itertuples():
+        prompt = tiny_model.to_tokens(row.prompt)[0]
+        tokens = torch.cat([prompt, torch.tensor(row.tokens, dtype=torch.long)])[None]
+        with torch.no_grad():
+            log_probs = tiny_model(tokens)[0].double().log_softmax(-1)  # the whole model, nothing hooked
+        n = len(prompt)
+        picked = log_probs[n - 1 : -1].gather(-1, tokens[0, n:, None]).mean().item()
+        assert row.perplexity == pytest.approx(math.exp(-picked), rel=1e-4)
+        recomputed.setdefault(row.strength, []).append(math.exp(-picked))
+    base = recomputed[0.0]
+    for strength, values in recomputed.items():
+        row = table[table["strength"] == strength].iloc[0]
+        assert row["median_perplexity"] == pytest.approx(statistics.median(values), rel=1e-4)
+        assert row["perplexity_ratio"] == pytest.approx(statistics.median(values) / statistics.median(base), rel=1e-4)
+        geometric = math.exp(np.mean(np.log(values)) - np.mean(np.log(base)))
+        assert row["geometric_ratio"] == pytest.approx(geometric, rel=1e-4)
+    assert table.loc[table["strength"] == 0.0, "perplexity_ratio"].item() == 1.0
+
+
+def test_units_and_norms(sweep, gg):
+    sae, _, _, table, _, _ = sweep
+    norm = sae.W_dec[7].float().norm().item()
+    peak = 0.5 + 7 * (4.5 / 47)  # linspace(0.5, 5, 48)[7]
+    row = table[table["strength"] == 50.0].iloc[0]
+    assert row["value"] == 50.0  # unit "act": the strength is the clamp value
+    assert row["multiple_of_max"] == pytest.approx(50.0 / peak, rel=1e-5)
+    assert row["contribution_norm"] == pytest.approx(50.0 * norm, rel=1e-5)
+
+
+def test_unit_max_reads_strengths_as_multiples(tiny_model, sweep, gg):
+    sae = sweep[0]
+    peak = float(scope.steering.max_activation(sae, 7))
+    table, rows = gg.measure(
+        tiny_model, sae, 7, ["x"], [2.0], PROMPTS[:1], unit="max", max_new_tokens=3, progress=False
+    )
+    assert table["value"].tolist() == pytest.approx([0.0, 2.0 * peak])
+    clamped = scope.generate(
+        tiny_model, PROMPTS[:1], max_new_tokens=3, sae=sae, steering=[scope.Clamp(7, 2.0, unit="max")]
+    )
+    assert rows[rows["strength"] == 2.0]["text"].tolist() == clamped
+
+
+def test_json_layout(sweep, gg, tmp_path):
+    sae, keyword, _, table, rows, _ = sweep
+    content = gg.report(
+        table, rows, sae_spec="tiny", sae=sae, feature=7, keywords=[keyword], concept=None,
+        prompts_file="prompts.txt", method="clamp", unit="act", max_new_tokens=TOKENS, model_name="tiny",
+        residual=1.5,
+    )  # fmt: skip
+    path = gg.write_report(content, tmp_path / "out")
+    assert path == tmp_path / "out" / "golden_gate.json"
+    assert [p.name for p in path.parent.iterdir()] == ["golden_gate.json"]  # no temporary left
+    data = json.loads(path.read_text())
+    for key in ("feature", "label", "keywords", "prompts_file", "prompts", "method", "unit", "strengths", "sweep",
+                "pick", "max_activation", "decoder_norm", "residual_norm", "hook", "max_new_tokens"):  # fmt: skip
+        assert key in data
+    assert data["feature"] == 7 and data["keywords"] == [keyword] and data["method"] == "clamp"
+    assert data["strengths"] == [0.0, 5.0, 50.0] and data["prompts"] == PROMPTS
+    assert [s["strength"] for s in data["sweep"]] == data["strengths"]
+    for entry, row in zip(data["sweep"], table.itertuples()):
+        assert entry["mention_fraction"] == pytest.approx(row.mention_fraction)
+        assert entry["perplexity_ratio"] == pytest.approx(row.perplexity_ratio)
+        assert len(entry["continuations"]) == len(PROMPTS)
+        assert [c["prompt"] for c in entry["continuations"]] == [0, 1, 2]
+        texts = rows[rows["strength"] == row.strength]["text"].tolist()
+        assert [c["text"] for c in entry["continuations"]] == texts
+    assert data["pick"] == gg.pick(table)
+    assert data["residual_norm"] == 1.5 and data["complete"] is True
+
+
+def test_pick_takes_the_most_mentions_within_twice_the_perplexity(gg):
+    table = pd.DataFrame(
+        {
+            "strength": [0.0, 2.0, 5.0, 10.0, 20.0],
+            "value": [0.0, 2.0, 5.0, 10.0, 20.0],
+            "mention_fraction": [0.9, 0.4, 0.6, 0.6, 1.0],
+            "perplexity_ratio": [1.0, 1.1, 1.5, 1.9, 2.5],
+        }
+    )
+    chosen = gg.pick(table)
+    # 0 is never the pick; 20 breaks perplexity; 5 and 10 tie, the weaker wins
+    assert chosen == {
+        "strength": 5.0,
+        "value": 5.0,
+        "mention_fraction": 0.6,
+        "perplexity_ratio": 1.5,
+        "target_met": True,
+    }
+    assert gg.pick(table[table["strength"].isin([0.0, 20.0])]) is None
+    assert gg.pick(table.assign(perplexity_ratio=[1.0, np.nan, 3, 3, 3])) is None  # NaN never qualifies
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "change, error, fragment",
+    [
+        (dict(feature=48), ValueError, "feature 48 is out of range: there are 48 features"),
+        (dict(feature=-1), ValueError, "out of range"),
+        (dict(keywords=[]), ValueError, "keywords is empty"),
+        (dict(keywords=[" "]), ValueError, "keywords is empty"),
+        (dict(prompts=[]), ValueError, "prompts is empty"),
+        (dict(prompts=["fine", "  "]), ValueError, r"prompts\[1\] is empty"),
+        (dict(strengths=[]), ValueError, "strengths is empty"),
+        (dict(strengths=[1.0, float("nan")]), ValueError, "finite"),
+        (dict(method="scale"), ValueError, "method must be one of 'clamp', 'add'"),
+        (dict(unit="max"), ValueError, "does not record"),
+        (dict(max_new_tokens=0), ValueError, "max_new_tokens must be a positive integer"),
+    ],
+)
+def test_bad_input_fails_before_any_forward_pass(tiny_model, sae, gg, change, error, fragment):
+    kwargs = dict(feature=1, keywords=["fox"], strengths=[0, 5.0], prompts=PROMPTS[:1]) | change
+    options = {k: kwargs.pop(k) for k in ("method", "unit", "max_new_tokens") if k in kwargs}
+    with count_calls(tiny_model) as calls, pytest.raises(error, match=fragment):
+        gg.measure(tiny_model, sae, kwargs["feature"], kwargs["keywords"], kwargs["strengths"], kwargs["prompts"],
+                   progress=False, **options)  # fmt: skip
+    assert calls == [] and no_hooks_left(tiny_model)
+
+
+def test_command_line_checks_before_loading_anything(gg, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# only a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="keywords is empty"):
+        gg.main(["--feature", "1", "--keywords", ",", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="prompts is empty"):
+        gg.main(["--feature", "1", "--keywords", "sea", "--prompts", str(prompts), "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gg.main(["--feature", "1", "--keywords", "sea", "--prompts", str(tmp_path / "none.txt")])
+    with pytest.raises(SystemExit):  # a registry SAE has no folder: --out is required
+        gg.main(["--sae", "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", "--feature", "1",
+                 "--keywords", "sea"])  # fmt: skip
