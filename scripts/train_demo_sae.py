@@ -4,10 +4,12 @@ Defaults train the general demo SAE (issue: demo SAEs that read general English)
 after block 9 of 18 (``--layer 9``), 8,192 features, on an equal-character mix of the general-English
 and documentation corpora (``scripts/build_corpus.py --corpus english`` and ``--corpus docs``),
 decoder rows folded to unit norm at the end (``--fold-decoder-norm``, thresholds rescaled with them,
-as Gemma Scope ships its SAEs), on ``--device`` (cuda when there is one). The shipped layer-6
-documentation SAE in ``data/demo_sae`` was trained by the first version of this script; its
-``training_config.json`` records that command (``--layer 6 --width 4096``, docs corpus only,
-no folding).
+as Gemma Scope ships its SAEs), with a penalty on features firing on more than 10% of tokens
+(``--frequency-cap``, ``--frequency-coeff``), on ``--device`` (cuda when there is one), into
+``data/demo_sae`` (``scope.load_sae("demo")``). The layer-6 documentation SAE in
+``data/demo_sae_docs`` (``scope.load_sae("demo-docs")``) was trained by the first version of this
+script; its ``training_config.json`` records that command (``--layer 6 --width 4096``, docs
+corpus only, no folding, no frequency penalty).
 
 Offline and on CPU, in two stages:
 
@@ -117,6 +119,18 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--l0-warm-up", type=float, default=0.05, help="fraction of steps to warm up the L0 penalty")
     p.add_argument("--dead-window", type=int, default=100, help="steps without firing before a feature counts dead")
+    p.add_argument(
+        "--frequency-cap",
+        type=float,
+        default=0.10,
+        help="features firing on more than this fraction of a batch's tokens pay --frequency-coeff",
+    )
+    p.add_argument(
+        "--frequency-coeff",
+        type=float,
+        default=1.0,
+        help="weight of the penalty on dense features (0: off); warms up with the L0 penalty",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument(
@@ -126,7 +140,7 @@ def parse_args() -> argparse.Namespace:
         default=DEFAULT_CORPORA,
         help="train.jsonl files, mixed in equal characters (the largest are cut, in seeded order)",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "data" / "demo_sae_english")
+    p.add_argument("--out", type=Path, default=ROOT / "data" / "demo_sae")
     args = p.parse_args()
     args.hook = args.hook or f"blocks.{args.layer}.hook_resid_post"
     args.cache_dir = args.cache_dir or CACHE / "activations" / f"{args.hook}-{len(args.corpus)}corpora"
@@ -265,8 +279,35 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
     )
 
 
+def frequency_capped_sae_class(cap: float, coefficient: float):
+    """sae-lens' JumpReLU training SAE plus a penalty on dense features.
+
+    Gemma Scope 2 penalised features that fire on many tokens; sae-lens has no such option, so
+    this adds ``coefficient * sum_i relu(f_i - cap)`` to the loss, where ``f_i`` is the fraction
+    of the batch's tokens on which feature ``i`` fires, differentiated with the same
+    straight-through estimator as the L0 penalty (so it moves thresholds, and the encoder with
+    ``--ste-to-input``). Features under the cap are untouched; the L0 target still sets the
+    overall sparsity. It warms up with the L0 coefficient.
+    """
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, Step
+
+    class FrequencyCappedJumpReLU(JumpReLUTrainingSAE):
+        def calculate_aux_loss(self, step_input, feature_acts, hidden_pre, sae_out):
+            losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+            if coefficient > 0:
+                fired = Step.apply(
+                    hidden_pre, self.threshold.to(hidden_pre.dtype), self.bandwidth, self.cfg.jumprelu_ste_to_input
+                )
+                warm_up = step_input.coefficients["l0"] / self.cfg.l0_coefficient
+                excess = (fired.mean(0) - cap).relu().sum()
+                losses["frequency_loss"] = coefficient * warm_up * excess
+            return losses
+
+    return FrequencyCappedJumpReLU
+
+
 @torch.no_grad()
-def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
+def initial_sae(cfg, cache_dir: Path, bos_id: int, sae_class, n_rows: int = 400):
     """The runner's JumpReLU SAE, initialised from data so that no feature starts dead.
 
     Random decoder directions (norm 0.1) with W_enc = W_dec.T, as sae-lens does; then b_dec at
@@ -276,9 +317,9 @@ def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
     nearly every token and leaves most never firing; in trials 78-95% of features ended dead.
     """
     import datasets
-    from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+    from sae_lens.saes.sae import TrainingSAEConfig
 
-    sae = TrainingSAE.from_dict(TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()).to_dict())
+    sae = sae_class(TrainingSAEConfig.from_dict(cfg.get_training_sae_cfg_dict()))
     rows = datasets.load_from_disk(str(cache_dir)).with_format("torch")[:n_rows]
     x = rows[cfg.hook_name].reshape(-1, cfg.sae.d_in).float()
     x = x[rows["token_ids"].reshape(-1) != bos_id]
@@ -289,6 +330,19 @@ def initial_sae(cfg, cache_dir: Path, bos_id: int, n_rows: int = 400):
     cut = pre.kthvalue(int(len(pre) * (1 - fire_fraction)), dim=0).values  # quantile() is size-limited
     sae.b_enc.data = sae.threshold.detach() - cut
     return sae
+
+
+def print_density(path: Path) -> None:
+    """Dense and dead features over the runner's last sampling window (log10 densities)."""
+    if not path.is_file():
+        return
+    density = 10 ** load_file(str(path))["sparsity"].float()  # log10(density + 1e-10)
+    silent = density < 1e-9
+    print(
+        f"last window: {int((density > 0.1).sum())} features fire on > 10% of tokens, "
+        f"{int(silent.sum())} never fire ({float(silent.float().mean()):.1%})",
+        flush=True,
+    )
 
 
 def fold_decoder_norm(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -350,12 +404,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = runner_config(args, model.tokenizer.bos_token_id, tmp)
-        sae = initial_sae(cfg, args.cache_dir, model.tokenizer.bos_token_id)
+        sae_class = frequency_capped_sae_class(args.frequency_cap, args.frequency_coeff)
+        sae = initial_sae(cfg, args.cache_dir, model.tokenizer.bos_token_id, sae_class)
         runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model, override_sae=sae)
         t1 = time.time()
         runner.run()
         seconds = time.time() - t1
         print(f"trained on {args.tokens:,} tokens in {seconds:.0f}s: {args.tokens / seconds:.0f} tokens/s", flush=True)
+        print_density(Path(tmp) / "sparsity.safetensors")
         extra = {
             "scope_corpus": [str(p) for p in args.corpus],
             "scope_corpus_mix": "equal characters per corpus (largest cut in seeded order)",
@@ -369,6 +425,7 @@ def main() -> None:
             "scope_cache_dir": str(args.cache_dir),
             "scope_cached_tokens": cached_tokens(args.cache_dir),
             "scope_epochs": args.epochs,
+            "scope_frequency_penalty": {"cap": args.frequency_cap, "coefficient": args.frequency_coeff},
             "scope_init": "initial_sae(): b_dec = mean activation; b_enc so each feature fires on "
             "target_l0 / d_sae of 51k cached tokens; W_enc = W_dec.T, decoder norm 0.1",
         }
