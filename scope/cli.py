@@ -103,7 +103,7 @@ def cmd_steer(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     import scope
-    from scope.residuals import residual_norms
+    from scope.saes import DEMO_SAES
 
     started = time.perf_counter()
     model = scope.load_model("gemma-3-270m")
@@ -117,14 +117,61 @@ def cmd_demo(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - started
     print(f"Greedy continuation ({elapsed:.1f} s):\n  {DEMO_PROMPT}{continuation}\n")
 
-    from scope.saes import DEMO_SAE_DIR
-
-    if (DEMO_SAE_DIR / "cfg.json").is_file():
-        sae = scope.load_sae("demo", device=model.cfg.device, dtype=model.cfg.dtype)
-        table = scope.top_features(model, sae, DEMO_SENTENCE, k=3)
-        print(f"Top demo-SAE features per token ({sae.cfg.metadata.hook_name}) of: {DEMO_SENTENCE!r}")
-        print(_table(table.round({"activation": 1})))
+    folder = DEMO_SAES["demo"].folder
+    if not (folder / "cfg.json").is_file():
+        _print_residual_norms(model)
         return
+    sae = scope.load_sae("demo", device=model.cfg.device, dtype=model.cfg.dtype)
+    table = scope.top_features(model, sae, DEMO_SENTENCE, k=2)
+    print(f"Top demo-SAE features per token ({sae.cfg.metadata.hook_name}) of: {DEMO_SENTENCE!r}")
+    shown = [c for c in ("position", "token", "feature", "activation", "label") if c in table]
+    print(_table(table[shown].round({"activation": 1})))
+    _print_golden_gate(model, sae, folder / "golden_gate.json", args.max_new_tokens)
+
+
+def _print_golden_gate(model: Any, sae: Any, sweep_file: Path, max_new_tokens: int) -> None:
+    """The demo SAE's concept feature clamped on a neutral prompt, at the strength its Golden Gate
+    sweep (``scripts/golden_gate.py``, shipped as ``golden_gate.json``) picked."""
+    import json
+
+    import scope
+
+    if not sweep_file.is_file():
+        return
+    sweep = json.loads(sweep_file.read_text())
+    chosen = sweep.get("pick")
+    if not chosen:
+        return
+    feature, value, prompt = sweep["feature"], chosen["value"], sweep["prompts"][0]
+    steering = scope.Clamp(feature, value) if sweep["method"] == "clamp" else scope.Add(feature, value)
+    plain, steered = (
+        scope.generate(model, prompt, max_new_tokens=max_new_tokens, sae=sae, steering=s) for s in (None, steering)
+    )
+    print(
+        f"\nGolden Gate: feature {feature} ({_label(sae, feature)}) {sweep['method']}ed at {value:.0f}. "
+        f"Over {len(sweep['prompts'])} neutral prompts "
+        f"it brought up the concept in {chosen['mention_fraction']:.0%} of greedy continuations "
+        f"(unsteered: {_unsteered_mentions(sweep):.0%}) at {chosen['perplexity_ratio']:.2f}x the perplexity."
+    )
+    print(_table(pd.DataFrame({"": ["unsteered", "clamped"], "continuation": [prompt + plain, prompt + steered]})))
+
+
+def _label(sae: Any, feature: int) -> str:
+    from scope.labels import feature_labels
+
+    labels = feature_labels(sae)
+    found = None if labels is None else labels.loc[labels["feature"] == feature, "label"]
+    return "unlabelled" if found is None or found.empty else str(found.iloc[0])
+
+
+def _unsteered_mentions(sweep: dict[str, Any]) -> float:
+    return next(row["mention_fraction"] for row in sweep["sweep"] if row["strength"] == 0)
+
+
+def _print_residual_norms(model: Any) -> None:
+    """Without the demo SAE: the residual stream's norms per layer, BOS apart."""
+    from scope.residuals import residual_norms
+
     norms = residual_norms(model, DEMO_SENTENCE)
     summary = (
         norms.assign(is_bos=norms["position"] == 0)
@@ -146,15 +193,15 @@ def _check_model(name: str) -> None:
 
 
 def _check_sae_spec(spec: str, hook: str | None) -> None:
-    """Cheap checks of an SAE spec before the model loads: a local path (or the demo SAE) that is
+    """Cheap checks of an SAE spec before the model loads: a local path (or a demo SAE) that is
     not there, a release or id that is not in sae-lens' registry."""
     from scope.gemma_scope import registry, split_spec
-    from scope.saes import DEMO_SAE_DIR
+    from scope.saes import DEMO_SAES
 
-    if spec == "demo" and (DEMO_SAE_DIR / "cfg.json").is_file():
+    if spec in DEMO_SAES and (DEMO_SAES[spec].folder / "cfg.json").is_file():
         return
     path = Path(spec).expanduser()
-    if spec != "demo" and path.exists():
+    if spec not in DEMO_SAES and path.exists():
         npz = path / "params.npz" if path.is_dir() else path
         if hook is None and npz.suffix == ".npz" and not (path / "cfg.json").is_file():
             raise ValueError(
@@ -467,7 +514,7 @@ def _add_mining_arguments(parser: argparse.ArgumentParser, *, many: bool = False
         action="append" if many else "store",
         default=None if many else "demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)"
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)"
         + ("; repeat it to mine several SAEs in one pass (default: demo)" if many else ""),
     )
     parser.add_argument(
@@ -510,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sae",
         default="demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)",
     )
     features.add_argument(
         "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
@@ -531,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--negative", default=None, help="texts without it (same formats); omit to rank by corpus density"
     )
     search.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
-    search.add_argument("--sae", default="demo", help="any scope.load_sae spec, or 'demo' (the bundled demo SAE)")
+    search.add_argument(
+        "--sae", default="demo", help="any scope.load_sae spec, or 'demo' / 'demo-docs' (the bundled demo SAEs)"
+    )
     search.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
     search.add_argument("--labels", default=None, help="a label table (.parquet/.csv/.jsonl; default: the SAE's own)")
     search.add_argument("--k", type=POSITIVE_INT, default=10, help="features shown")
@@ -550,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sae",
         default="demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' (the bundled demo SAE)",
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)",
     )
     steer.add_argument(
         "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"

@@ -6,10 +6,21 @@ API. What sae-lens lacks and this module adds:
 
 - :func:`load_sae`: one entry point for registry ids (a ``"release/sae_id"`` string or a
   :func:`scope.gemma_scope_id` tuple), local ``params.npz`` files, sae-lens folders and the
-  bundled demo SAE, with malformed files reported by name and problem.
+  bundled demo SAEs, with malformed files reported by name and problem.
+- :data:`DEMO_SAES`: the SAEs shipped in ``data/`` for the bundled ``gemma-3-270m``, by name:
+
+  - ``"demo"`` (``data/demo_sae``): the general demo SAE, 8,192 JumpReLU features on
+    ``blocks.9.hook_resid_post`` (layer 9 of 18), unit-norm decoder rows, trained on general
+    English and Debian documentation/code in equal characters;
+  - ``"demo-docs"`` (``data/demo_sae_docs``): the first demo SAE, 4,096 JumpReLU features on
+    ``blocks.6.hook_resid_post``, trained on Debian documentation and code only (decoder rows
+    not unit-norm); feature 141 is ``if`` opening a Python statement.
+
+  Both are built by ``scripts/train_demo_sae.py`` (:attr:`DemoSAE.command`), and each ships
+  its per-feature statistics and labels beside its weights.
 - Per-feature statistics (max activations, densities) kept in the SAE's ``cfg.metadata``, the
   open bag sae-lens provides for such fields: ``Clamp(..., unit="max")`` reads them there, and
-  they are saved with the SAE. Feature labels (:mod:`scope.labels`) live there too; the demo
+  they are saved with the SAE. Feature labels (:mod:`scope.labels`) live there too; a demo
   SAE loads with its shipped labels.
 - :func:`load_saes`: every layer's SAE, loaded only when first used.
 """
@@ -21,6 +32,7 @@ import functools
 import os
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +48,39 @@ from scope.subjects import ModelUnavailableError, model_name
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-DEMO_SAE_DIR = Path(__file__).resolve().parent.parent / "data" / "demo_sae"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class DemoSAE:
+    """A bundled SAE for the bundled ``gemma-3-270m``: where it lives and what it is."""
+
+    folder: Path  # a sae-lens folder, plus feature_stats.safetensors and labels.parquet
+    hook: str
+    width: int
+    corpus: str  # what it was trained on
+    command: str  # the command (from the repository root) that builds the folder
+
+
+DEMO_SAES: dict[str, DemoSAE] = {
+    "demo": DemoSAE(
+        folder=DATA_DIR / "demo_sae",
+        hook="blocks.9.hook_resid_post",
+        width=8192,
+        corpus="general English and Debian documentation/code, equal characters",
+        command="scripts/train_demo_sae.py",
+    ),
+    "demo-docs": DemoSAE(
+        folder=DATA_DIR / "demo_sae_docs",
+        hook="blocks.6.hook_resid_post",
+        width=4096,
+        corpus="Debian documentation and code",
+        command=(
+            "scripts/train_demo_sae.py --layer 6 --width 4096 --corpus ~/.cache/scope/corpus/train.jsonl "
+            "--no-fold-decoder-norm --frequency-coeff 0 --out data/demo_sae_docs"
+        ),
+    ),
+}
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 MAX_ACTIVATIONS = "scope_max_activations"  # cfg.metadata keys scope adds
 FEATURE_STATS = "scope_feature_stats"
@@ -64,7 +108,12 @@ def load_sae(
             - a local Gemma Scope ``params.npz`` (or a folder holding one); ``hook=`` is required
               because the file does not record where it was trained,
             - a local sae-lens folder (``cfg.json`` + ``sae_weights.safetensors``),
-            - ``"demo"``: the bundled SAE for the bundled ``gemma-3-270m``.
+            - a bundled SAE for the bundled ``gemma-3-270m``, by its name in :data:`DEMO_SAES`:
+              ``"demo"``, the general demo SAE (``data/demo_sae``: 8,192 features on
+              ``blocks.9.hook_resid_post``, general English + documentation/code, unit-norm
+              decoder rows), or ``"demo-docs"``, the documentation SAE (``data/demo_sae_docs``:
+              4,096 features on ``blocks.6.hook_resid_post``, Debian documentation/code only).
+              Each loads with its shipped per-feature statistics and labels.
         hook: the hook the SAE reads, e.g. ``"blocks.20.hook_resid_post"``. Required for
             ``params.npz``; for a sae-lens folder it overrides the recorded hook at load time;
             for a registry SAE it must equal the recorded hook.
@@ -72,7 +121,8 @@ def load_sae(
         dtype: default float32 (Gemma Scope's own dtype); pass the model's dtype to save memory.
 
     Raises:
-        FileNotFoundError: a local path (or the demo SAE) that does not exist.
+        FileNotFoundError: a local path (or a demo SAE's folder) that does not exist; for a demo
+            SAE the message names the command that builds it.
         ValueError: a malformed file (naming the file and the problem), an unknown release or id,
             or a missing ``hook=``.
         ModelUnavailableError: a registry SAE that cannot be downloaded.
@@ -82,8 +132,8 @@ def load_sae(
         _checks.text(hook, "hook")
     device = _checks.device(device)
     dtype_name = _checks.dtype_name(dtype)
-    if text == "demo":
-        sae = _load_demo(hook, device, dtype_name)
+    if text in DEMO_SAES:
+        sae = _load_demo(text, hook, device, dtype_name)
     else:
         path = Path(text).expanduser()
         if path.exists():
@@ -98,20 +148,25 @@ def _spec_text(spec: Any) -> str:
         return str(GemmaScopeId(*spec))
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
-            f"spec must be a 'release/sae_id' string, a (release, sae_id) tuple, a path or 'demo', "
-            f"got {type(spec).__name__}."
+            f"spec must be a 'release/sae_id' string, a (release, sae_id) tuple, a path or one of "
+            f"{_demo_names()}, got {type(spec).__name__}."
         )
     return os.fspath(spec)
 
 
-def _load_demo(hook: str | None, device: str, dtype: str) -> SAE:
-    if not (DEMO_SAE_DIR / "cfg.json").is_file():
+def _demo_names() -> str:
+    return " or ".join(map(repr, DEMO_SAES))
+
+
+def _load_demo(name: str, hook: str | None, device: str, dtype: str) -> SAE:
+    demo = DEMO_SAES[name]
+    if not (demo.folder / "cfg.json").is_file():
         raise FileNotFoundError(
-            f"The demo SAE is not in {DEMO_SAE_DIR} (expected cfg.json + sae_weights.safetensors). "
-            "It is built by scripts/train_demo_sae.py; run that script once to create it."
+            f"The {name!r} SAE is not in {demo.folder} (expected cfg.json + sae_weights.safetensors). "
+            f"It is built by {demo.command} (run from the repository root)."
         )
-    sae = _load_sae_lens_folder(DEMO_SAE_DIR, hook, device, dtype)
-    stats_file = DEMO_SAE_DIR / "feature_stats.safetensors"  # written by scripts/eval_demo_sae.py
+    sae = _load_sae_lens_folder(demo.folder, hook, device, dtype)
+    stats_file = demo.folder / "feature_stats.safetensors"  # written by scripts/eval_demo_sae.py
     if stats_file.is_file():
         from safetensors.torch import load_file
 
@@ -120,7 +175,7 @@ def _load_demo(hook: str | None, device: str, dtype: str) -> SAE:
         set_feature_stats(sae, {name: column for name, column in stats.items() if name != "n_tokens"})
         if "n_tokens" in stats:
             sae.cfg.metadata[STATS_TOKENS] = int(stats["n_tokens"].sum())
-    labels_file = DEMO_SAE_DIR / "labels.parquet"  # written by scripts/label_demo_sae.py
+    labels_file = demo.folder / "labels.parquet"  # written by scripts/label_demo_sae.py
     if labels_file.is_file():
         set_labels(sae, read_labels(labels_file))
     return sae
@@ -216,12 +271,14 @@ def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str)
     if parts is None:
         if text.startswith(("/", ".", "~")) or text.endswith((".npz", ".json", ".safetensors")):
             raise FileNotFoundError(f"No such SAE file or folder: {text}")
+        bundled = difflib.get_close_matches(text, list(DEMO_SAES), n=1)
         close = difflib.get_close_matches(text.split("/")[0], list(directory), n=3)
         raise ValueError(
             f"SAE spec {text!r} is neither an existing local path nor 'RELEASE/SAE_ID' from sae-lens' registry"
-            + (f" (did you mean release {' or '.join(map(repr, close))}?)" if close else "")
+            + (f" (did you mean the bundled {bundled[0]!r}?)" if bundled else "")
+            + (f" (did you mean release {' or '.join(map(repr, close))}?)" if close and not bundled else "")
             + ". Use scope.gemma_scope_id(model, layer) for Gemma Scope ids, a local params.npz or "
-            "sae-lens folder, or 'demo'."
+            f"sae-lens folder, or a bundled SAE: {_demo_names()}."
         )
     release, sae_id = parts
     ids = directory[release].ids

@@ -17,7 +17,7 @@ of 20 to 445).
 
 Usage::
 
-    PYTHONPATH=. python scripts/bench_examples.py            # demo SAE, 4096 features
+    PYTHONPATH=. python scripts/bench_examples.py            # demo-docs SAE, 4096 features
     PYTHONPATH=. python scripts/bench_examples.py --texts 20 --repeats 2
     PYTHONPATH=. python scripts/bench_examples.py --texts 20 --repeats 1 --widen 4
 """
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus_sample" / "heldout.jsonl")
     p.add_argument("--texts", type=int, default=60, help="documents read from the corpus")
-    p.add_argument("--sae", default="demo")
+    p.add_argument("--sae", default="demo-docs")
     p.add_argument("--widen", type=int, default=1, help="mine an SAE this many times as wide (see above)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)

@@ -1,6 +1,6 @@
 """Explanation throughput and detection scores with the bundled model as explainer and scorer.
 
-    python scripts/bench_explain.py                   # 16 features of the demo SAE
+    python scripts/bench_explain.py                   # 16 features of the demo-docs SAE
     python scripts/bench_explain.py --features 8 --max-tokens 24
 
 1. Mine the demo SAE's features (a seeded sample of those that fire) over held-out documents.
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = scope.load_model("gemma-3-270m")
-    sae = scope.load_sae("demo", device=model.cfg.device)
+    sae = scope.load_sae("demo-docs", device=model.cfg.device)
     texts, size = [], 0
     for text in iter_texts(args.corpus):  # whole documents up to --chars
         texts.append(text[: args.chars - size])

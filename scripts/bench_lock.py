@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     args = parser.parse_args()
     model = scope.load_model("gemma-3-270m")
-    sae = scope.load_sae("demo")
+    sae = scope.load_sae("demo-docs")
     calls = {
         "encode": lambda: scope.encode(model, sae, PROMPT * 4),
         "generate": lambda: scope.generate(model, PROMPT, max_new_tokens=args.tokens),

@@ -4,7 +4,7 @@ Three measurements, each against a baseline measured in the same run:
 
 1. **one pass vs separate runs**: ``scope.mine`` of 4 SAEs at 4 layers (a dict) against 4
    single-SAE ``scope.mine`` runs over the same corpus (alternating, best of ``--repeats``);
-   the results are checked equal. The SAEs are the bundled demo SAE (trained at layer 6) read
+   the results are checked equal. The SAEs are the bundled ``demo-docs`` SAE (trained at layer 6) read
    at layers 3, 6, 9 and 12: the same width and cost per token as 4 real SAEs, though they fire
    differently off their own layer.
 2. **memory**: peak RSS of the 4-SAE run in fresh processes for the corpus and for ``--scale``
@@ -62,7 +62,9 @@ def read_texts(path: Path, n: int) -> list[str]:
 def load_saes() -> dict[int, object]:
     import scope
 
-    return {layer: scope.load_sae("demo", hook=f"blocks.{layer}.hook_resid_post", device="cpu") for layer in LAYERS}
+    return {
+        layer: scope.load_sae("demo-docs", hook=f"blocks.{layer}.hook_resid_post", device="cpu") for layer in LAYERS
+    }
 
 
 def sae_specs() -> dict[int, object]:
@@ -72,7 +74,8 @@ def sae_specs() -> dict[int, object]:
     import scope
 
     return {
-        layer: functools.partial(scope.load_sae, "demo", hook=f"blocks.{layer}.hook_resid_post") for layer in LAYERS
+        layer: functools.partial(scope.load_sae, "demo-docs", hook=f"blocks.{layer}.hook_resid_post")
+        for layer in LAYERS
     }
 
 

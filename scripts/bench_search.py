@@ -1,4 +1,4 @@
-"""Benchmarks of feature labels and feature search on the bundled model and the demo SAE.
+"""Benchmarks of feature labels and feature search on the bundled model and the ``demo-docs`` SAE.
 
 1. Labelling: :func:`scope.label_features` over the demo SAE's mined held-out table (the one
    ``scripts/label_demo_sae.py`` writes and caches; mined here first if it is missing). Prints
@@ -32,15 +32,15 @@ sys.path.insert(0, str(ROOT))  # tests/concept_texts.py holds the texts
 
 
 def bench_labels() -> None:
-    from scope.bundled import cache_root
     from scope.labels import label_features
 
-    examples = cache_root() / "demo_sae_heldout_sample_examples.parquet"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from label_demo_sae import default_examples, reuse
+
+    examples = default_examples("demo-docs")
     if not examples.with_name(examples.name + ".density.json").is_file():
         print("mining the held-out sample first (scripts/label_demo_sae.py, a few minutes)...")
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "label_demo_sae.py")], check=True)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from label_demo_sae import reuse
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "label_demo_sae.py"), "--sae", "demo-docs"], check=True)
 
     mined = reuse(argparse.Namespace(examples=examples))
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def bench_contrast(repeats: int, batch_size: int) -> None:
     from tests.concept_texts import IF_STATEMENTS, NO_IF
 
     model = scope.load_model("gemma-3-270m")
-    sae = scope.load_sae("demo", device=model.cfg.device, dtype=model.cfg.dtype)
+    sae = scope.load_sae("demo-docs", device=model.cfg.device, dtype=model.cfg.dtype)
     texts = [*IF_STATEMENTS, *NO_IF]
     # wall-clock seconds, and CPU seconds of this process (all its threads): on a shared, loaded
     # machine the CPU time is what the work costs, the wall time also what the neighbours took

@@ -48,8 +48,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = scope.load_model("gemma-3-270m")
-    sae = scope.load_sae("demo")
-    app = create_app(model, {"demo": sae})
+    sae = scope.load_sae("demo-docs")
+    app = create_app(model, {"demo-docs": sae})
     n = args.max_tokens
     print(f"bundled gemma-3-270m on {model.cfg.device}, {n} new tokens per request, greedy, stop at EOS off")
 

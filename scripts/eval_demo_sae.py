@@ -1,7 +1,12 @@
-"""Measure the demo SAE on held-out text, like Gemma Scope, and save per-feature statistics.
+"""Measure a demo SAE on held-out text, like Gemma Scope, per split, and save per-feature statistics.
 
-Over held-out documents never used in training (``heldout.jsonl`` of the corpus, or the shipped
-``data/corpus_sample/heldout.jsonl``), each cut into [BOS] + (``--context`` - 1)-token windows,
+``--sae`` is a bundled SAE's name (``demo`` or ``demo-docs``, see ``scope.saes.DEMO_SAES``) or an
+SAE folder. ``--heldout NAME=PATH ...`` names the held-out splits it is measured on, each on its
+own (default: ``english`` = ``$SCOPE_CACHE/corpus-english/heldout.jsonl`` and ``docs`` =
+``$SCOPE_CACHE/corpus/heldout.jsonl``, the held-out documents of the two corpora
+``scripts/build_corpus.py`` builds, never used in training; the shipped samples
+``data/corpus_sample/english/heldout.jsonl`` and ``data/corpus_sample/heldout.jsonl`` are small
+stand-ins). Over each split's documents, each cut into [BOS] + (``--context`` - 1)-token windows,
 the headline figures come from sae-lens' ``sae_lens.evals.run_evals`` (an ``ActivationsStore``
 over exactly those windows, BOS passed as the one token to exclude):
 
@@ -10,6 +15,9 @@ over exactly those windows, BOS passed as the one token to exclude):
   zero-ablates the hooked residual and ``loss_sae`` splices in the SAE reconstruction; sae-lens
   keeps BOS in the SAE run but zeroes it too in the zero-ablation run,
 - mean L0, and the fraction of dead features (zero density in sae-lens' per-feature densities).
+
+Beside them: the delta LM loss (SAE-spliced minus clean loss, in nats) and the number of dense
+features (firing on more than 10% of the split's tokens).
 
 scope's own computation runs beside it over the same windows and is printed next to sae-lens'
 figures with the difference: explained variance, L0 and dead fraction must agree to float
@@ -20,14 +28,18 @@ losses: the prediction made at BOS, the same in all of scope's runs). ``--tokens
 ``--ce-tokens`` are rounded down to whole batches of ``--batch`` windows, so that sae-lens'
 batches hold exactly the windows scope evaluates.
 
-With ``--save-stats`` it writes ``data/demo_sae/feature_stats.safetensors`` (max activation,
-density, quantiles of the non-zero activations per feature, which sae-lens does not compute),
-which ``scope.load_sae("demo")`` uses for ``Clamp(..., unit="max")``, and ``eval.json`` (the
-printed figures).
+With ``--save-stats`` it writes, next to the SAE, ``feature_stats.safetensors`` (max activation,
+density, quantiles of the non-zero activations per feature, which sae-lens does not compute,
+over the tokens of all splits together), which ``scope.load_sae`` attaches for
+``Clamp(..., unit="max")``, and ``eval.json``: the printed figures, one entry per split
+(``{"english": {...}, "docs": {...}}``).
 
 Usage::
 
     HF_HUB_OFFLINE=1 PYTHONPATH=. python scripts/eval_demo_sae.py --save-stats
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python scripts/eval_demo_sae.py --sae demo-docs --save-stats
+    HF_HUB_OFFLINE=1 PYTHONPATH=. python scripts/eval_demo_sae.py --sae demo-docs \\
+        --heldout docs=data/corpus_sample/heldout.jsonl --skip-sae-lens
 """
 
 from __future__ import annotations
@@ -46,18 +58,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope")) / "corpus"
+CACHE = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope"))
+# split -> its held-out documents; each split is named after the scripts/build_corpus.py --corpus that builds it
+DEFAULT_HELDOUT = {"english": CACHE / "corpus-english" / "heldout.jsonl", "docs": CACHE / "corpus" / "heldout.jsonl"}
 QUANTILES = (0.5, 0.9, 0.99)
+DENSE = 0.1  # a feature firing on more than this fraction of tokens counts as dense
+
+
+def heldout_split(value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` of ``--heldout``."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=PATH, e.g. docs=data/corpus_sample/heldout.jsonl, got {value!r}"
+        )
+    return name, Path(path).expanduser()
+
+
+def sae_folder(spec: str) -> Path:
+    """The folder of a bundled SAE's name, or ``spec`` itself as a folder."""
+    from scope.saes import DEMO_SAES
+
+    return DEMO_SAES[spec].folder if spec in DEMO_SAES else Path(spec)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", type=Path, default=DEFAULT_CORPUS / "heldout.jsonl")
-    p.add_argument("--sae", default="demo", help="scope.load_sae spec (default: the shipped demo SAE)")
+    p.add_argument(
+        "--heldout",
+        type=heldout_split,
+        nargs="+",
+        metavar="NAME=PATH",
+        help="held-out splits, each measured on its own (default: english and docs under $SCOPE_CACHE)",
+    )
+    p.add_argument("--sae", default="demo", help="'demo', 'demo-docs' or an SAE folder (default: %(default)s)")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--batch", type=int, default=16, help="sequences per forward")
-    p.add_argument("--tokens", type=int, default=100_000, help="held-out tokens for EV, L0, dead, stats")
-    p.add_argument("--ce-tokens", type=int, default=16_384, help="held-out tokens for the CE-loss score")
+    p.add_argument("--tokens", type=int, default=100_000, help="held-out tokens per split for EV, L0, dead, stats")
+    p.add_argument("--ce-tokens", type=int, default=16_384, help="held-out tokens per split for the CE-loss score")
     p.add_argument(
         "--skip-sae-lens",
         action="store_true",
@@ -65,7 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--save-stats", action="store_true", help="write feature_stats.safetensors next to the SAE")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    splits = args.heldout or list(DEFAULT_HELDOUT.items())
+    args.heldout = dict(splits)
+    if len(args.heldout) < len(splits):
+        p.error(f"--heldout names a split twice: {[name for name, _ in splits]}")
+    return args
 
 
 def heldout_sequences(model, path: Path, context: int, max_tokens: int, seed: int = 0) -> torch.Tensor:
@@ -104,6 +147,18 @@ class Totals:
     def __post_init__(self) -> None:
         self.count = torch.zeros(self.d_sae, dtype=torch.long)
         self.max_act = torch.zeros(self.d_sae)
+
+    def absorb(self, other: Totals) -> None:
+        """Add the sums of ``other`` (the same SAE over other tokens) to these."""
+        self.n += other.n
+        self.sse += other.sse
+        self.sum_x = other.sum_x if self.sum_x is None else self.sum_x + other.sum_x
+        self.sum_x2 += other.sum_x2
+        self.l0 += other.l0
+        self.count += other.count
+        self.max_act = torch.maximum(self.max_act, other.max_act)
+        self.nonzero += other.nonzero
+        self.nonzero_idx += other.nonzero_idx
 
     def add(self, x: torch.Tensor, acts: torch.Tensor, recon: torch.Tensor) -> None:
         x, acts, recon = x.double(), acts.float(), recon.double()
@@ -212,6 +267,7 @@ def evaluate(model, sae, seqs: torch.Tensor, ce_seqs: torch.Tensor, batch: int) 
         "ce_loss_zero_ablation": zero / n_pred,
         "mean_l0": totals.l0 / totals.n,
         "dead_fraction": float((totals.count == 0).float().mean()),
+        "dense_features": int((totals.count > DENSE * totals.n).sum()),
         "tokens": totals.n,
         "ce_tokens": n_pred,
     }
@@ -304,21 +360,11 @@ def comparison_table(sae_lens: dict, ours: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    import scope
-
-    if not args.heldout.is_file():
-        sys.exit(
-            f"{args.heldout} is missing: build the corpus (scripts/build_corpus.py) or pass "
-            "--heldout data/corpus_sample/heldout.jsonl"
-        )
+def evaluate_split(model, sae, path: Path, args: argparse.Namespace) -> tuple[dict, Totals]:
+    """The figures of one held-out split (sae-lens' headline figures unless ``--skip-sae-lens``,
+    scope's own under ``"scope"``) and scope's running totals over its tokens."""
     t0 = time.time()
-    model = scope.load_model("gemma-3-270m")
-    model.eval()
-    sae = scope.load_sae(args.sae)
-    seqs = heldout_sequences(model, args.heldout, args.context, args.tokens)
+    seqs = heldout_sequences(model, path, args.context, args.tokens)
     batch = min(args.batch, len(seqs))
     seqs = seqs[: len(seqs) // batch * batch]  # whole batches: sae-lens' batches are these windows
     n_ce = min(len(seqs), max(1, args.ce_tokens // args.context))
@@ -326,16 +372,18 @@ def main(argv: list[str] | None = None) -> dict:
     ours, totals = evaluate(model, sae, seqs, ce_seqs, batch)
     if args.skip_sae_lens:
         theirs = {}
-        figures = {k: v for k, v in ours.items() if k not in ("tokens", "ce_tokens")}
+        figures = {k: v for k, v in ours.items() if k not in ("tokens", "ce_tokens", "dense_features")}
     else:
         theirs = sae_lens_evaluate(model, sae, seqs, ce_seqs, batch)
         figures = dict(theirs)  # the headline figures are sae-lens'
+    figures["delta_lm_loss"] = figures["ce_loss_sae"] - figures["ce_loss_clean"]
+    figures["dense_features"] = ours["dense_features"]
     figures["ce_loss_score_bos_untouched"] = ours["ce_loss_score"]
     figures["ce_loss_zero_ablation_bos_untouched"] = ours["ce_loss_zero_ablation"]
     figures["tokens"], figures["ce_tokens"] = ours["tokens"], ours["ce_tokens"]
     figures["scope"] = ours  # scope's own computation of every figure, for the comparison
     figures["seconds"] = round(time.time() - t0, 1)
-    figures["heldout"] = str(args.heldout)
+    figures["heldout"] = str(path)
     if theirs:
         print(comparison_table(theirs, ours))
     else:
@@ -344,15 +392,52 @@ def main(argv: list[str] | None = None) -> dict:
         f"over {ours['tokens']} tokens ({len(seqs)} windows of {args.context}) and "
         f"{ours['ce_tokens']} predicted tokens for the CE figures; {figures['seconds']} s"
     )
-    print("sae-lens zero-ablates BOS too; scope leaves BOS untouched in all three CE runs")
-    if args.save_stats:
+    return figures, totals
+
+
+def check_files(args: argparse.Namespace) -> Path | None:
+    """Every held-out file there, and a folder for --save-stats, before the model loads; the
+    folder the statistics go to (None without --save-stats)."""
+    for name, path in args.heldout.items():
+        if not path.is_file():
+            corpus = f" --corpus {name}" if name in DEFAULT_HELDOUT else ""
+            sys.exit(
+                f"--heldout {name}={path} is missing: build the corpus (scripts/build_corpus.py{corpus}) "
+                "or pass the shipped samples, --heldout english=data/corpus_sample/english/heldout.jsonl "
+                "docs=data/corpus_sample/heldout.jsonl"
+            )
+    if not args.save_stats:
+        return None
+    out = sae_folder(args.sae)
+    if not out.is_dir():
+        sys.exit(f"--save-stats writes next to the SAE, but --sae {args.sae} is not a folder here")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Evaluate; returns ``{split: figures}``, the content of ``eval.json``."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = check_files(args)
+    import scope
+
+    model = scope.load_model("gemma-3-270m")
+    model.eval()
+    sae = scope.load_sae(args.sae)
+    results: dict[str, dict] = {}
+    together = Totals(sae.cfg.d_sae)  # every split's tokens, for the per-feature statistics
+    for name, path in args.heldout.items():
+        print(f"\n== {name}: {path}")
+        results[name], totals = evaluate_split(model, sae, path, args)
+        together.absorb(totals)
+    print("\nsae-lens zero-ablates BOS too; scope leaves BOS untouched in all three CE runs")
+    if out is not None:
         from safetensors.torch import save_file
 
-        out = scope.saes.DEMO_SAE_DIR if args.sae == "demo" else Path(args.sae)
-        save_file(totals.stats(), str(out / "feature_stats.safetensors"))
-        (out / "eval.json").write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"saved feature statistics and eval.json to {out}")
-    return figures
+        save_file(together.stats(), str(out / "feature_stats.safetensors"))
+        (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"saved feature statistics ({together.n} tokens of {', '.join(results)}) and eval.json to {out}")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Read the demo SAE's features: top activating examples on held-out text plus the logit lens.
+"""Read a demo SAE's features: top activating examples on held-out text plus the logit lens.
 
-Mines the top ``--k`` held-out examples of every feature in one pass with
-:func:`scope.top_examples` (written to ``--out`` as Parquet, reused when present), then prints
+``--sae`` is a bundled SAE's name (``demo`` or ``demo-docs``, see ``scope.saes.DEMO_SAES``) or an
+SAE folder. Mines the top ``--k`` held-out examples of every feature in one pass with
+:func:`scope.top_examples` over ``--heldout`` (default: the documentation corpus' held-out split for
+``demo-docs``, the general-English and documentation ones for the others; written to ``--out`` as
+Parquet, one file per SAE, reused when present), then prints
 candidate features for ``data/README.md``: for each, its density, its top contexts (peak token
 ⟦marked⟧) and the tokens its decoder direction promotes. Candidates are live features whose top
 examples come from several different documents, ranked by how often their top examples peak
@@ -10,7 +13,7 @@ on one same token (a cheap "is this one concept?" signal); ``--features`` prints
 Usage::
 
     PYTHONPATH=. python scripts/interpret_demo_sae.py --show 40
-    PYTHONPATH=. python scripts/interpret_demo_sae.py --features 12,345
+    PYTHONPATH=. python scripts/interpret_demo_sae.py --sae demo-docs --features 141,272
 """
 
 from __future__ import annotations
@@ -25,26 +28,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-DEFAULT_CORPUS = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope")) / "corpus"
+CACHE = Path(os.environ.get("SCOPE_CACHE", Path.home() / ".cache" / "scope"))
+DOCS_HELDOUT = CACHE / "corpus" / "heldout.jsonl"
+ENGLISH_HELDOUT = CACHE / "corpus-english" / "heldout.jsonl"
+
+
+def sae_folder(spec: str) -> Path:
+    """The folder of a bundled SAE's name, or ``spec`` itself as a folder."""
+    from scope.saes import DEMO_SAES
+
+    return DEMO_SAES[spec].folder if spec in DEMO_SAES else Path(spec)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heldout", type=Path, default=DEFAULT_CORPUS / "heldout.jsonl")
-    p.add_argument("--out", type=Path, default=DEFAULT_CORPUS.parent / "demo_sae_top_examples.parquet")
+    p.add_argument("--sae", default="demo", help="'demo', 'demo-docs' or an SAE folder (default: %(default)s)")
+    p.add_argument("--heldout", type=Path, nargs="+", help="held-out corpus files (default: see above)")
+    p.add_argument("--out", type=Path, help="the mined table (default: under $SCOPE_CACHE, one per SAE)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--show", type=int, default=30, help="candidate features to print")
     p.add_argument("--features", default=None, help="comma-separated features to print instead")
     p.add_argument("--contexts", type=int, default=6, help="contexts printed per feature")
-    return p.parse_args()
+    args = p.parse_args()
+    args.heldout = args.heldout or ([DOCS_HELDOUT] if args.sae == "demo-docs" else [ENGLISH_HELDOUT, DOCS_HELDOUT])
+    args.out = args.out or CACHE / f"{sae_folder(args.sae).name}_top_examples.parquet"
+    return args
 
 
 def mine(model, sae, args) -> pd.DataFrame:
     import scope
+    from scope._io import read_corpus_file
 
     if args.out.is_file():
         return pd.read_parquet(args.out)
-    return scope.top_examples(model, sae, args.heldout, k=args.k, context=8, out=args.out)
+    texts = [text for path in args.heldout for text in read_corpus_file(path)]
+    return scope.top_examples(model, sae, texts, k=args.k, context=8, out=args.out)
 
 
 def candidates(examples: pd.DataFrame, density: torch.Tensor) -> pd.Series:
@@ -77,7 +95,7 @@ def main() -> None:
     import scope
 
     model = scope.load_model("gemma-3-270m")
-    sae = scope.load_sae("demo")
+    sae = scope.load_sae(args.sae)
     density = scope.saes.feature_stats(sae)["density"]  # from scripts/eval_demo_sae.py --save-stats
     examples = mine(model, sae, args)
     if args.features:

@@ -1,12 +1,12 @@
 """Steering benchmark: SAE clamp vs SAE add vs DiffMean add vs prompting, per concept, with a report.
 
-    python scripts/steering_benchmark.py --out runs/steering               # bundled model + demo SAE
+    python scripts/steering_benchmark.py --out runs/steering               # bundled model + demo-docs SAE
     python scripts/steering_benchmark.py --model gemma-2-2b \\
         --sae gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical \\
         --concepts concepts.json --judge http://127.0.0.1:8080/v1 --judge-model gemma-2-9b-it
 
 For each concept (a JSON list of {"concept", "feature", "positive", "negative"}; the default is
-the demo SAE's Python-code feature) it computes a DiffMean direction at the SAE's hook from the
+the ``demo-docs`` SAE's Python-code feature) it computes a DiffMean direction at the SAE's hook from the
 positive and negative texts, runs :func:`scope.compare_steering` on the prompts (one batched
 generation, each row steered its own way), scores every output with the judge-free signals and,
 with ``--judge``, AxBench's three judge ratings, picks a recommended strength per method on a
@@ -61,7 +61,7 @@ PROMPTS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m", help="subject name (default: %(default)s)")
-    parser.add_argument("--sae", default="demo", help="SAE spec for scope.load_sae (default: %(default)s)")
+    parser.add_argument("--sae", default="demo-docs", help="SAE spec for scope.load_sae (default: %(default)s)")
     parser.add_argument("--concepts", type=Path, help="JSON list of {concept, feature, positive, negative}")
     parser.add_argument("--prompts", type=Path, help="a text file, one prompt per line (default: 6 neutral prompts)")
     parser.add_argument("--judge", default="none", help="'none', 'model' (the subject as stand-in) or an endpoint URL")

@@ -341,7 +341,7 @@ def test_cli_explain_through_an_endpoint(mined_setup, tmp_path, capsys):
 def test_bundled_model_explains_and_scores_end_to_end(bundled_model):
     """The bundled base model as a stand-in explainer and scorer: the pipeline runs and reports
     what it got (the scores of a 270M base model are near chance; scripts/bench_explain.py)."""
-    sae = scope.load_sae("demo")
+    sae = scope.load_sae("demo-docs")
     texts = ["if x > 1:\n    return x", "The cat sat on the mat.", "for i in range(10):\n    print(i)"] * 4
     mined = scope.mine(bundled_model, sae, texts, features=[1, 9, 3], k=6, progress=False)
     features = sorted(mined.examples.feature.unique().tolist())[:2]

@@ -1,10 +1,12 @@
 import argparse
+import json
 import re
 
 import pandas as pd
 import pytest
 
 from scope.cli import build_parser, main
+from scope.saes import DEMO_SAES
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -43,7 +45,10 @@ def test_demo_runs_on_the_bundled_model(capsys):
     assert main(["demo", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "Greedy continuation" in out
-    assert "norm at BOS" in out or "Top demo-SAE features per token" in out
+    # the general demo SAE: labelled features per token, then its shipped Golden Gate clamp
+    assert "Top demo-SAE features per token (blocks.9.hook_resid_post)" in out
+    sweep = json.loads((DEMO_SAES["demo"].folder / "golden_gate.json").read_text())
+    assert f"Golden Gate: feature {sweep['feature']} (" in out and "clamped" in out
 
 
 def test_steer_prints_unsteered_and_steered(capsys, tmp_path, tiny_dir, monkeypatch):

@@ -747,9 +747,9 @@ def test_cli_mines_several_saes_into_one_dataset(bundled_model, tmp_path, capsys
     out = tmp_path / "mined"
     hooks = ["blocks.3.hook_resid_post", "blocks.6.hook_resid_post"]
     argv = ["examples", "--corpus", str(corpus), "--out", str(out), "--k", "2", "--features", "1,2,3"]
-    assert main([*argv, "--sae", "demo", "--hook", hooks[0], "--sae", "demo", "--hook", hooks[1]]) == 0
+    assert main([*argv, "--sae", "demo-docs", "--hook", hooks[0], "--sae", "demo-docs", "--hook", hooks[1]]) == 0
     assert f"written to {out}" in capsys.readouterr().out
     for hook in hooks:
-        sae = scope.load_sae("demo", hook=hook)
+        sae = scope.load_sae("demo-docs", hook=hook)
         expected = scope.top_examples(bundled_model, sae, TEXTS, k=2, features=[1, 2, 3], progress=False)
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"sae={hook}" / "part-0.parquet"), expected)

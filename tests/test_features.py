@@ -1,5 +1,7 @@
 """Feature decoding checked against independent computations on the tiny Gemma 2."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -361,7 +363,8 @@ def test_features_command_defaults_to_the_demo_sae(tiny_model, tmp_path, monkeyp
     import scope.saes
 
     monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
-    monkeypatch.setattr(scope.saes, "DEMO_SAE_DIR", tmp_path / "data" / "demo_sae")
+    absent = dataclasses.replace(scope.saes.DEMO_SAES["demo"], folder=tmp_path / "data" / "demo_sae")
+    monkeypatch.setitem(scope.saes.DEMO_SAES, "demo", absent)
     assert main(["features", TEXT]) == 1  # FileNotFoundError: a runtime error
     assert "train_demo_sae.py" in capsys.readouterr().err
 

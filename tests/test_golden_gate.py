@@ -299,3 +299,52 @@ def test_command_line_checks_before_loading_anything(gg, tmp_path):
     with pytest.raises(SystemExit):  # a registry SAE has no folder: --out is required
         gg.main(["--sae", "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", "--feature", "1",
                  "--keywords", "sea"])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the shipped sweep
+
+
+def _shipped_sweep():
+    from scope.saes import DEMO_SAES
+
+    return json.loads((DEMO_SAES["demo"].folder / "golden_gate.json").read_text(encoding="utf-8"))
+
+
+def test_the_shipped_sweep_figures_follow_from_its_continuations(gg):
+    """Every figure of data/demo_sae/golden_gate.json recomputed from the texts it stores, and the
+    pick recomputed from the figures: the file cannot claim what its continuations do not show."""
+    sweep = _shipped_sweep()
+    assert sweep["sae"] == "demo" and sweep["complete"] and sweep["decoding"] == "greedy"
+    assert len(sweep["prompts"]) >= 20 and sweep["prompts"] == gg.read_prompts(gg.DEFAULT_PROMPTS)
+    pattern = gg.keyword_pattern(sweep["keywords"])
+    unsteered = next(row for row in sweep["sweep"] if row["strength"] == 0)
+    for row in sweep["sweep"]:
+        continuations = row["continuations"]
+        assert sorted(c["prompt"] for c in continuations) == list(range(len(sweep["prompts"])))
+        said = [gg.mentions(c["text"], pattern) for c in continuations]
+        assert said == [c["mentions"] for c in continuations]
+        assert row["mention_fraction"] == pytest.approx(sum(said) / len(said))
+        median = statistics.median(c["perplexity"] for c in continuations)
+        assert row["median_perplexity"] == pytest.approx(median)
+        assert row["perplexity_ratio"] == pytest.approx(median / unsteered["median_perplexity"])
+    table = pd.DataFrame(sweep["sweep"]).drop(columns="continuations")
+    assert gg.pick(table) == sweep["pick"]
+
+
+@pytest.mark.slow
+def test_the_shipped_sweep_regenerates_on_the_bundled_model(bundled_model, gg):
+    """The first batch of prompts, unsteered and at the picked strength, regenerated greedily:
+    the same texts as the shipped file, so the Golden Gate figures are this SAE's and this code's."""
+    sweep = _shipped_sweep()
+    sae = scope.load_sae("demo")
+    chosen = sweep["pick"]
+    prompts = sweep["prompts"][:8]
+    _, continuations = gg.measure(
+        bundled_model, sae, sweep["feature"], sweep["keywords"], [0.0, chosen["strength"]], prompts,
+        method=sweep["method"], unit=sweep["unit"], max_new_tokens=sweep["max_new_tokens"], batch_size=8,
+        progress=False,
+    )  # fmt: skip
+    for strength, rows in continuations.groupby("strength"):
+        shipped = next(row for row in sweep["sweep"] if row["strength"] == strength)["continuations"]
+        expected = {c["prompt"]: c["text"] for c in shipped}
+        assert list(rows["text"]) == [expected[i] for i in range(len(prompts))]

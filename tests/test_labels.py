@@ -167,8 +167,8 @@ def test_label_tables_from_anywhere_take_one_shape(tmp_path):
         as_labels(pd.DataFrame({"feature": [1]}))
 
 
-def test_the_demo_sae_ships_a_label_for_every_feature():
-    sae = scope.load_sae("demo", device="cpu")
+def test_the_docs_demo_sae_ships_a_label_for_every_feature():
+    sae = scope.load_sae("demo-docs", device="cpu")
     labels = feature_labels(sae)
     assert labels is not None and labels["feature"].tolist() == list(range(4096))
     assert labels["label"].str.len().gt(0).all()

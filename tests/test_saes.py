@@ -1,17 +1,21 @@
-"""Loading SAEs (scope/saes.py): params.npz files, sae-lens folders, the demo SAE, registry specs,
+"""Loading SAEs (scope/saes.py): params.npz files, sae-lens folders, the bundled demo SAEs, registry specs,
 per-feature statistics and lazy per-layer sets.
 
 Gemma Scope ids are tested in test_gemma_scope.py, whether an SAE fits a model in test_hooks.py."""
 
+import dataclasses
 import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import scope
 from scope import saes as saes_module
+from scope.labels import feature_labels, save_labels
 from tests.sae_util import random_params, write_params
 
 HOOK = "blocks.1.hook_resid_post"
@@ -145,40 +149,84 @@ def test_sae_lens_folder_without_weights_names_the_missing_file(make_sae, tmp_pa
         scope.load_sae(folder)
 
 
-def test_demo_spec_resolves_to_data_demo_sae(make_sae, tmp_path, monkeypatch):
-    assert saes_module.DEMO_SAE_DIR.parts[-2:] == ("data", "demo_sae")
-    absent = tmp_path / "data" / "demo_sae"
-    monkeypatch.setattr(saes_module, "DEMO_SAE_DIR", absent)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(absent)) + r".*scripts/train_demo_sae\.py"):
-        scope.load_sae("demo")
-    original, folder = _sae_lens_folder(make_sae, tmp_path, "data/demo_sae")
-    assert folder == absent
-    demo = scope.load_sae("demo", device="cpu")
-    assert torch.equal(demo.W_dec, original.W_dec)
-    # no statistics shipped yet (they live in cfg.metadata now, not in sae.scope_* attributes)
-    assert saes_module.max_activations(demo) is None
-    assert saes_module.feature_stats(demo) == {}
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_sae_carries_its_shipped_max_activations(make_sae, tmp_path, monkeypatch):
+def test_the_bundled_sae_names_resolve_to_their_folders_and_hooks():
+    demo, docs = saes_module.DEMO_SAES["demo"], saes_module.DEMO_SAES["demo-docs"]
+    assert list(saes_module.DEMO_SAES) == ["demo", "demo-docs"]
+    assert demo.folder == ROOT / "data" / "demo_sae" and docs.folder == ROOT / "data" / "demo_sae_docs"
+    assert (demo.hook, demo.width) == ("blocks.9.hook_resid_post", 8192)
+    assert (docs.hook, docs.width) == ("blocks.6.hook_resid_post", 4096)
+    for entry in (demo, docs):
+        assert entry.command.startswith("scripts/train_demo_sae.py")
+        assert (ROOT / entry.command.split()[0]).is_file()
+    assert "--out data/demo_sae_docs" in docs.command  # the script's default --out is the general SAE's
+
+
+def _demo_folders(make_sae, tmp_path, monkeypatch) -> dict:
+    """Both names pointed at SAE folders in tmp_path, each a different SAE at its own hook."""
+    originals = {}
+    for seed, (name, hook) in enumerate([("demo", "blocks.2.hook_resid_post"), ("demo-docs", HOOK)]):
+        sae, _ = make_sae(hook=hook, d_sae=32, seed=seed)
+        folder = tmp_path / "data" / name
+        sae.save_model(folder)
+        entry = dataclasses.replace(saes_module.DEMO_SAES[name], folder=folder, hook=hook, width=32)
+        monkeypatch.setitem(saes_module.DEMO_SAES, name, entry)
+        originals[name] = sae
+    return originals
+
+
+def test_each_bundled_name_loads_its_own_folder(make_sae, tmp_path, monkeypatch):
+    originals = _demo_folders(make_sae, tmp_path, monkeypatch)
+    for name, original in originals.items():
+        loaded = scope.load_sae(name, device="cpu")
+        assert loaded.cfg.metadata.hook_name == saes_module.DEMO_SAES[name].hook == original.cfg.metadata.hook_name
+        assert torch.equal(loaded.W_dec, original.W_dec)
+        # no statistics or labels shipped in these folders
+        assert saes_module.max_activations(loaded) is None
+        assert saes_module.feature_stats(loaded) == {}
+        assert feature_labels(loaded) is None
+    assert not torch.equal(originals["demo"].W_dec, originals["demo-docs"].W_dec)  # two different SAEs
+
+
+def test_a_missing_bundled_folder_names_the_folder_and_the_command_that_builds_it(tmp_path, monkeypatch):
+    for name in ("demo", "demo-docs"):
+        absent = tmp_path / "data" / name
+        entry = dataclasses.replace(saes_module.DEMO_SAES[name], folder=absent)
+        monkeypatch.setitem(saes_module.DEMO_SAES, name, entry)
+        with pytest.raises(FileNotFoundError) as err:
+            scope.load_sae(name)
+        assert str(absent) in str(err.value) and entry.command in str(err.value)
+        assert "scripts/train_demo_sae.py" in str(err.value)
+    assert "--layer 6 --width 4096" in str(err.value)  # demo-docs: the flags that build the layer-6 SAE
+
+
+def test_a_bundled_sae_carries_its_shipped_statistics_and_labels(make_sae, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    original, folder = _sae_lens_folder(make_sae, tmp_path, "data/demo_sae")
-    monkeypatch.setattr(saes_module, "DEMO_SAE_DIR", folder)
-    max_acts = torch.rand(original.cfg.d_sae) * 10
-    density = torch.rand(original.cfg.d_sae)
+    originals = _demo_folders(make_sae, tmp_path, monkeypatch)
+    folder = saes_module.DEMO_SAES["demo-docs"].folder
+    d_sae = originals["demo-docs"].cfg.d_sae
+    max_acts = torch.rand(d_sae) * 10
+    density = torch.rand(d_sae)
     # the layout scripts/eval_demo_sae.py --save-stats writes: per-feature columns and n_tokens [1]
     save_file(
         {"max_activation": max_acts, "density": density, "n_tokens": torch.tensor([12345])},
         str(folder / "feature_stats.safetensors"),
     )
-    demo = scope.load_sae("demo", device="cpu")
+    labels = pd.DataFrame({"feature": range(d_sae), "label": [f"label {i}" for i in range(d_sae)]})
+    save_labels(labels, folder / "labels.parquet")  # as scripts/label_demo_sae.py writes it
+    demo = scope.load_sae("demo-docs", device="cpu")
     assert torch.equal(saes_module.max_activations(demo), max_acts)
     stats = saes_module.feature_stats(demo)
     assert set(stats) == {"max_activation", "density"}
     assert demo.cfg.metadata.scope_feature_stats_tokens == 12345
     assert torch.equal(stats["density"], density)
     assert saes_module.max_activation(demo, 3) == pytest.approx(float(max_acts[3]))
+    assert feature_labels(demo)["label"].tolist() == labels["label"].tolist()
+    # the other name's folder has none of it
+    assert saes_module.max_activations(scope.load_sae("demo", device="cpu")) is None
 
 
 # ----------------------------------------------------------------------------- per-feature statistics
@@ -348,6 +396,11 @@ def test_unknown_specs_say_what_a_spec_can_be():
     with pytest.raises(FileNotFoundError, match="No such SAE file or folder: ./saes/params.npz"):
         scope.load_sae("./saes/params.npz", hook=HOOK)
     with pytest.raises(
-        ValueError, match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo'"
+        ValueError,
+        match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo' or 'demo-docs'",
     ):
         scope.load_sae("my-release/blocks.8")
+    with pytest.raises(ValueError, match=r"'demo_docs' is neither.*did you mean the bundled 'demo-docs'\?.*'demo' or"):
+        scope.load_sae("demo_docs")
+    with pytest.raises(TypeError, match=r"a path or one of 'demo' or 'demo-docs', got int"):
+        scope.load_sae(6)

@@ -146,7 +146,7 @@ def test_bad_requests_fail_before_any_forward(tiny_model, sae_and_params, forwar
 def test_contrast_finds_the_demo_if_feature(bundled_model):
     """data/README.md documents feature 141 as "`if` opening a Python statement"; Python with
     `if` statements against Python without them (and prose using the word "if") finds it first."""
-    sae = scope.load_sae("demo")
+    sae = scope.load_sae("demo-docs")
     # two of the five names of every template: 20 texts a side keep the test short
     positive, negative = ([t for i, t in enumerate(texts) if i % 5 < 2] for texts in (IF_STATEMENTS, NO_IF))
     found = search_features(bundled_model, sae, positive=positive, negative=negative, k=5)
@@ -160,10 +160,10 @@ def test_contrast_finds_the_demo_if_feature(bundled_model):
 def test_cli_search_by_words_and_its_usage_errors(capsys):
     from scope.cli import main
 
-    assert main(["search", "--query", "directory", "--k", "3"]) == 0
+    assert main(["search", "--sae", "demo-docs", "--query", "directory", "--k", "3"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines()[1:]]
-    assert {row[0] for row in rows} == {"99", "2986", "3583"}  # the demo SAE's "directory" features
+    assert {row[0] for row in rows} == {"99", "2986", "3583"}  # the docs demo SAE's "directory" features
     assert all('"directory"' in line for line in out.splitlines()[1:])
     assert main(["search", "--query", "if", "--negative", "x.txt"]) == 2
     assert "--negative goes with --positive" in capsys.readouterr().err

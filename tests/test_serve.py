@@ -530,12 +530,12 @@ def test_search_endpoint(url, tiny_model, saes):
 
 @pytest.mark.slow
 def test_bundled_model_greedy_equals_generate_with_and_without_steering(bundled_model):
-    sae = scope.load_sae("demo")
+    sae = scope.load_sae("demo-docs")
     steering = {
         "positions": "all",
-        "interventions": [{"sae": "demo", "feature": 141, "mode": "clamp", "value": 2.0, "unit": "max"}],
+        "interventions": [{"sae": "demo-docs", "feature": 141, "mode": "clamp", "value": 2.0, "unit": "max"}],
     }
-    with serving(create_app(bundled_model, {"demo": sae})) as base:
+    with serving(create_app(bundled_model, {"demo-docs": sae})) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=300)
         plain = client.completions.create(model="m", prompt="The Golden Gate Bridge is", max_tokens=12, temperature=0)
         steered = client.chat.completions.create(
@@ -567,13 +567,14 @@ def test_cli_checks_its_arguments_before_loading_a_model(capsys, monkeypatch, tm
         raise RuntimeError("no model in this test")
 
     monkeypatch.setattr(scope, "load_model", no_model)
-    assert main(["serve", "--sae", "a=demo", "--mined", "b=top.parquet"]) == 2
+    # demo-docs: the spec checks pass without loading it (the default "demo" may not be built yet)
+    assert main(["serve", "--sae", "a=demo-docs", "--mined", "b=top.parquet"]) == 2
     assert "--mined b=top.parquet names no served SAE; served: a" in capsys.readouterr().err
-    assert main(["serve", "--sae", "demo", "--mined", str(tmp_path / "none.parquet")]) == 1
+    assert main(["serve", "--sae", "demo-docs", "--mined", str(tmp_path / "none.parquet")]) == 1
     assert "no such file" in capsys.readouterr().err
-    assert main(["serve", "--sae", "a=demo", "--sae", "a=demo"]) == 2
+    assert main(["serve", "--sae", "a=demo-docs", "--sae", "a=demo-docs"]) == 2
     assert "given twice" in capsys.readouterr().err
-    assert main(["serve", "--host", "0.0.0.0"]) == 1  # the warning comes before the model loads
+    assert main(["serve", "--sae", "demo-docs", "--host", "0.0.0.0"]) == 1  # the warning comes before the model loads
     err = capsys.readouterr().err
     assert "scope: warning: serving on 0.0.0.0, not loopback" in err and "no model in this test" in err
     assert main(["serve"]) == 1

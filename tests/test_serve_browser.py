@@ -140,13 +140,13 @@ def test_explorer_in_chromium(browser, tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_explorer_on_the_bundled_model_saves_the_readme_screenshot(browser, bundled_model):
-    sae = scope.load_sae("demo")
-    with serving(create_app(bundled_model, {"demo": sae})) as base:
+    sae = scope.load_sae("demo-docs")
+    with serving(create_app(bundled_model, {"demo-docs": sae})) as base:
         explore(
             browser,
             base,
             bundled_model,
-            {"demo": sae},
+            {"demo-docs": sae},
             "The Golden Gate Bridge spans the strait",
             value=60.0,
             max_tokens=16,

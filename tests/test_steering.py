@@ -456,7 +456,7 @@ def test_batched_sweep_equals_the_sequential_sweep(tiny_model, sae):
 
 @pytest.mark.slow
 def test_bundled_per_row_steering_equals_each_row_alone(bundled_model):
-    demo = scope.load_sae("demo")
+    demo = scope.load_sae("demo-docs")
     texts = ["The history of the Roman Empire began when", "Once upon a time", "Water boils at"]
     rows = [[scope.Clamp(5, 40.0)], [], [scope.Add(11, 30.0)]]
     kwargs = dict(sae=demo, max_new_tokens=10, stop_at_eos=False)
