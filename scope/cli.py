@@ -144,9 +144,8 @@ def _print_golden_gate(model: Any, sae: Any, sweep_file: Path, max_new_tokens: i
         return
     feature, value, prompt = sweep["feature"], chosen["value"], sweep["prompts"][0]
     steering = scope.Clamp(feature, value) if sweep["method"] == "clamp" else scope.Add(feature, value)
-    plain, steered = (
-        scope.generate(model, prompt, max_new_tokens=max_new_tokens, sae=sae, steering=s) for s in (None, steering)
-    )
+    plain = scope.generate(model, prompt, max_new_tokens=max_new_tokens)
+    steered = scope.generate(model, prompt, max_new_tokens=max_new_tokens, sae=sae, steering=steering)
     print(
         f"\nGolden Gate: feature {feature} ({_label(sae, feature)}) {sweep['method']}ed at {value:.0f}. "
         f"Over {len(sweep['prompts'])} neutral prompts "
