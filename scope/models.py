@@ -23,6 +23,7 @@ from scope import _checks
 from scope.bundled import ensure_bundled_checkpoint
 from scope.gemma_scope import releases_by_model
 from scope.layout import relayout_for_speed
+from scope.loading import has_safetensors, load_hooked
 from scope.subjects import BUNDLED, SUBJECTS, ModelUnavailableError, Subject, register, subject
 
 if TYPE_CHECKING:
@@ -103,18 +104,47 @@ def load_model(
             f"verify=True checks the checksums scope records for the bundled {BUNDLED!r} cache; "
             f"{spec.name} from {folder or spec.hub_id} has none to check. Leave verify out."
         )
-    local_files_only = False
-    if folder is not None:
-        source: str | Path = folder
-    elif spec.hub_id is None:
-        source = ensure_bundled_checkpoint(verify=verify)
-    else:
-        source = spec.hub_id
-        local_files_only = _hub_offline() or not _hub_reachable()
-    tokenizer, hf_model = _load_hf(spec, source, dtype, local_files_only=local_files_only)
-    model = hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device, consume_hf=True)
+    if folder is None and spec.hub_id is None:
+        folder = ensure_bundled_checkpoint(verify=verify)
+    elif folder is None:
+        folder = _hub_snapshot(spec, local_files_only=_hub_offline() or not _hub_reachable())
+    model = _load_checkpoint(spec, folder, dtype=dtype, device=device)
     register(model, spec)
     return model
+
+
+def _load_checkpoint(spec: Subject, folder: Path, *, dtype: torch.dtype, device: str) -> HookedSAETransformer:
+    """The checkpoint in ``folder`` as a hooked model: straight from its safetensors onto ``device``
+    in ``dtype`` (:mod:`scope.loading`); through a transformers model when it has none (``.bin``)."""
+    if not has_safetensors(folder):
+        tokenizer, hf_model = _load_hf(spec, folder, dtype)
+        return hooked_from_hf(spec.tl_template, hf_model, tokenizer, dtype=dtype, device=device, consume_hf=True)
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        hf_config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Could not load {spec.name} weights from {folder}: {err}") from err
+    cfg = _tl_config(spec.tl_template, hf_config, dtype=dtype, device=device)
+    return load_hooked(cfg, hf_config, folder, tokenizer)
+
+
+# What a hub snapshot needs: config, weights (safetensors and their index), tokenizer files. Not
+# the GGUF or PyTorch copies some Gemma repositories also carry.
+_SNAPSHOT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
+
+
+def _hub_snapshot(spec: Subject, *, local_files_only: bool) -> Path:
+    """The local folder of ``spec``'s hub checkpoint, downloaded unless ``local_files_only``."""
+    from huggingface_hub import snapshot_download
+
+    assert spec.hub_id is not None
+    try:
+        folder = snapshot_download(spec.hub_id, allow_patterns=_SNAPSHOT_FILES, local_files_only=local_files_only)
+    except (OSError, ValueError) as err:  # huggingface_hub's errors are OSErrors (HTTP) or ValueErrors
+        raise ModelUnavailableError(_unavailable_message(spec, err, offline=local_files_only)) from err
+    return Path(folder)
 
 
 def _load_hf(
@@ -294,8 +324,7 @@ def hooked_from_hf(
     import transformer_lens.loading_from_pretrained as tl_loading
     from sae_lens import HookedSAETransformer
 
-    cfg = tl_loading.get_pretrained_model_config(template, dtype=dtype, device=device, fold_ln=False)
-    cfg = _with_sizes_of(cfg, hf_model.config)
+    cfg = _tl_config(template, hf_model.config, dtype=dtype, device=device)
     model = HookedSAETransformer(cfg, tokenizer, move_to_device=False)  # weights allocated lazily
     with contextlib.redirect_stdout(io.StringIO()):  # transformer-lens prints on load
         # Passed without keeping a reference: transformer-lens loads the state dict key by key and
@@ -319,6 +348,14 @@ def _converted_weights(tl_loading, template, cfg, hf_model, dtype, consume_hf: b
     if consume_hf:
         hf_model.to("meta")  # from here on the state dict holds the only reference to each weight
     return state_dict
+
+
+def _tl_config(template: str, hf_config: Any, *, dtype: torch.dtype, device: str):
+    """transformer-lens' official config of ``template`` with the sizes of the checkpoint's ``hf_config``."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    cfg = tl_loading.get_pretrained_model_config(template, dtype=dtype, device=device, fold_ln=False)
+    return _with_sizes_of(cfg, hf_config)
 
 
 def _with_sizes_of(cfg, hf_config):
