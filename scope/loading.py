@@ -79,14 +79,12 @@ def load_hooked(cfg: HookedTransformerConfig, hf_config: Any, folder: Path, toke
     model = _empty_model(cfg, tokenizer)
     device = torch.device(cfg.device)
     loaded: set[str] = set()
-    for file, names in _by_file(entries, files).items():
-        with _open(file) as handle:
-            for entry in names:
-                tensor = _read(handle, entry.name, cfg.dtype, device)
-                for target in entry.targets:
-                    _assign(model, target.param, target.convert(tensor))
-                    loaded.add(target.param)
-                del tensor
+    for entry in entries:
+        tensor = _read(files[entry.name], entry.name, cfg.dtype, device)
+        for target in entry.targets:
+            _assign(model, target.param, target.convert(tensor))
+            loaded.add(target.param)
+        del tensor
     _fill_zero_biases(model, loaded, cfg.dtype, device)
     model.move_model_modules_to_device()  # the buffers (rotary tables); the parameters are there already
     return model.eval()
@@ -147,28 +145,20 @@ def _check(entries: list[_Entry], files: dict[str, Path], folder: Path) -> None:
             )
 
 
-def _by_file(entries: list[_Entry], files: dict[str, Path]) -> dict[Path, list[_Entry]]:
-    grouped: dict[Path, list[_Entry]] = {}
-    for entry in entries:
-        grouped.setdefault(files[entry.name], []).append(entry)
-    return grouped
-
-
-def _open(file: Path):
-    from safetensors import safe_open
-
-    return safe_open(str(file), framework="pt", device="cpu")  # memory-mapped: read as sliced
-
-
-def _read(handle: Any, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _read(file: Path, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The tensor in ``dtype`` on ``device``, copied slice by slice out of the memory-mapped file.
 
-    The result never aliases the file (a model must not change when its cache file does)."""
-    source = handle.get_tensor(name)  # a view of the mapped file: nothing is read yet
-    tensor = torch.empty(source.shape, dtype=dtype, device=device)
-    rows = max(1, SLICE_ELEMENTS // max(1, source[0].numel()))
-    for start in range(0, source.shape[0], rows):
-        tensor[start : start + rows].copy_(source[start : start + rows])
+    The file is mapped for this one tensor only: its pages count as the process's memory while
+    mapped. The result never aliases the file (a model must not change when its cache file does)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt", device="cpu") as handle:
+        source = handle.get_tensor(name)  # a view of the mapped file: nothing is read yet
+        tensor = torch.empty(source.shape, dtype=dtype, device=device)
+        rows = max(1, SLICE_ELEMENTS // max(1, source[0].numel()))
+        for start in range(0, source.shape[0], rows):
+            tensor[start : start + rows].copy_(source[start : start + rows])
+        del source
     return tensor
 
 

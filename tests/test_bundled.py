@@ -189,7 +189,7 @@ def test_load_model_verify_reconverts_a_corrupted_cache(fake_cache, monkeypatch)
     folder = bundled.ensure_bundled_checkpoint(progress=False)
     _flip_bytes(folder / "model.safetensors")
     loaded = []
-    monkeypatch.setattr(scope.models, "_load_hf", lambda spec, source, *args, **kwargs: loaded.append(source) or 1 / 0)
+    monkeypatch.setattr(scope.models, "_load_checkpoint", lambda spec, folder, **kwargs: loaded.append(folder) or 1 / 0)
     with pytest.warns(UserWarning, match="sha256"), pytest.raises(ZeroDivisionError):
         scope.load_model("gemma-3-270m", verify=True, device="cpu")
     assert loaded == [folder] and len(fake_cache) == 2

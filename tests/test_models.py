@@ -255,6 +255,8 @@ def test_cheap_arguments_are_checked_before_anything_loads(monkeypatch, tmp_path
 
     monkeypatch.setattr(scope.models, "ensure_bundled_checkpoint", must_not_run)
     monkeypatch.setattr(scope.models, "_load_hf", must_not_run)
+    monkeypatch.setattr(scope.models, "_load_checkpoint", must_not_run)
+    monkeypatch.setattr(scope.models, "_hub_snapshot", must_not_run)
     monkeypatch.setattr(scope.models, "_hub_reachable", must_not_run, raising=False)
     bad = [
         (dict(device="tpu:0"), ValueError),
