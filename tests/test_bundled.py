@@ -78,6 +78,43 @@ def test_bundled_model_matches_transformers(bundled_model, bundled_hf):
     assert (actual - expected).abs().max().item() < 1e-3
 
 
+def _reference_path(hf_model, dtype):
+    """The load path before scope.loading: transformers' model converted by transformer-lens."""
+    from transformers import AutoTokenizer
+
+    import scope.models
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled.ensure_bundled_checkpoint()))
+    return scope.models.hooked_from_hf("google/gemma-3-270m", hf_model, tokenizer, dtype=dtype, device="cpu")
+
+
+@pytest.mark.slow
+def test_bundled_model_equals_the_transformers_path(bundled_model, bundled_hf):
+    reference = _reference_path(bundled_hf, torch.float32)
+    expected = reference.state_dict()
+    assert bundled_model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in bundled_model.state_dict().items())
+    tokens = scope.to_tokens(bundled_model, PROMPT)
+    with torch.no_grad():
+        assert torch.equal(bundled_model(tokens), reference(tokens))
+
+
+@pytest.mark.slow
+def test_bundled_model_in_bfloat16_equals_the_transformers_path():
+    from transformers import AutoModelForCausalLM
+
+    model = scope.load_model("gemma-3-270m", device="cpu", dtype=torch.bfloat16)
+    folder = bundled.ensure_bundled_checkpoint()
+    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).eval()
+    reference = _reference_path(hf_model, torch.bfloat16)
+    expected = reference.state_dict()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    tokens = scope.to_tokens(model, PROMPT)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), reference(tokens))
+
+
 @pytest.mark.slow
 def test_bundled_greedy_text_equals_transformers(bundled_model, bundled_hf):
     tokens = scope.to_tokens(bundled_model, PROMPT)
