@@ -122,7 +122,9 @@ def _load_checkpoint(spec: Subject, folder: Path, *, dtype: torch.dtype, device:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        # With add_bos_token=True up front: transformer-lens would otherwise load it a second time
+        # with that setting (get_tokenizer_with_bos), which for Gemma's 256k vocabulary takes seconds.
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), add_bos_token=True)
         hf_config = AutoConfig.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
         raise ValueError(f"Could not load {spec.name} weights from {folder}: {err}") from err

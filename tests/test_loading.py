@@ -101,6 +101,8 @@ def test_every_parameter_equals_the_transformers_path(name, dtype, checkpoints):
     assert all(params[n].stride() == p.stride() for n, p in expected_params.items())
     assert all(p.requires_grad == expected_params[n].requires_grad for n, p in params.items())
     assert model.cfg.to_dict() == expected.cfg.to_dict()
+    assert model.to_tokens(TEXT).tolist() == expected.to_tokens(TEXT).tolist()
+    assert model.tokenizer.add_bos_token and model.tokenizer.padding_side == expected.tokenizer.padding_side
 
 
 @pytest.mark.parametrize("name", list(CHECKPOINTS))
@@ -274,3 +276,18 @@ def test_a_checkpoint_without_safetensors_loads_through_transformers(checkpoints
     model = load("gemma2", folder, dtype=torch.float32)
     expected = load("gemma2", checkpoints["gemma2"], dtype=torch.float32)
     assert all(torch.equal(p, expected.get_parameter(n)) for n, p in model.named_parameters())
+
+
+def test_the_tokenizer_is_read_once(checkpoints, monkeypatch):
+    from transformers import AutoTokenizer
+
+    calls = []
+    real = AutoTokenizer.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(counting))
+    load("gemma2", checkpoints["gemma2"])
+    assert len(calls) == 1  # transformer-lens reads it again unless it already adds BOS
