@@ -2,17 +2,20 @@
 
     python scripts/bench_load.py                      # CPU, bf16, 3 alternating rounds
     python scripts/bench_load.py --device cuda        # on a GPU (peak = device memory)
-    python scripts/bench_load.py --no-before          # without the pre-scope.loading path
+    python scripts/bench_load.py --before             # also the path before scope.loading
 
 The checkpoint has the real shapes and random weights (loading does not depend on values), saved
 once in bf16 under the scope cache (~5.2 GB, written shard by shard). Each load runs in its own
 process, so that each peak is its own: transformers (the baseline), scope (``scope.load_model``,
 :mod:`scope.loading`) and, with ``--before``, the path scope took before (transformers' model
-converted by transformer-lens, then re-laid). Sides alternate round by round; medians are printed,
+converted by transformer-lens, then re-laid; on the CPU it peaked at 18 GiB resident: not on a
+shared 24 GB machine). Sides alternate round by round; medians are printed,
 with ratios against transformers measured in the same run.
 
 Peak: on cuda, ``torch.cuda.max_memory_allocated`` over the load; on the CPU, the process's peak
-resident memory (VmHWM, reset after the imports) above its resident memory before the load.
+resident memory (VmHWM, reset after the imports) above its resident memory before the load, and
+again through the first forward ("ready"): on the CPU transformers maps the checkpoint and reads
+each weight when first used, so only the first forward shows what its load costs.
 
 ``measure_load(side, folder, device, dtype)`` is the measurement itself (scripts/gpu_check.py can
 import it).
@@ -107,9 +110,10 @@ def _sync(device: str) -> None:
 
 
 def _load(side: str, folder: Path, device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if side == "transformers":
+        AutoTokenizer.from_pretrained(folder)  # a usable model needs one, as load_model's does
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device)
     if side == "scope":
         return scope.load_model("gemma-2-2b", weights=folder, device=device, dtype=dtype)
@@ -121,7 +125,7 @@ def _load(side: str, folder: Path, device: str, dtype: torch.dtype):
 
 
 def measure_load(side: str, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Load ``folder`` one way (``"transformers"``, ``"scope"`` or ``"before"``) and return
+    """Load ``folder`` one way (``"transformers"``: tokenizer and model, ``"scope"``, or ``"before"``) and return
     ``{"seconds", "peak_gib", "model"}``: wall time, peak memory of the load (device memory on
     cuda, resident memory above the start on the CPU), and the loaded model."""
     import sae_lens  # noqa: F401  imports are not the load
@@ -141,12 +145,22 @@ def measure_load(side: str, folder: Path, device: str = "cpu", dtype: torch.dtyp
     _sync(device)
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() if cuda else _kib("VmHWM") * 1024
-    return {"seconds": seconds, "peak_gib": (peak - before) / 2**30, "model": model}
+    return {"seconds": seconds, "peak_gib": (peak - before) / 2**30, "start_bytes": before, "model": model}
 
 
 def run_side(side: str, folder: Path, device: str) -> None:
     result = measure_load(side, folder, device)
-    model = result.pop("model")
+    model, start = result.pop("model"), result.pop("start_bytes")
+    # transformers maps the file and reads a weight when first used (on the CPU): the first forward
+    # is where every side has read every weight.
+    tokens = torch.tensor([[2, 651, 4281, 576, 573, 11344, 20936, 6343]], device=device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        model(tokens)
+    _sync(device)
+    result["first_forward_s"] = time.perf_counter() - started
+    if not device.startswith("cuda"):
+        result["ready_peak_gib"] = (_kib("VmHWM") * 1024 - start) / 2**30
     result["model_gib"] = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**30
     print(json.dumps(result))
 
@@ -155,13 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-before", action="store_true", help="leave out the pre-scope.loading path")
+    parser.add_argument("--before", action="store_true", help="also the path before scope.loading (18 GiB on CPU)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = random_checkpoint()
     if args.side:
         return run_side(args.side, folder, args.device)
-    sides = [s for s in SIDES if not (args.no_before and s == "before")]
+    sides = [s for s in SIDES if args.before or s != "before"]
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for round_ in range(args.rounds):
         for side in sides:
@@ -169,17 +183,29 @@ def main() -> None:
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[side].append(json.loads(out.strip().splitlines()[-1]))
             print(f"round {round_ + 1} {side}: {results[side][-1]}", flush=True)
-    load = {s: statistics.median(r["seconds"] for r in rs) for s, rs in results.items()}
-    peak = {s: statistics.median(r["peak_gib"] for r in rs) for s, rs in results.items()}
+
+    def median(key: str, side: str) -> float:
+        return statistics.median(r.get(key, float("nan")) for r in results[side])
+
+    columns = {
+        "load s": "seconds",
+        "first forward s": "first_forward_s",
+        "load peak GiB": "peak_gib",
+        "ready peak GiB": "ready_peak_gib",
+        "model GiB": "model_gib",
+    }
     print(f"\nGemma 2 2B (full size, random bf16 weights, {folder}), bf16 on {args.device}, median of {args.rounds}")
-    ratio = "x transformers"
-    print(f"{'side':14s} {'load s':>8s} {ratio:>15s} {'peak GiB':>9s} {ratio:>15s} {'model GiB':>10s}")
+    print("(load: tokenizer + weights; ready: through the first forward of 8 tokens; (x): over transformers)")
+    print(f"{'side':13s}" + "".join(f"{c:>24s}" for c in columns))
     for side in sides:
-        model_gib = results[side][0]["model_gib"]
-        print(
-            f"{side:14s} {load[side]:8.1f} {load[side] / load['transformers']:15.2f} {peak[side]:9.2f} "
-            f"{peak[side] / peak['transformers']:15.2f} {model_gib:10.2f}"
-        )
+        cells = []
+        for key in columns.values():
+            value, base = median(key, side), median(key, "transformers")
+            ratio = f"({value / base:.2f}x)" if key != "model_gib" and base > 0 else ""
+            cells.append(f"{value:15.2f} {ratio:>8s}")
+        print(f"{side:13s}" + "".join(cells))
+    ready = {s: median("seconds", s) + median("first_forward_s", s) for s in sides}
+    print("load + first forward, s:", {s: f"{v:.1f} ({v / ready['transformers']:.2f}x)" for s, v in ready.items()})
 
 
 if __name__ == "__main__":
