@@ -462,3 +462,107 @@ def test_bundled_per_row_steering_equals_each_row_alone(bundled_model):
     kwargs = dict(sae=demo, max_new_tokens=10, stop_at_eos=False)
     batched = scope.generate(bundled_model, texts, steering=rows, **kwargs)
     assert batched == [scope.generate(bundled_model, t, steering=r, **kwargs) for t, r in zip(texts, rows)]
+
+
+# ---- generate inside a steer block; interventions given twice ------------------------------------
+
+IN_BLOCK = dict(max_new_tokens=8, stop_at_eos=False, stop=["##", "\n\n"])  # rows leave the batch at different steps
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", [2, 5, 8]])
+@pytest.mark.parametrize("text", [PROMPT, BATCH], ids=["one", "batch"])
+def test_generate_inside_steer_honours_the_block_positions(tiny_model, sae, positions, text):
+    intervention = scope.Clamp(7, 12.0)
+    expected = scope.generate(tiny_model, text, sae=sae, steering=[intervention], positions=positions, **IN_BLOCK)
+    with scope.steer(tiny_model, sae, intervention, positions=positions):
+        inside = scope.generate(tiny_model, text, **IN_BLOCK)
+    assert inside == expected
+    assert no_hooks_left(tiny_model)
+
+
+def test_the_position_modes_steer_differently(tiny_model, sae):
+    """What makes the test above able to fail: each mode gives another text here."""
+    outputs = [scope.generate(tiny_model, PROMPT, **IN_BLOCK)] + [
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=[scope.Clamp(7, 12.0)], positions=p, **IN_BLOCK)
+        for p in ("all", "prompt", "generated")
+    ]
+    assert len(set(outputs)) == 4
+
+
+def test_nested_blocks_keep_their_own_positions_in_generate(tiny_model, sae):
+    n, k = scope.to_tokens(tiny_model, PROMPT).shape[1], IN_BLOCK["max_new_tokens"]
+    with (
+        scope.steer(tiny_model, sae, scope.Add(3, 6.0), positions="prompt"),
+        scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions="generated"),
+    ):
+        by_mode = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+    with (  # the same positions as explicit indices (BOS = 0; the last token is sampled, never run)
+        scope.steer(tiny_model, sae, scope.Add(3, 6.0), positions=range(1, n)),
+        scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions=range(n, n + k - 1)),
+    ):
+        by_index = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+    assert by_mode == by_index
+    assert by_mode != scope.generate(tiny_model, PROMPT, sae=sae, steering=[scope.Clamp(7, 12.0)], **IN_BLOCK)
+
+
+def test_a_generation_nested_in_another_restores_the_outer_one(tiny_model, sae):
+    """A generation started while another runs (here from its token stream) sees its own prompt
+    lengths; the outer one continues with its own."""
+    inner_text, inner = "knock knock", []
+    with scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions="generated"):
+        alone = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+        inner_alone = scope.generate(tiny_model, inner_text, max_new_tokens=3, stop_at_eos=False)
+        kwargs = {k: v for k, v in IN_BLOCK.items() if k != "stop"}
+        (outer,) = scope.generate_completions(
+            tiny_model,
+            [PROMPT],
+            on_token=lambda row, token: inner.append(
+                scope.generate(tiny_model, inner_text, max_new_tokens=3, stop_at_eos=False)
+            ),
+            **kwargs,
+        )
+    assert outer.text.startswith(alone) and inner and set(inner) == {inner_alone}
+
+
+def test_identical_interventions_are_each_applied(tiny_model, sae, params):
+    tokens = tiny_model.to_tokens(PROMPT)
+    clean, _, _ = streams(tiny_model, tokens)
+    _, twice, _ = streams(tiny_model, tokens, sae, scope.Add(5, 1.5), scope.Add(5, 1.5))
+    expected = clean + 3.0 * torch.from_numpy(params["W_dec"]).double()[5]
+    expected[0] = clean[0]  # BOS
+    assert torch.allclose(twice, expected, atol=1e-4)
+    text, add, double = "knock knock", scope.Add(5, 4.0), scope.Add(5, 8.0)
+
+    def tokens_of(steering, texts=(text,)):
+        done = scope.generate_completions(tiny_model, list(texts), sae=sae, steering=steering, max_new_tokens=6)
+        return [c.tokens for c in done]
+
+    assert tokens_of([add, add]) == tokens_of([double]) != tokens_of([add])
+    # per row, sharing the work: row 0 applies it twice, row 1 once
+    assert tokens_of([[add, add], [add]], [text, text]) == tokens_of([double]) + tokens_of([add])
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (scope.Clamp(7, 1.0), scope.Clamp(7, 1.0)),
+        (scope.Clamp(7, 1.0), scope.Clamp(7, 2.0)),
+        (scope.Clamp(7, 1.0), Scale(7, 2.0)),
+        (scope.Ablate(7), Scale(7, 2.0)),
+    ],
+    ids=["same clamp twice", "two clamps", "clamp and scale", "ablate and scale"],
+)
+def test_one_feature_set_twice_is_refused(tiny_model, sae, pair):
+    with pytest.raises(ValueError, match=r"both set feature 7 of the SAE at blocks\.1\.hook_resid_post"):
+        with scope.steer(tiny_model, sae, *pair):
+            pass
+    with pytest.raises(ValueError, match="both set feature 7"):
+        scope.generate(tiny_model, BATCH[:2], sae=sae, steering=[[pair[0]], list(pair)], max_new_tokens=2)
+    assert no_hooks_left(tiny_model)
+
+
+def test_adds_compose_with_the_clamp_of_their_feature(tiny_model, sae):
+    tokens = tiny_model.to_tokens(PROMPT)
+    _, clamp_and_add, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 1.0), scope.Add(7, 2.0))
+    _, clamp, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 3.0))
+    assert torch.allclose(clamp_and_add, clamp, atol=1e-4)
