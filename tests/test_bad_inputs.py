@@ -214,6 +214,32 @@ API_CASES = [
         r"non-finite",
     ),
     (
+        "one feature clamped twice",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(3, 1.0), scope.Clamp(3, 2.0)]),
+        ValueError,
+        r"Clamp\(feature=3, value=1\.0.*Clamp\(feature=3, value=2\.0.*both set feature 3.*at most one Clamp",
+    ),
+    (
+        "steering after the last block",
+        lambda m, s, t: scope.generate(m, TEXT, sae=_sae_at(t, "ln_final.hook_normalized"), steering=[scope.Add(3, 5)]),
+        ValueError,
+        r"Cannot steer at ln_final\.hook_normalized.*Steer blocks\.3\.hook_resid_post",
+    ),
+    (
+        "steering attention patterns",
+        lambda m, s, t: scope.generate(
+            m, TEXT, sae=_sae_at(t, "blocks.1.attn.hook_pattern", d_in=11), steering=[scope.Add(3, 5)]
+        ),
+        ValueError,
+        r"Cannot steer at blocks\.1\.attn\.hook_pattern.*not one activation per token",
+    ),
+    (
+        "a hook that never runs",
+        lambda m, s, t: scope.encode(m, _sae_at(t, "blocks.1.attn.hook_result"), TEXT),
+        ValueError,
+        r"blocks\.1\.attn\.hook_result never runs.*cfg\.use_attn_result.*set_use_attn_result\(True\)",
+    ),
+    (
         "infinite temperature",
         lambda m, s, t: scope.generate(m, TEXT, temperature=float("inf")),
         ValueError,

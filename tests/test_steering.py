@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -361,9 +362,9 @@ def test_positions_beyond_the_generation_are_rejected(tiny_model, sae):
             tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False
         )
         assert state.prompt_length == n
-    plain_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False)
-    assert steered_tokens[:3].tolist() == plain_tokens[:3].tolist()  # only the last step was steered
-    assert steered_tokens[3] != plain_tokens[3]
+    plain_stream = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False)
+    assert steered_tokens[:3].tolist() == plain_stream[:3].tolist()  # only the last step was steered
+    assert steered_tokens[3] != plain_stream[3]
     assert last == tiny_model.tokenizer.decode(steered_tokens.tolist(), skip_special_tokens=True)
 
 
@@ -566,3 +567,83 @@ def test_adds_compose_with_the_clamp_of_their_feature(tiny_model, sae):
     _, clamp_and_add, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 1.0), scope.Add(7, 2.0))
     _, clamp, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 3.0))
     assert torch.allclose(clamp_and_add, clamp, atol=1e-4)
+
+
+# ---- every hook: steered in generate and in ShieldGemma scoring, or refused up front -------------
+
+BLOCK_SITES = [
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+    "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in",
+    "ln1.hook_scale", "ln1.hook_normalized", "ln1_post.hook_scale", "ln1_post.hook_normalized",
+    "ln2.hook_scale", "ln2.hook_normalized", "ln2_post.hook_scale", "ln2_post.hook_normalized",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_result",
+    "mlp.hook_in", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
+]  # fmt: skip
+OUTSIDE_BLOCKS = [
+    "hook_embed",
+    "ln_final.hook_scale",
+    "ln_final.hook_normalized",
+    "unembed.hook_in",
+    "unembed.hook_out",
+]
+AUDITED = OUTSIDE_BLOCKS + [f"blocks.{layer}.{site}" for layer in (0, 3) for site in BLOCK_SITES]
+
+
+def test_the_audit_covers_every_hook_of_the_model(tiny_model):
+    sites = {re.sub(r"^blocks\.\d+\.", "", hook) for hook in tiny_model.hook_dict}
+    assert sites == set(BLOCK_SITES) | set(OUTSIDE_BLOCKS)
+
+
+def _widths(model, hook):
+    """SAE widths to try at ``hook``: the last dimension and the whole per-token activation, as a
+    forward pass shows them (the model width for a hook that never runs)."""
+    _, cache = model.run_with_cache(model.to_tokens(PROMPT), names_filter=hook)
+    if hook not in cache:
+        return [model.cfg.d_model]
+    shape = cache[hook].shape[2:]
+    return sorted({shape[-1], math.prod(shape)})
+
+
+@pytest.mark.parametrize("hook", AUDITED)
+def test_every_hook_is_steered_or_refused_up_front(tiny_model, make_sae, hook):
+    """A large Add at any hook that check_compatible accepts changes both what generate computes
+    its logits from (the last residual of every pass, prefill and decode steps) and ShieldGemma's
+    scores, or steer refuses it before attaching anything."""
+    from scope.shield.scoring import score_tokens  # score's own computation (a ShieldGemma prompt is too
+    # long for the tiny model's context of 256)
+
+    texts = ["knock knock", PROMPT]
+    sequences = [scope.to_tokens(tiny_model, t)[0] for t in texts]
+
+    last = f"blocks.{tiny_model.cfg.n_layers - 1}.hook_resid_post"  # what generate's logits are computed from
+
+    def outputs():
+        seen = []
+        with tiny_model.hooks(fwd_hooks=[(last, lambda act, hook: seen.append(act[:, -1].clone()))]):
+            scope.generate_completions(tiny_model, texts, max_new_tokens=4, stop_at_eos=False)  # prefill + 3 steps
+        return torch.cat(seen), score_tokens(tiny_model, sequences, progress=False)
+
+    plain_stream, plain_scores = outputs()
+    accepted = 0
+    for d_in in _widths(tiny_model, hook):
+        sae, _ = make_sae(hook, d_in=d_in, d_sae=4, seed=d_in)
+        try:
+            scope.check_compatible(tiny_model, sae)
+        except ValueError:
+            continue
+        accepted += 1
+        block = scope.steer(tiny_model, sae, scope.Add(0, 50.0))
+        try:
+            block.__enter__()
+        except ValueError as refused:
+            assert re.search("Cannot steer at", str(refused)) and no_hooks_left(tiny_model)
+            continue
+        try:
+            stream, scores = outputs()
+        finally:
+            block.__exit__(None, None, None)
+        assert not torch.allclose(stream, plain_stream), f"steering at {hook} (d_in {d_in}) did not change generate"
+        assert not np.allclose(scores, plain_scores), f"steering at {hook} (d_in {d_in}) did not change scores"
+    if hook.endswith(("hook_attn_in", "_input", "hook_mlp_in", "hook_result")):
+        assert accepted == 0  # a hook that never runs is refused by check_compatible itself

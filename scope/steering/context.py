@@ -35,7 +35,15 @@ import torch
 
 from scope import _checks
 from scope.features import check_feature
-from scope.hooks import HookFn, check_compatible, check_hook_free, model_lock, sae_hook, sae_splice
+from scope.hooks import (
+    HookFn,
+    check_compatible,
+    check_hook_free,
+    check_steerable,
+    model_lock,
+    sae_hook,
+    sae_splice,
+)
 from scope.saes import max_activation
 from scope.steering.directions import Direction
 from scope.steering.interventions import Intervention, as_list, is_pair
@@ -357,6 +365,7 @@ def _installed(
     groups = plan(sae, rows)
     for group_sae, _, _ in groups:
         check_compatible(model, group_sae)
+        check_steerable(model, group_sae)
         check_hook_free(model, sae_hook(group_sae))
     with model_lock(model):
         state = SteeringState(positions=checked, special_ids=_special_ids(model))
