@@ -112,6 +112,24 @@ API_CASES = [
         ValueError,
         r"params\.npz is not a readable params\.npz",
     ),
+    (
+        "NaN in an SAE weight",
+        lambda m, s, t: scope.load_sae(_npz(t, nan_at="W_dec"), hook="blocks.1.hook_resid_post"),
+        ValueError,
+        r"bare/params\.npz: the SAE tensor W_dec holds 1 non-finite values",
+    ),
+    (
+        "truncated sae_weights.safetensors",
+        lambda m, s, t: scope.load_sae(_sae_lens_folder(t, s, truncate=True)),
+        ValueError,
+        r"folder/sae_weights\.safetensors is not a readable safetensors file",
+    ),
+    (
+        "cfg.json without d_sae",
+        lambda m, s, t: scope.load_sae(_sae_lens_folder(t, s, drop="d_sae")),
+        ValueError,
+        r"folder/cfg\.json lacks d_sae: .*needs d_in, d_sae",
+    ),
     ("params.npz without hook", lambda m, s, t: scope.load_sae(_npz(t)), ValueError, r"hook= is required"),
     ("SAE spec of a wrong type", lambda m, s, t: scope.load_sae(3), TypeError, r"spec must be"),
     (
@@ -390,10 +408,26 @@ API_CASES = [
 ]
 
 
-def _npz(tmp: Path) -> Path:
+def _npz(tmp: Path, nan_at: str | None = None) -> Path:
     from tests.sae_util import random_params, write_params
 
-    return write_params(tmp / "bare" / "params.npz", random_params(64, 8))
+    params = random_params(64, 8)
+    if nan_at is not None:
+        params[nan_at].flat[0] = np.nan
+    return write_params(tmp / "bare" / "params.npz", params)
+
+
+def _sae_lens_folder(tmp: Path, sae, truncate: bool = False, drop: str | None = None) -> Path:
+    import json
+
+    folder = tmp / "folder"
+    sae.save_model(folder)
+    weights, cfg = folder / "sae_weights.safetensors", folder / "cfg.json"
+    if truncate:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    if drop is not None:
+        cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if k != drop}))
+    return folder
 
 
 def _sae_at(tmp: Path, hook: str, d_in: int = 64):
@@ -432,7 +466,12 @@ def test_api_bad_input(case, tiny_model, sae, tmp_path):
 
 def _made_by_the_case(path: Path) -> bool:
     """Inputs a case writes itself (corpora, SAE files, a planted checkpoint), as opposed to results."""
-    return path.suffix in (".jsonl", ".txt", ".csv", ".npz") or path.is_dir() or path.name.startswith(".planted.")
+    return (
+        path.suffix in (".jsonl", ".txt", ".csv", ".npz")
+        or path.is_dir()
+        or path.name.startswith(".planted.")
+        or path.parent.name == "folder"  # an SAE folder the case wrote
+    )
 
 
 def test_numpy_and_torch_scalars_are_accepted_everywhere(tiny_model, sae):
