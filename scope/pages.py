@@ -140,7 +140,7 @@ def dashboards(
     features = [check_feature(sae, f) for f in features]
     groups = _checks.non_negative_int(groups, "groups")
     per_group = _checks.positive_int(per_group, "per_group")
-    seed = _checks.integer(seed, "seed")
+    seed = _checks.seed(seed)
     folder = check_writable_dir(folder, "folder")
     known = _Known.of(sae, labels, explanations, scores)
     if mined is None:

@@ -282,6 +282,51 @@ API_CASES = [
         r"top_p must be in \(0, 1\]",
     ),
     (
+        "seed past what torch takes",
+        lambda m, s, t: scope.generate(m, TEXT, temperature=1.0, seed=2**70, sae=s, steering=[scope.Add(3, 1.0)]),
+        ValueError,
+        r"seed must be an integer in 0\.\.2\*\*64 - 1 \(18446744073709551615\), got 1180591620717411303424",
+    ),
+    (
+        "one of the seeds past what torch takes",
+        lambda m, s, t: scope.generate(m, [TEXT, TEXT], temperature=1.0, seed=[1, 2**64]),
+        ValueError,
+        r"seed must be an integer in 0\.\.2\*\*64 - 1.*got 18446744073709551616",
+    ),
+    (
+        "a judge's table of several methods",
+        lambda m, s, t: scope.recommend_strength(
+            __import__("pandas").DataFrame(
+                {
+                    "method": ["SAE add", "prompting"],
+                    "instruction": ["a", "b"],
+                    "value": [1.0, 1.0],
+                    "harmonic_mean": 1.0,
+                }
+            )
+        ),
+        ValueError,
+        r"2 steering methods \('SAE add', 'prompting'\).*pass method=",
+    ),
+    (
+        "labels with a fractional feature",
+        lambda m, s, t: scope.labels.set_labels(s, {1.7: "a label"}),
+        ValueError,
+        r"labels name feature 1\.7, which is not a feature index",
+    ),
+    (
+        "labels with a feature as a string",
+        lambda m, s, t: scope.labels.set_labels(s, {"141": "a label"}),
+        TypeError,
+        r"a labels feature must be an integer, got '141'",
+    ),
+    (
+        "out= where no file can be created",
+        lambda m, s, t: scope.mine(m, s, [TEXT], out="/proc/scope/top.parquet", progress=False),
+        PermissionError,
+        r"out='/proc/scope/top\.parquet'.*(cannot create a file in|is not writable)",
+    ),
+    (
         "chat with a bad role",
         lambda m, s, t: scope.generate(m, [{"role": "robot", "content": "hi"}]),
         ValueError,

@@ -179,7 +179,7 @@ def recommend_strength(
                 f"scores has no {column!r} column; give an evaluate_steering table of a sweep "
                 f"(columns: {', '.join(map(str, scores.columns))})."
             )
-    seed = _checks.integer(seed, "seed")
+    seed = _checks.seed(seed)
     scores = _one_method(scores, method)
     keys = scores["instruction"].map(str)
     unique = sorted(keys.unique())
