@@ -19,13 +19,14 @@ import difflib
 import math
 import re
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from scope.subjects import describe_model
+from scope.subjects import describe_model, subject_of
 
 _BLOCK_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _RESIDUAL_WIDE = {
@@ -186,6 +187,33 @@ def check_compatible(model: Any, sae: Any) -> None:
             f"SAE is on {sae.device} but the model is on {model.cfg.device}; "
             f"load it with device={str(model.cfg.device)!r} or call sae.to(...)."
         )
+    warn_if_made_for_another_model(model, sae)
+
+
+class OtherModelWarning(UserWarning):
+    """An SAE used with another model than the one its config names (shapes fit, meaning may not)."""
+
+
+def warn_if_made_for_another_model(model: Any, sae: Any) -> None:
+    """Warn when ``sae.cfg.metadata.model_name`` names a model whose SAEs the subject does not
+    take (Gemma Scope's base-model SAEs fit the -it model and ShieldGemma: no warning there)."""
+    recorded = getattr(sae.cfg.metadata, "model_name", None)
+    spec = subject_of(model)
+    if not recorded or spec is None:
+        return
+    fitting = {_bare(name) for name in (spec.name, *spec.sae_models)}
+    if _bare(recorded) not in fitting:
+        warnings.warn(
+            f"The SAE at {sae_hook(sae)} was made for {recorded!r}, but it is used with {spec.name!r} "
+            f"(whose SAEs are made for {', '.join(spec.sae_models) or spec.name}): its shapes fit, "
+            "its features may mean nothing here.",
+            OtherModelWarning,
+            stacklevel=3,
+        )
+
+
+def _bare(name: str) -> str:
+    return name.lower().removeprefix("google/")
 
 
 def check_steerable(model: Any, sae: Any) -> None:

@@ -239,3 +239,21 @@ def test_model_lock_is_one_reentrant_lock_per_model(tiny_model):
         other.start()
         other.join()
         assert taken == [False]  # another thread waits its turn
+
+
+def test_an_sae_made_for_another_model_warns_naming_both(tiny_model, make_sae):
+    import warnings
+
+    sae, _ = make_sae(hook=HOOK, d_sae=8)
+    for fitting in (None, "gemma-2-2b", "google/gemma-2-2b-it", "shieldgemma-2b"):  # the tiny one is shieldgemma-2b
+        sae.cfg.metadata.model_name = fitting
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", hooks.OtherModelWarning)
+            scope.encode(tiny_model, sae, TEXT)
+    sae.cfg.metadata.model_name = "gemma-3-270m"
+    pattern = r"made for 'gemma-3-270m', but it is used with 'shieldgemma-2b'"
+    with pytest.warns(hooks.OtherModelWarning, match=pattern):
+        scope.encode(tiny_model, sae, TEXT)
+    with pytest.warns(hooks.OtherModelWarning, match=pattern):
+        scope.generate(tiny_model, TEXT, sae=sae, steering=[scope.Add(1, 2.0)], max_new_tokens=1)
+    assert _no_hooks_left(tiny_model)
