@@ -424,6 +424,21 @@ API_CASES = [
         ValueError,
         r"feature 99 is out of range",
     ),
+    (
+        "dashboard of another SAE's mining result",
+        lambda m, s, t: scope.dashboard(
+            m,
+            s,
+            3,
+            [TEXT],
+            t / "f.html",
+            mined=scope.mine(
+                m, _sae_at(t, "blocks.1.hook_resid_post", d_sae=60), [TEXT], features=[3, 55], progress=False
+            ),
+        ),
+        ValueError,
+        r"mined holds feature\(s\) \[55\], beyond this SAE's 48 features",
+    ),
     # ShieldGemma
     (
         "unknown policy",
@@ -475,10 +490,10 @@ def _sae_lens_folder(tmp: Path, sae, truncate: bool = False, drop: str | None = 
     return folder
 
 
-def _sae_at(tmp: Path, hook: str, d_in: int = 64):
+def _sae_at(tmp: Path, hook: str, d_in: int = 64, d_sae: int = 8):
     from tests.sae_util import random_params, write_params
 
-    path = write_params(tmp / hook.replace(".", "_") / "params.npz", random_params(d_in, 8))
+    path = write_params(tmp / hook.replace(".", "_") / "params.npz", random_params(d_in, d_sae))
     return scope.load_sae(path, hook=hook, device="cpu")
 
 
