@@ -58,6 +58,17 @@ def index(value: Any, size: int, name: str, what: str = "features") -> int:
     return number
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed overflows above (numpy's generators take any >= 0)
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """A random seed: an integer in ``0..2**64 - 1``, what both torch and numpy generators take."""
+    number = integer(value, name)
+    if not 0 <= number <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer in 0..2**64 - 1 ({SEED_MAX}), got {number}.")
+    return number
+
+
 def number(value: Any, name: str) -> float:
     """A real number (not bool, not complex), NaN and infinities included."""
     value = _scalar(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,9 +49,24 @@ def check_writable_file(path: str | os.PathLike, name: str = "out") -> Path:
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise NotADirectoryError(f"{name}={str(path)!r}: {str(parent)!r} is a file, not a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{name}={str(path)!r}: the folder {str(parent)!r} is not writable.")
+    _try_writing(parent, path, name)
     return path
+
+
+def _try_writing(folder: Path, path: Path, name: str) -> None:
+    """Create (and remove) a file in ``folder``: permission bits do not tell all (root passes them,
+    yet cannot write under /proc; a read-only mount passes them too)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}={str(path)!r}: the folder {str(folder)!r} is not writable.")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".scope-write-check-")
+    except OSError as err:
+        raise PermissionError(
+            f"{name}={str(path)!r}: cannot create a file in the folder {str(folder)!r} ({err.strerror or err}); "
+            "give a path in a writable folder."
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def check_writable_dir(path: str | os.PathLike, name: str = "out") -> Path:
@@ -61,8 +77,7 @@ def check_writable_dir(path: str | os.PathLike, name: str = "out") -> Path:
     parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
     if not parent.is_dir():
         raise NotADirectoryError(f"{name}={str(path)!r}: {str(parent)!r} is a file, not a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{name}={str(path)!r}: the folder {str(parent)!r} is not writable.")
+    _try_writing(parent, path, name)
     return path
 
 
@@ -78,7 +93,12 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def iter_texts(texts: Any) -> Iterator[str]:
     """Strings from an iterable of strings, a ``datasets`` dataset with a ``text`` column, or a
-    local file: ``.txt`` (one text per line), ``.jsonl`` (a ``text`` field) or ``.parquet``."""
+    local file: ``.txt`` (one text per line), ``.jsonl`` (a ``text`` field) or ``.parquet``.
+
+    One rule for every form: the n-th text (``text_id`` n in results) is the n-th item of a
+    list, the n-th row of a dataset or Parquet file, the n-th line of a ``.txt`` or ``.jsonl``
+    file (counted from 0). A blank line is an empty text, never skipped, so a ``.txt`` file gives
+    exactly what the list of its lines gives."""
     if isinstance(texts, (str, os.PathLike)):
         yield from read_corpus_file(Path(texts))
         return
@@ -154,7 +174,8 @@ def _read_lines(path: Path, *, jsonl: bool) -> Iterator[str]:
                     f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start}); "
                     "corpus files must be UTF-8 text."
                 ) from None
-            if not line.strip():
+            if jsonl and not line.strip():  # a blank line is an empty text: text_id stays the line number
+                yield ""
                 continue
             yield _json_text(path, number, line) if jsonl else line.rstrip("\r\n")
 

@@ -161,7 +161,7 @@ def _gradient_pass(model: Any, sae: Any, tokens: torch.Tensor, metric: Metric) -
                 f"The SAE's hook {hook} is not inside the model's blocks; attribution needs "
                 "an SAE on a block hook (e.g. blocks.L.hook_resid_post)."
             )
-        value = metric(residual)
+        value = _scalar_metric(metric(residual))
         grad_acts, grad_h = torch.autograd.grad(value, [leaves["acts"], leaves["h"]])
     keep = (tokens[0] != model.tokenizer.bos_token_id).nonzero().flatten().to(grad_acts.device)
     dtype = torch.promote_types(grad_acts.dtype, torch.float32)  # bf16 models: sum in fp32
@@ -180,6 +180,28 @@ def _gradient_pass(model: Any, sae: Any, tokens: torch.Tensor, metric: Metric) -
         bias=float((grad_h @ sae.b_dec.detach().to(dtype)).sum()),
         metric=float(value.detach()),
     )
+
+
+def _scalar_metric(value: Any) -> torch.Tensor:
+    """The metric's value if it is a one-element float tensor computed from the residual; else
+    an error saying what a metric must return (autograd's own errors name neither)."""
+    example = "e.g. lambda resid: final_logits(model, resid[0, -1], [yes])[0]"
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"metric must return a scalar tensor computed from the residual stream ({example}), "
+            f"got {type(value).__name__} {value!r}."
+        )
+    if value.numel() != 1 or not value.is_floating_point():
+        raise ValueError(
+            f"metric must return a scalar float tensor ({example}), got a {value.dtype} tensor of shape "
+            f"{list(value.shape)}: reduce it to one number (index one logit, .sum(), .mean())."
+        )
+    if not value.requires_grad:
+        raise ValueError(
+            "metric's value does not depend on the residual stream it is given (no gradient flows to it): "
+            f"compute it from that argument ({example})."
+        )
+    return value.reshape(())
 
 
 def _feature_rows(result: _Pass, k: int) -> list[tuple]:

@@ -388,7 +388,7 @@ def score_explanations(
     n_activating = _checks.positive_int(n_activating, "n_activating")
     n_non_activating = _checks.positive_int(n_non_activating, "n_non_activating")
     examples_per_prompt = _checks.positive_int(examples_per_prompt, "examples_per_prompt")
-    seed = _checks.integer(seed, "seed")
+    seed = _checks.seed(seed)
     max_tokens = _checks.positive_int(max_tokens, "max_tokens")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     check_compatible(model, sae)

@@ -106,7 +106,7 @@ def check_sampling(
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}.")
     if seed is not None:
-        seed = _checks.integer(seed, "seed")
+        seed = _checks.seed(seed)
     return max_new_tokens, temperature, top_k, top_p, seed
 
 
@@ -134,9 +134,9 @@ def check_seeds(seed: Any, n_rows: int) -> list[int | None]:
     """One seed per row from ``None``, one integer (every row seeded alike: each samples what it
     would sample alone with that seed) or a sequence of ``n_rows`` integers/None."""
     if seed is None or not isinstance(seed, Sequence) or isinstance(seed, str):
-        one = None if seed is None else _checks.integer(seed, "seed")
+        one = None if seed is None else _checks.seed(seed)
         return [one] * n_rows
-    seeds = [None if s is None else _checks.integer(s, "seed") for s in seed]
+    seeds = [None if s is None else _checks.seed(s) for s in seed]
     if len(seeds) != n_rows:
         raise ValueError(f"seed has {len(seeds)} entries for {n_rows} prompts: give one seed, or one per prompt.")
     return seeds

@@ -19,13 +19,14 @@ import difflib
 import math
 import re
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from scope.subjects import describe_model
+from scope.subjects import describe_model, subject_of
 
 _BLOCK_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _RESIDUAL_WIDE = {
@@ -40,7 +41,19 @@ _RESIDUAL_WIDE = {
     "ln2_post.hook_normalized",
 }
 _MLP_WIDE = {"mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear"}
-_HEADS_WIDE = {"attn.hook_z", "attn.hook_q"}
+_HEADS_WIDE = {"attn.hook_z", "attn.hook_q", "attn.hook_rot_q"}
+_KV_HEADS_WIDE = {"attn.hook_k", "attn.hook_v", "attn.hook_rot_k"}  # grouped-query attention: fewer heads
+_SCALES = {"ln1.hook_scale", "ln2.hook_scale", "ln1_post.hook_scale", "ln2_post.hook_scale", "ln_final.hook_scale"}
+# Hooks that run only when a model config flag is on (transformer-lens skips them otherwise).
+_FLAGGED = {
+    "attn.hook_result": "use_attn_result",
+    "hook_attn_in": "use_attn_in",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+_PER_HEAD_PAIR = {"attn.hook_attn_scores", "attn.hook_pattern"}  # [batch, head, query, key]
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -79,16 +92,28 @@ def stop_layer(hooks: Sequence[str]) -> int | None:
 
 def activation_shape(model: Any, hook: str) -> tuple[int, ...] | None:
     """The shape of the activation at ``hook`` without batch and position, read from the
-    model's config (no forward pass); None for a hook whose shape the config does not tell."""
+    model's config (no forward pass); None for a hook whose shape the config does not tell
+    (attention scores and patterns), or that never runs on this model (a flagged hook whose
+    config flag is off, e.g. ``attn.hook_result`` without ``cfg.use_attn_result``)."""
     cfg = model.cfg
     match = _BLOCK_HOOK_RE.match(hook)
     site = match[2] if match else hook
-    if site in _RESIDUAL_WIDE or hook in ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized"):
+    if site in _FLAGGED and not getattr(cfg, _FLAGGED[site], False):
+        return None
+    if site in _RESIDUAL_WIDE or site in ("mlp.hook_in", "hook_mlp_in", "unembed.hook_in"):
+        return (cfg.d_model,)
+    if hook in ("hook_embed", "hook_pos_embed", "ln_final.hook_normalized"):
         return (cfg.d_model,)
     if site in _MLP_WIDE and cfg.d_mlp:
         return (cfg.d_mlp,)
     if site in _HEADS_WIDE:
         return (cfg.n_heads, cfg.d_head)
+    if site in _KV_HEADS_WIDE:
+        return (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head)
+    if site in ("attn.hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input"):
+        return (cfg.n_heads, cfg.d_model)
+    if site in _SCALES:
+        return (1,)
     return None
 
 
@@ -107,6 +132,18 @@ def check_hook_exists(model: Any, hook: str) -> None:
         + f". Blocks are 0..{last}, e.g. blocks.{last}.hook_resid_post, "
         f"blocks.{last}.hook_mlp_out, blocks.{last}.attn.hook_z."
     )
+
+
+def check_hook_runs(model: Any, hook: str) -> None:
+    """ValueError for a hook transformer-lens skips on this model (``attn.hook_result`` runs only
+    with ``cfg.use_attn_result``...): reading or steering it would silently see nothing."""
+    match = _BLOCK_HOOK_RE.match(hook)
+    flag = _FLAGGED.get(match[2] if match else hook)
+    if flag is not None and not getattr(model.cfg, flag, False):
+        raise ValueError(
+            f"{hook} never runs on {describe_model(model)}: transformer-lens computes it only with "
+            f"cfg.{flag} on (model.set_{flag}(True)). Turn it on, or read another hook."
+        )
 
 
 def check_hook_free(model: Any, hook: str) -> None:
@@ -141,6 +178,7 @@ def check_compatible(model: Any, sae: Any) -> None:
     """
     hook = sae_hook(sae)
     check_hook_exists(model, hook)
+    check_hook_runs(model, hook)
     shape = activation_shape(model, hook)
     if shape is not None:
         check_width(model, sae, shape)
@@ -148,6 +186,69 @@ def check_compatible(model: Any, sae: Any) -> None:
         raise ValueError(
             f"SAE is on {sae.device} but the model is on {model.cfg.device}; "
             f"load it with device={str(model.cfg.device)!r} or call sae.to(...)."
+        )
+    warn_if_made_for_another_model(model, sae)
+
+
+class OtherModelWarning(UserWarning):
+    """An SAE used with another model than the one its config names (shapes fit, meaning may not)."""
+
+
+def warn_if_made_for_another_model(model: Any, sae: Any) -> None:
+    """Warn when ``sae.cfg.metadata.model_name`` names a model whose SAEs the subject does not
+    take (Gemma Scope's base-model SAEs fit the -it model and ShieldGemma: no warning there)."""
+    recorded = getattr(sae.cfg.metadata, "model_name", None)
+    spec = subject_of(model)
+    if not recorded or spec is None:
+        return
+    fitting = {_bare(name) for name in (spec.name, *spec.sae_models)}
+    if _bare(recorded) not in fitting:
+        warnings.warn(
+            f"The SAE at {sae_hook(sae)} was made for {recorded!r}, but it is used with {spec.name!r} "
+            f"(whose SAEs are made for {', '.join(spec.sae_models) or spec.name}): its shapes fit, "
+            "its features may mean nothing here.",
+            OtherModelWarning,
+            stacklevel=3,
+        )
+
+
+def _bare(name: str) -> str:
+    return name.lower().removeprefix("google/")
+
+
+def check_steerable(model: Any, sae: Any) -> None:
+    """ValueError unless steering ``sae``'s hook edits what :func:`scope.generate` and
+    ``shield.score`` compute (call after :func:`check_compatible`). Refused, with the reason:
+
+    - hooks after the last block (``ln_final.*``, ``unembed.*``): generation and scoring compute
+      the logits from the last block's residual (:mod:`scope.logits`), one vector per row, so
+      a per-token edit there would be skipped;
+    - attention scores and patterns (``[batch, head, query, key]``, not one activation per token);
+    - per-head hooks (``attn.hook_z``, ``hook_q``...) read by an SAE that does not cover every
+      head (``d_in`` must be heads x d_head): its edit would not fit the activation.
+    """
+    hook = sae_hook(sae)
+    match = _BLOCK_HOOK_RE.match(hook)
+    site = match[2] if match else hook
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    if hook_layer(hook) is None:
+        raise ValueError(
+            f"Cannot steer at {hook}: it runs after the last block, and scope.generate and shield.score "
+            f"compute the logits from the last block's residual stream without it. Steer {last} instead."
+        )
+    if site in _PER_HEAD_PAIR:
+        raise ValueError(
+            f"Cannot steer at {hook}: it holds attention [batch, head, query, key], not one activation "
+            "per token. Steer a per-token hook such as blocks.L.attn.hook_z or blocks.L.hook_attn_out."
+        )
+    shape = activation_shape(model, hook)
+    if shape is None:
+        raise ValueError(f"Cannot steer at {hook}: scope does not know the activation shape there. Steer e.g. {last}.")
+    if len(shape) > 1 and sae.cfg.d_in != math.prod(shape):
+        raise ValueError(
+            f"Cannot steer at {hook} with this SAE: the hook holds {list(shape)} per token, and a steering "
+            f"edit must cover all of it (d_in = {math.prod(shape)}, reshape_activations='hook_z'), "
+            f"but the SAE has d_in {sae.cfg.d_in}."
         )
 
 
@@ -182,6 +283,7 @@ def run_to_hooks(
     that stops after the last block any hook needs."""
     for hook in hooks:
         check_hook_exists(model, hook)
+        check_hook_runs(model, hook)
         check_hook_free(model, hook)
     captured: dict[str, torch.Tensor] = {}
 

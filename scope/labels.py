@@ -51,8 +51,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from scope import _checks
 from scope._io import write_parquet
 
 LABELS = "scope_labels"  # the sae.cfg.metadata key
@@ -168,6 +170,8 @@ def _groups(examples: pd.DataFrame) -> dict[int, dict[str, list]]:
     ordered = examples.sort_values("feature", kind="stable")
     features = ordered["feature"].to_numpy()
     columns = {name: ordered[name].tolist() for name in ("token", "context", "activation", "text_id")}
+    if not len(features):  # nothing fired: no groups
+        return {}
     starts = [0, *(i for i in range(1, len(features)) if features[i] != features[i - 1])]
     ends = [*starts[1:], len(features)]
     return {int(features[a]): {name: values[a:b] for name, values in columns.items()} for a, b in zip(starts, ends)}
@@ -269,6 +273,7 @@ def as_labels(labels: Any, *, source: str = "user") -> pd.DataFrame:
         )
     _require_columns(labels, ["feature", "label"], "labels")
     frame = labels.copy()
+    frame["feature"] = [_feature_index(value) for value in frame["feature"]]
     if frame["feature"].duplicated().any():
         repeated = sorted(frame.loc[frame["feature"].duplicated(), "feature"].unique().tolist())[:5]
         raise ValueError(f"labels list feature(s) {repeated} more than once; give one row per feature.")
@@ -281,6 +286,16 @@ def as_labels(labels: Any, *, source: str = "user") -> pd.DataFrame:
         frame["source"] = source
     extra = [c for c in frame.columns if c not in LABEL_COLUMNS]
     return frame[LABEL_COLUMNS + extra].sort_values("feature", kind="stable").reset_index(drop=True)
+
+
+def _feature_index(value: Any) -> int:
+    """A label table's feature as an int: an integer, or a float holding one (a column pandas
+    widened); TypeError/ValueError naming the value for 1.7, "141", NaN or None."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (float, np.floating)) or value is None:
+        raise ValueError(f"labels name feature {value!r}, which is not a feature index (an integer 0, 1, 2...).")
+    return _checks.integer(value, "a labels feature")
 
 
 def _is_missing(value: Any) -> bool:

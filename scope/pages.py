@@ -29,6 +29,7 @@ Pages written together share one ``plotly.min.js`` beside them (written once; ~4
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import os
 import random
@@ -140,11 +141,13 @@ def dashboards(
     features = [check_feature(sae, f) for f in features]
     groups = _checks.non_negative_int(groups, "groups")
     per_group = _checks.positive_int(per_group, "per_group")
-    seed = _checks.integer(seed, "seed")
+    seed = _checks.seed(seed)
     folder = check_writable_dir(folder, "folder")
     known = _Known.of(sae, labels, explanations, scores)
     if mined is None:
         mined = mine(model, sae, texts, features=features, k=k, context=context, window=window, progress=progress)
+    else:
+        check_mined_matches(model, sae, mined, texts, window)
     missing = [f for f in features if f not in mined.features]
     if missing:
         raise ValueError(
@@ -251,6 +254,49 @@ def activation_quantiles(mined: Mined, feature: int, fractions: Sequence[float])
         lo, hi = float(edges[b]), float(edges[b + 1])
         out.append(lo * (hi / lo) ** inside if lo > 0 else hi * inside)
     return out
+
+
+def check_mined_matches(model: Any, sae: Any, mined: Mined, texts: Any, window: int) -> None:
+    """ValueError unless ``mined`` is a mining result of ``sae`` over ``texts`` (with ``window``).
+
+    A :class:`Mined` records no SAE identity, so this re-reads its strongest example: the
+    features must lie within the SAE's width, and the SAE must give the recorded activation on
+    the recorded token of that text (one window's forward pass). Another SAE, corpus or window
+    gives another value there. Skipped for a one-shot iterator of texts (it cannot be re-read).
+    """
+    beyond = [f for f in mined.features if not 0 <= int(f) < sae.cfg.d_sae]
+    if beyond:
+        raise ValueError(
+            f"mined holds feature(s) {beyond[:5]}, beyond this SAE's {sae.cfg.d_sae} features: it is the "
+            "mining result of another SAE. Mine this SAE (scope.mine) or pass its own result."
+        )
+    if mined.examples.empty or (not isinstance(texts, (str, os.PathLike)) and iter(texts) is texts):
+        return
+    top = mined.examples.loc[mined.examples["activation"].idxmax()]
+    text_id, position, recorded = int(top["text_id"]), int(top["position"]), float(top["activation"])
+    text = next(itertools.islice(iter_texts(texts), text_id, None), None)
+    found = None if text is None else _activation_at(model, sae, text, window, int(top["feature"]), position)
+    if found is None or not math.isclose(found, recorded, rel_tol=1e-3, abs_tol=1e-4):
+        read = "texts has no such token" if found is None else f"this SAE reads {found:.6g} there"
+        raise ValueError(
+            f"mined does not match this SAE and texts: its strongest example is feature {int(top['feature'])} "
+            f"at {recorded:.6g} on text {text_id}, token {position}, but {read}. It was mined with another "
+            "SAE, corpus or window (a mining result records none of them, so scope re-reads that example): "
+            "pass the result of scope.mine(model, sae, texts) for these very arguments."
+        )
+
+
+def _activation_at(model: Any, sae: Any, text: str, window: int, feature: int, position: int) -> float | None:
+    """The SAE's activation of ``feature`` at token ``position`` of ``text``, read in the mining
+    window that holds it (None when the text is shorter)."""
+    for w in iter_windows(model, [text], window):
+        if w.start <= position < w.start + len(w.tokens):
+            tokens = torch.tensor([[model.tokenizer.bos_token_id, *w.tokens]])
+            act = run_to_hooks(model, tokens, [sae_hook(sae)])[sae_hook(sae)]
+            with torch.no_grad():
+                values = sae.encode(act.to(sae.W_dec.dtype))
+            return float(values[0, position - w.start + 1, feature])
+    return None
 
 
 def interval_examples(

@@ -240,6 +240,7 @@ def _load_local(path: Path, hook: str | None, device: str, dtype: str) -> SAE:
 def _load_sae_lens_folder(path: Path, hook: str | None, device: str, dtype: str) -> SAE:
     from sae_lens import SAE
     from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader
+    from safetensors import SafetensorError
 
     weights = path / "sae_weights.safetensors"
     if not weights.is_file():
@@ -248,7 +249,11 @@ def _load_sae_lens_folder(path: Path, hook: str | None, device: str, dtype: str)
         )
 
     def load(path: Any, device: str, cfg_overrides: dict[str, Any] | None = None) -> Any:
-        cfg, state = sae_lens_disk_loader(path, device, cfg_overrides)
+        try:
+            cfg, state = sae_lens_disk_loader(path, device, cfg_overrides)
+        except SafetensorError as err:
+            raise ValueError(f"{weights} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+        _check_sae_lens_cfg(Path(path) / "cfg.json", cfg)
         if hook is not None:  # an override asked for, at load time
             # sae-lens 6 reads the hook from cfg["metadata"]; older configs keep it at the top level
             # (and sae-lens moves it into the metadata when it converts them)
@@ -260,9 +265,52 @@ def _load_sae_lens_folder(path: Path, hook: str | None, device: str, dtype: str)
         return cfg, state
 
     try:
-        return SAE.load_from_disk(path, device=device, dtype=dtype, converter=load)
-    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        sae = SAE.load_from_disk(path, device=device, dtype=dtype, converter=load)
+    except ValueError as err:
+        if str(weights) in str(err) or str(path / "cfg.json") in str(err):  # already names the file
+            raise
         raise ValueError(f"Could not load the sae-lens SAE folder {path}: {err}") from err
+    except (KeyError, OSError, RuntimeError) as err:
+        raise ValueError(f"Could not load the sae-lens SAE folder {path}: {err}") from err
+    return check_finite(sae, str(weights))
+
+
+def _check_sae_lens_cfg(path: Path, cfg: dict[str, Any]) -> None:
+    """ValueError naming ``cfg.json`` and its missing keys (sae-lens raises a bare TypeError)."""
+    from dataclasses import MISSING, fields
+
+    from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    cfg = handle_config_defaulting(dict(cfg))
+    architecture = cfg.get("architecture", "standard")
+    if architecture not in SAE_CLASS_REGISTRY:
+        raise ValueError(
+            f"{path}: unknown architecture {architecture!r}; sae-lens knows {', '.join(sorted(SAE_CLASS_REGISTRY))}."
+        )
+    config_class = SAE_CLASS_REGISTRY[architecture][1]
+    required = [
+        f.name for f in fields(config_class) if f.init and f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [key for key in required if key not in cfg]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(missing)}: a sae-lens cfg.json of a {architecture!r} SAE needs "
+            f"{', '.join(required)} (it has {', '.join(sorted(cfg))})."
+        )
+
+
+def check_finite(sae: SAE, source: str) -> SAE:
+    """``sae`` if every weight is finite; else ValueError naming ``source`` (the file) and the
+    tensor. A NaN weight makes NaN features that no ranking, threshold or plot shows as wrong."""
+    for name, tensor in sae.state_dict().items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"{source}: the SAE tensor {name} holds {int((~finite).sum())} non-finite values "
+                f"(NaN or inf) out of {tensor.numel()}; the file is corrupt or the SAE diverged in training."
+            )
+    return sae
 
 
 def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str) -> SAE:
@@ -303,7 +351,7 @@ def _from_pretrained(release: str, sae_id: str, device: str, dtype: str) -> SAE:
     from sae_lens import SAE
 
     try:
-        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+        return check_finite(SAE.from_pretrained(release, sae_id, device=device, dtype=dtype), f"{release}/{sae_id}")
     except OSError as err:
         raise ModelUnavailableError(
             f"Cannot download SAE {release}/{sae_id} from the Hugging Face Hub ({err}). Connect to the "
@@ -378,7 +426,8 @@ def load_gemma_scope_npz(
             "'blocks.20.hook_mlp_out' (mlp) or 'blocks.20.attn.hook_z' (att)."
         )
     converter = functools.partial(_npz_converter, hook=hook)
-    return SAE.load_from_disk(path, device=_checks.device(device), dtype=_checks.dtype_name(dtype), converter=converter)
+    sae = SAE.load_from_disk(path, device=_checks.device(device), dtype=_checks.dtype_name(dtype), converter=converter)
+    return check_finite(sae, str(path))
 
 
 def _npz_converter(path: str | Path, device: str, cfg_overrides: dict[str, Any] | None, *, hook: str):

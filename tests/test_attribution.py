@@ -253,6 +253,23 @@ def test_bad_arguments(model, sae):
     assert no_hooks_left(model)
 
 
+@pytest.mark.parametrize(
+    "metric, error, message",
+    [
+        (lambda resid: 3.0, TypeError, r"metric must return a scalar tensor .* got float 3\.0"),
+        (lambda resid: resid.sum(-1), ValueError, r"scalar float tensor .* shape \[1, \d+\]: reduce it to one number"),
+        (lambda resid: torch.tensor(1.0), ValueError, r"does not depend on the residual stream"),
+        (lambda resid: (resid[0, -1, 0] > 0).long(), ValueError, r"torch\.int64 tensor of shape \[\]"),
+    ],
+    ids=["a float", "one value per position", "a constant", "an integer"],
+)
+def test_a_metric_that_is_not_a_scalar_of_the_residual_is_named(model, sae, metric, error, message):
+    with pytest.raises(error, match=message):
+        scope.attribute(model, sae, TEXT, metric)
+    assert no_hooks_left(model)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_sae_already_attached_at_the_hook(model, sae):
     model.add_sae(sae, use_error_term=True)
     try:

@@ -112,6 +112,24 @@ API_CASES = [
         ValueError,
         r"params\.npz is not a readable params\.npz",
     ),
+    (
+        "NaN in an SAE weight",
+        lambda m, s, t: scope.load_sae(_npz(t, nan_at="W_dec"), hook="blocks.1.hook_resid_post"),
+        ValueError,
+        r"bare/params\.npz: the SAE tensor W_dec holds 1 non-finite values",
+    ),
+    (
+        "truncated sae_weights.safetensors",
+        lambda m, s, t: scope.load_sae(_sae_lens_folder(t, s, truncate=True)),
+        ValueError,
+        r"folder/sae_weights\.safetensors is not a readable safetensors file",
+    ),
+    (
+        "cfg.json without d_sae",
+        lambda m, s, t: scope.load_sae(_sae_lens_folder(t, s, drop="d_sae")),
+        ValueError,
+        r"folder/cfg\.json lacks d_sae: .*needs d_in, d_sae",
+    ),
     ("params.npz without hook", lambda m, s, t: scope.load_sae(_npz(t)), ValueError, r"hook= is required"),
     ("SAE spec of a wrong type", lambda m, s, t: scope.load_sae(3), TypeError, r"spec must be"),
     (
@@ -214,6 +232,32 @@ API_CASES = [
         r"non-finite",
     ),
     (
+        "one feature clamped twice",
+        lambda m, s, t: scope.generate(m, TEXT, sae=s, steering=[scope.Clamp(3, 1.0), scope.Clamp(3, 2.0)]),
+        ValueError,
+        r"Clamp\(feature=3, value=1\.0.*Clamp\(feature=3, value=2\.0.*both set feature 3.*at most one Clamp",
+    ),
+    (
+        "steering after the last block",
+        lambda m, s, t: scope.generate(m, TEXT, sae=_sae_at(t, "ln_final.hook_normalized"), steering=[scope.Add(3, 5)]),
+        ValueError,
+        r"Cannot steer at ln_final\.hook_normalized.*Steer blocks\.3\.hook_resid_post",
+    ),
+    (
+        "steering attention patterns",
+        lambda m, s, t: scope.generate(
+            m, TEXT, sae=_sae_at(t, "blocks.1.attn.hook_pattern", d_in=11), steering=[scope.Add(3, 5)]
+        ),
+        ValueError,
+        r"Cannot steer at blocks\.1\.attn\.hook_pattern.*not one activation per token",
+    ),
+    (
+        "a hook that never runs",
+        lambda m, s, t: scope.encode(m, _sae_at(t, "blocks.1.attn.hook_result"), TEXT),
+        ValueError,
+        r"blocks\.1\.attn\.hook_result never runs.*cfg\.use_attn_result.*set_use_attn_result\(True\)",
+    ),
+    (
         "infinite temperature",
         lambda m, s, t: scope.generate(m, TEXT, temperature=float("inf")),
         ValueError,
@@ -236,6 +280,51 @@ API_CASES = [
         lambda m, s, t: scope.generate(m, TEXT, top_p=1.5),
         ValueError,
         r"top_p must be in \(0, 1\]",
+    ),
+    (
+        "seed past what torch takes",
+        lambda m, s, t: scope.generate(m, TEXT, temperature=1.0, seed=2**70, sae=s, steering=[scope.Add(3, 1.0)]),
+        ValueError,
+        r"seed must be an integer in 0\.\.2\*\*64 - 1 \(18446744073709551615\), got 1180591620717411303424",
+    ),
+    (
+        "one of the seeds past what torch takes",
+        lambda m, s, t: scope.generate(m, [TEXT, TEXT], temperature=1.0, seed=[1, 2**64]),
+        ValueError,
+        r"seed must be an integer in 0\.\.2\*\*64 - 1.*got 18446744073709551616",
+    ),
+    (
+        "a judge's table of several methods",
+        lambda m, s, t: scope.recommend_strength(
+            __import__("pandas").DataFrame(
+                {
+                    "method": ["SAE add", "prompting"],
+                    "instruction": ["a", "b"],
+                    "value": [1.0, 1.0],
+                    "harmonic_mean": 1.0,
+                }
+            )
+        ),
+        ValueError,
+        r"2 steering methods \('SAE add', 'prompting'\).*pass method=",
+    ),
+    (
+        "labels with a fractional feature",
+        lambda m, s, t: scope.labels.set_labels(s, {1.7: "a label"}),
+        ValueError,
+        r"labels name feature 1\.7, which is not a feature index",
+    ),
+    (
+        "labels with a feature as a string",
+        lambda m, s, t: scope.labels.set_labels(s, {"141": "a label"}),
+        TypeError,
+        r"a labels feature must be an integer, got '141'",
+    ),
+    (
+        "out= where no file can be created",
+        lambda m, s, t: scope.mine(m, s, [TEXT], out="/proc/scope/top.parquet", progress=False),
+        PermissionError,
+        r"out='/proc/scope/top\.parquet'.*(cannot create a file in|is not writable)",
     ),
     (
         "chat with a bad role",
@@ -335,6 +424,21 @@ API_CASES = [
         ValueError,
         r"feature 99 is out of range",
     ),
+    (
+        "dashboard of another SAE's mining result",
+        lambda m, s, t: scope.dashboard(
+            m,
+            s,
+            3,
+            [TEXT],
+            t / "f.html",
+            mined=scope.mine(
+                m, _sae_at(t, "blocks.1.hook_resid_post", d_sae=60), [TEXT], features=[3, 55], progress=False
+            ),
+        ),
+        ValueError,
+        r"mined holds feature\(s\) \[55\], beyond this SAE's 48 features",
+    ),
     # ShieldGemma
     (
         "unknown policy",
@@ -364,16 +468,32 @@ API_CASES = [
 ]
 
 
-def _npz(tmp: Path) -> Path:
+def _npz(tmp: Path, nan_at: str | None = None) -> Path:
     from tests.sae_util import random_params, write_params
 
-    return write_params(tmp / "bare" / "params.npz", random_params(64, 8))
+    params = random_params(64, 8)
+    if nan_at is not None:
+        params[nan_at].flat[0] = np.nan
+    return write_params(tmp / "bare" / "params.npz", params)
 
 
-def _sae_at(tmp: Path, hook: str, d_in: int = 64):
+def _sae_lens_folder(tmp: Path, sae, truncate: bool = False, drop: str | None = None) -> Path:
+    import json
+
+    folder = tmp / "folder"
+    sae.save_model(folder)
+    weights, cfg = folder / "sae_weights.safetensors", folder / "cfg.json"
+    if truncate:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    if drop is not None:
+        cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if k != drop}))
+    return folder
+
+
+def _sae_at(tmp: Path, hook: str, d_in: int = 64, d_sae: int = 8):
     from tests.sae_util import random_params, write_params
 
-    path = write_params(tmp / hook.replace(".", "_") / "params.npz", random_params(d_in, 8))
+    path = write_params(tmp / hook.replace(".", "_") / "params.npz", random_params(d_in, d_sae))
     return scope.load_sae(path, hook=hook, device="cpu")
 
 
@@ -406,7 +526,12 @@ def test_api_bad_input(case, tiny_model, sae, tmp_path):
 
 def _made_by_the_case(path: Path) -> bool:
     """Inputs a case writes itself (corpora, SAE files, a planted checkpoint), as opposed to results."""
-    return path.suffix in (".jsonl", ".txt", ".csv", ".npz") or path.is_dir() or path.name.startswith(".planted.")
+    return (
+        path.suffix in (".jsonl", ".txt", ".csv", ".npz")
+        or path.is_dir()
+        or path.name.startswith(".planted.")
+        or path.parent.name == "folder"  # an SAE folder the case wrote
+    )
 
 
 def test_numpy_and_torch_scalars_are_accepted_everywhere(tiny_model, sae):

@@ -217,3 +217,19 @@ def test_new_names_do_not_warn_and_both_names_are_a_type_error():
 
 def test_renamed_keeps_the_function_s_name_and_doc():
     assert _sweep.__name__ == "_sweep" and _sweep.__doc__ == "A stand-in with two renamed keywords."
+
+
+def test_seeds_are_bounded_to_what_torch_generators_take():
+    import torch
+
+    for good in (0, 2**64 - 1, np.uint64(2**64 - 1)):
+        torch.Generator().manual_seed(_checks.seed(good))  # the bound is torch's own
+    with pytest.raises(ValueError):
+        torch.Generator().manual_seed(2**64)
+    for bad in (2**64, 2**70, -1):
+        with pytest.raises(
+            ValueError, match=rf"seed must be an integer in 0\.\.2\*\*64 - 1 \({2**64 - 1}\), got {bad}"
+        ):
+            _checks.seed(bad)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        _checks.seed(1.5)

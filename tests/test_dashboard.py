@@ -207,3 +207,22 @@ def test_chromium_renders_the_examples_and_the_figure(tiny_model, sae, tmp_path)
     orange = sum(1 for r, g, b in pixels if r > 200 and 100 < g < 200 and b < 90)
     assert orange > 500, orange  # shaded tokens and histogram bars are visible
     assert len(set(pixels)) > 50  # not a blank page
+
+
+def test_a_mining_result_of_another_sae_or_corpus_is_refused(tiny_model, sae, make_sae, tmp_path):
+    feature = _firing_feature(tiny_model, sae)
+    options = dict(k=5, progress=False)
+    own = scope.mine(tiny_model, sae, TEXTS, **options)
+    scope.dashboard(tiny_model, sae, feature, TEXTS, tmp_path / "own.html", mined=own, groups=0, progress=False)
+    other_sae, _ = make_sae(hook=HOOK, d_sae=40, seed=11)  # same width and hook, other weights
+    wider, _ = make_sae(hook=HOOK, d_sae=64, seed=3)
+    cases = [
+        (scope.mine(tiny_model, other_sae, TEXTS, **options), r"mined does not match this SAE and texts"),
+        (scope.mine(tiny_model, sae, TEXTS[1:] + TEXTS[:1], **options), r"mined does not match this SAE and texts"),
+        (scope.mine(tiny_model, sae, TEXTS, window=6, **options), r"mined does not match this SAE and texts"),
+        (scope.mine(tiny_model, wider, TEXTS, features=[50, feature], **options), r"feature\(s\) \[50\], beyond"),
+    ]
+    for n, (mined, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            scope.dashboard(tiny_model, sae, feature, TEXTS, tmp_path / f"p{n}.html", mined=mined, progress=False)
+        assert not (tmp_path / f"p{n}.html").exists()

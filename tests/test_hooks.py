@@ -62,7 +62,10 @@ def test_activation_shape_from_the_config_equals_the_real_activations(tiny_model
     assert known > 40  # residual, MLP and attention sites of every block
     assert hooks.activation_shape(tiny_model, "blocks.1.mlp.hook_post") == (128,)  # d_mlp, not d_model
     assert hooks.activation_shape(tiny_model, "blocks.1.attn.hook_z") == (4, 16)
-    assert hooks.activation_shape(tiny_model, "blocks.1.attn.hook_v") is None  # grouped-query heads: not told
+    assert hooks.activation_shape(tiny_model, "blocks.1.attn.hook_v") == (2, 16)  # grouped-query heads
+    assert hooks.activation_shape(tiny_model, "blocks.1.ln2.hook_scale") == (1,)
+    assert hooks.activation_shape(tiny_model, "blocks.1.attn.hook_pattern") is None  # [head, query, key]
+    assert hooks.activation_shape(tiny_model, "blocks.1.attn.hook_result") is None  # never runs here
 
 
 # ----------------------------------------------------------------------------- check_compatible
@@ -128,12 +131,24 @@ def test_check_compatible_runs_no_forward_pass(tiny_model, make_sae, monkeypatch
 
 
 def test_a_width_the_config_does_not_tell_is_checked_by_the_first_forward_pass(tiny_model, make_sae):
-    # hook_v has n_key_value_heads (2) x d_head (16): the config check leaves it to the forward pass
+    # hook_v has n_key_value_heads (2) x d_head (16): told by the config
     sae, _ = make_sae(hook="blocks.1.attn.hook_v")
-    scope.check_compatible(tiny_model, sae)
     with pytest.raises(ValueError, match=r"SAE d_in is 64 but .* has width 16 at blocks\.1\.attn\.hook_v"):
-        scope.encode(tiny_model, sae, TEXT)
+        scope.check_compatible(tiny_model, sae)
+    # an attention pattern is as wide as the text: the config check leaves it to the forward pass
+    pattern, _ = make_sae(hook="blocks.1.attn.hook_pattern")
+    scope.check_compatible(tiny_model, pattern)
+    with pytest.raises(ValueError, match=r"SAE d_in is 64 but .* has width \d+ at blocks\.1\.attn\.hook_pattern"):
+        scope.encode(tiny_model, pattern, TEXT)
     assert _no_hooks_left(tiny_model)
+
+
+def test_a_hook_that_never_runs_is_refused(tiny_model, make_sae):
+    sae, _ = make_sae(hook="blocks.1.hook_mlp_in")
+    with pytest.raises(ValueError, match=r"blocks\.1\.hook_mlp_in never runs.*cfg\.use_hook_mlp_in"):
+        scope.check_compatible(tiny_model, sae)
+    with pytest.raises(ValueError, match=r"never runs"):
+        hooks.run_to_hooks(tiny_model, tiny_model.to_tokens(TEXT), ["blocks.1.attn.hook_result"])
 
 
 def test_check_compatible_rejects_an_sae_on_another_device(tiny_model, make_sae, monkeypatch):
@@ -224,3 +239,21 @@ def test_model_lock_is_one_reentrant_lock_per_model(tiny_model):
         other.start()
         other.join()
         assert taken == [False]  # another thread waits its turn
+
+
+def test_an_sae_made_for_another_model_warns_naming_both(tiny_model, make_sae):
+    import warnings
+
+    sae, _ = make_sae(hook=HOOK, d_sae=8)
+    for fitting in (None, "gemma-2-2b", "google/gemma-2-2b-it", "shieldgemma-2b"):  # the tiny one is shieldgemma-2b
+        sae.cfg.metadata.model_name = fitting
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", hooks.OtherModelWarning)
+            scope.encode(tiny_model, sae, TEXT)
+    sae.cfg.metadata.model_name = "gemma-3-270m"
+    pattern = r"made for 'gemma-3-270m', but it is used with 'shieldgemma-2b'"
+    with pytest.warns(hooks.OtherModelWarning, match=pattern):
+        scope.encode(tiny_model, sae, TEXT)
+    with pytest.warns(hooks.OtherModelWarning, match=pattern):
+        scope.generate(tiny_model, TEXT, sae=sae, steering=[scope.Add(1, 2.0)], max_new_tokens=1)
+    assert _no_hooks_left(tiny_model)

@@ -185,3 +185,30 @@ def test_bad_mined_inputs_are_named(tmp_path):
         label_features(tmp_path / "missing.parquet")
     with pytest.raises(ValueError, match="lacks column"):
         label_features(pd.DataFrame({"feature": [1]}))
+
+
+def test_a_run_where_no_feature_fired_labels_every_feature_silent():
+    mined = _mined(_examples([]), 3, [0.0, 0.0, 0.0])
+    table = label_features(mined)
+    assert table["feature"].tolist() == [0, 1, 2]
+    assert table["label"].str.startswith("never active").all() and (table["examples"] == 0).all()
+    assert label_features(_examples([])).empty  # the examples table alone: no feature to label
+
+
+@pytest.mark.parametrize(
+    "feature, error, message",
+    [
+        (1.7, ValueError, r"labels name feature 1\.7, which is not a feature index"),
+        (float("nan"), ValueError, r"labels name feature nan, which is not a feature index"),
+        ("141", TypeError, r"a labels feature must be an integer, got '141'"),
+        (None, ValueError, r"labels name feature (None|nan), which is not"),
+    ],
+)
+def test_label_features_must_be_integers(feature, error, message):
+    sae = type("SAE", (), {"cfg": type("Cfg", (), {"d_sae": 200, "metadata": {}})()})()
+    with pytest.raises(error, match=message):
+        set_labels(sae, pd.DataFrame({"feature": [3, feature], "label": ["a", "b"]}))
+    with pytest.raises(error, match=message):
+        set_labels(sae, {feature: "b"})
+    set_labels(sae, pd.DataFrame({"feature": [3.0, 141.0], "label": ["a", "b"]}))  # a widened int column
+    assert feature_labels(sae)["feature"].tolist() == [3, 141]

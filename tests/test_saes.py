@@ -404,3 +404,57 @@ def test_unknown_specs_say_what_a_spec_can_be():
         scope.load_sae("demo_docs")
     with pytest.raises(TypeError, match=r"a path or one of 'demo' or 'demo-docs', got int"):
         scope.load_sae(6)
+
+
+# ----------------------------------------------------------------------------- weights checked at load
+
+
+@pytest.mark.parametrize("tensor", ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_on_every_load_path(make_sae, tmp_path, monkeypatch, tensor, bad):
+    params = random_params(64, 16)
+    params[tensor].flat[3] = bad
+    npz = write_params(tmp_path / "npz" / "params.npz", params)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(npz))}: the SAE tensor {tensor} holds 1 non-finite"):
+        scope.load_sae(npz, hook=HOOK)
+    sae, _ = make_sae(hook=HOOK, d_sae=16)
+    with torch.no_grad():
+        getattr(sae, tensor).view(-1)[3] = bad
+    folder = tmp_path / "folder"
+    sae.save_model(folder)
+    weights = re.escape(str(folder / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match=rf"{weights}: the SAE tensor {tensor} holds 1 non-finite"):
+        scope.load_sae(folder)
+    entry = dataclasses.replace(saes_module.DEMO_SAES["demo"], folder=folder, hook=HOOK, width=16)
+    monkeypatch.setitem(saes_module.DEMO_SAES, "demo", entry)
+    with pytest.raises(ValueError, match=rf"{weights}: the SAE tensor {tensor}"):
+        scope.load_sae("demo")
+    from sae_lens import SAE
+
+    monkeypatch.setattr(SAE, "from_pretrained", lambda *args, **kwargs: sae)
+    spec = "gemma-scope-2b-pt-res-canonical/layer_1/width_16k/canonical"
+    with pytest.raises(ValueError, match=rf"{re.escape(spec)}: the SAE tensor {tensor}"):
+        scope.load_sae(spec)
+
+
+def test_a_truncated_safetensors_file_names_the_file(make_sae, tmp_path):
+    _, folder = _sae_lens_folder(make_sae, tmp_path)
+    weights = folder / "sae_weights.safetensors"
+    for content in (weights.read_bytes()[:1000], b"xx"):
+        weights.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{re.escape(str(weights))} is not a readable safetensors file"):
+            scope.load_sae(folder)
+
+
+@pytest.mark.parametrize("keys", [["d_sae"], ["d_in", "d_sae"]])
+def test_a_cfg_json_without_required_keys_names_the_file_and_the_keys(make_sae, tmp_path, keys):
+    import json
+
+    _, folder = _sae_lens_folder(make_sae, tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for key in keys:
+        del cfg[key]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    pattern = rf"{re.escape(str(folder / 'cfg.json'))} lacks {', '.join(keys)}: .*needs d_in, d_sae"
+    with pytest.raises(ValueError, match=pattern):
+        scope.load_sae(folder)

@@ -496,3 +496,18 @@ def test_cli_unknown_policy(capsys):
 
     assert main(["shield", "q", "--policy", "violent"]) == 2
     assert "Unknown policy 'violent'. Valid keys: dangerous_content" in capsys.readouterr().err
+
+
+def test_score_warns_on_a_model_that_is_not_shieldgemma(tiny_model, monkeypatch):
+    import warnings
+
+    from scope import subjects
+    from scope.shield.scoring import NotShieldGemmaWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotShieldGemmaWarning)
+        shield.scoring.warn_if_not_shieldgemma(tiny_model)  # loaded as shieldgemma-2b: silent
+    monkeypatch.setattr(shield.scoring, "subject_of", lambda model: subjects.subject("gemma-2-2b"))
+    with pytest.warns(NotShieldGemmaWarning, match=r"runs on gemma-2-2b, which is not ShieldGemma.*stand-in"):
+        with pytest.raises(ValueError, match="ShieldGemma prompt has"):  # the tiny model's context is short
+            shield.score(tiny_model, ["hi"], "harassment", progress=False)

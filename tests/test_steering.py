@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -361,9 +362,9 @@ def test_positions_beyond_the_generation_are_rejected(tiny_model, sae):
             tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False
         )
         assert state.prompt_length == n
-    plain_tokens = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False)
-    assert steered_tokens[:3].tolist() == plain_tokens[:3].tolist()  # only the last step was steered
-    assert steered_tokens[3] != plain_tokens[3]
+    plain_stream = generate_tokens(tiny_model, scope.to_tokens(tiny_model, PROMPT), max_new_tokens=4, stop_at_eos=False)
+    assert steered_tokens[:3].tolist() == plain_stream[:3].tolist()  # only the last step was steered
+    assert steered_tokens[3] != plain_stream[3]
     assert last == tiny_model.tokenizer.decode(steered_tokens.tolist(), skip_special_tokens=True)
 
 
@@ -462,3 +463,187 @@ def test_bundled_per_row_steering_equals_each_row_alone(bundled_model):
     kwargs = dict(sae=demo, max_new_tokens=10, stop_at_eos=False)
     batched = scope.generate(bundled_model, texts, steering=rows, **kwargs)
     assert batched == [scope.generate(bundled_model, t, steering=r, **kwargs) for t, r in zip(texts, rows)]
+
+
+# ---- generate inside a steer block; interventions given twice ------------------------------------
+
+IN_BLOCK = dict(max_new_tokens=8, stop_at_eos=False, stop=["##", "\n\n"])  # rows leave the batch at different steps
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated", [2, 5, 8]])
+@pytest.mark.parametrize("text", [PROMPT, BATCH], ids=["one", "batch"])
+def test_generate_inside_steer_honours_the_block_positions(tiny_model, sae, positions, text):
+    intervention = scope.Clamp(7, 12.0)
+    expected = scope.generate(tiny_model, text, sae=sae, steering=[intervention], positions=positions, **IN_BLOCK)
+    with scope.steer(tiny_model, sae, intervention, positions=positions):
+        inside = scope.generate(tiny_model, text, **IN_BLOCK)
+    assert inside == expected
+    assert no_hooks_left(tiny_model)
+
+
+def test_the_position_modes_steer_differently(tiny_model, sae):
+    """What makes the test above able to fail: each mode gives another text here."""
+    outputs = [scope.generate(tiny_model, PROMPT, **IN_BLOCK)] + [
+        scope.generate(tiny_model, PROMPT, sae=sae, steering=[scope.Clamp(7, 12.0)], positions=p, **IN_BLOCK)
+        for p in ("all", "prompt", "generated")
+    ]
+    assert len(set(outputs)) == 4
+
+
+def test_nested_blocks_keep_their_own_positions_in_generate(tiny_model, sae):
+    n, k = scope.to_tokens(tiny_model, PROMPT).shape[1], IN_BLOCK["max_new_tokens"]
+    with (
+        scope.steer(tiny_model, sae, scope.Add(3, 6.0), positions="prompt"),
+        scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions="generated"),
+    ):
+        by_mode = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+    with (  # the same positions as explicit indices (BOS = 0; the last token is sampled, never run)
+        scope.steer(tiny_model, sae, scope.Add(3, 6.0), positions=range(1, n)),
+        scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions=range(n, n + k - 1)),
+    ):
+        by_index = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+    assert by_mode == by_index
+    assert by_mode != scope.generate(tiny_model, PROMPT, sae=sae, steering=[scope.Clamp(7, 12.0)], **IN_BLOCK)
+
+
+def test_a_generation_nested_in_another_restores_the_outer_one(tiny_model, sae):
+    """A generation started while another runs (here from its token stream) sees its own prompt
+    lengths; the outer one continues with its own."""
+    inner_text, inner = "knock knock", []
+    with scope.steer(tiny_model, sae, scope.Clamp(7, 12.0), positions="generated"):
+        alone = scope.generate(tiny_model, PROMPT, **IN_BLOCK)
+        inner_alone = scope.generate(tiny_model, inner_text, max_new_tokens=3, stop_at_eos=False)
+        kwargs = {k: v for k, v in IN_BLOCK.items() if k != "stop"}
+        (outer,) = scope.generate_completions(
+            tiny_model,
+            [PROMPT],
+            on_token=lambda row, token: inner.append(
+                scope.generate(tiny_model, inner_text, max_new_tokens=3, stop_at_eos=False)
+            ),
+            **kwargs,
+        )
+    assert outer.text.startswith(alone) and inner and set(inner) == {inner_alone}
+
+
+def test_identical_interventions_are_each_applied(tiny_model, sae, params):
+    tokens = tiny_model.to_tokens(PROMPT)
+    clean, _, _ = streams(tiny_model, tokens)
+    _, twice, _ = streams(tiny_model, tokens, sae, scope.Add(5, 1.5), scope.Add(5, 1.5))
+    expected = clean + 3.0 * torch.from_numpy(params["W_dec"]).double()[5]
+    expected[0] = clean[0]  # BOS
+    assert torch.allclose(twice, expected, atol=1e-4)
+    text, add, double = "knock knock", scope.Add(5, 4.0), scope.Add(5, 8.0)
+
+    def tokens_of(steering, texts=(text,)):
+        done = scope.generate_completions(tiny_model, list(texts), sae=sae, steering=steering, max_new_tokens=6)
+        return [c.tokens for c in done]
+
+    assert tokens_of([add, add]) == tokens_of([double]) != tokens_of([add])
+    # per row, sharing the work: row 0 applies it twice, row 1 once
+    assert tokens_of([[add, add], [add]], [text, text]) == tokens_of([double]) + tokens_of([add])
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (scope.Clamp(7, 1.0), scope.Clamp(7, 1.0)),
+        (scope.Clamp(7, 1.0), scope.Clamp(7, 2.0)),
+        (scope.Clamp(7, 1.0), Scale(7, 2.0)),
+        (scope.Ablate(7), Scale(7, 2.0)),
+    ],
+    ids=["same clamp twice", "two clamps", "clamp and scale", "ablate and scale"],
+)
+def test_one_feature_set_twice_is_refused(tiny_model, sae, pair):
+    with pytest.raises(ValueError, match=r"both set feature 7 of the SAE at blocks\.1\.hook_resid_post"):
+        with scope.steer(tiny_model, sae, *pair):
+            pass
+    with pytest.raises(ValueError, match="both set feature 7"):
+        scope.generate(tiny_model, BATCH[:2], sae=sae, steering=[[pair[0]], list(pair)], max_new_tokens=2)
+    assert no_hooks_left(tiny_model)
+
+
+def test_adds_compose_with_the_clamp_of_their_feature(tiny_model, sae):
+    tokens = tiny_model.to_tokens(PROMPT)
+    _, clamp_and_add, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 1.0), scope.Add(7, 2.0))
+    _, clamp, _ = streams(tiny_model, tokens, sae, scope.Clamp(7, 3.0))
+    assert torch.allclose(clamp_and_add, clamp, atol=1e-4)
+
+
+# ---- every hook: steered in generate and in ShieldGemma scoring, or refused up front -------------
+
+BLOCK_SITES = [
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+    "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in",
+    "ln1.hook_scale", "ln1.hook_normalized", "ln1_post.hook_scale", "ln1_post.hook_normalized",
+    "ln2.hook_scale", "ln2.hook_normalized", "ln2_post.hook_scale", "ln2_post.hook_normalized",
+    "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_result",
+    "mlp.hook_in", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
+]  # fmt: skip
+OUTSIDE_BLOCKS = [
+    "hook_embed",
+    "ln_final.hook_scale",
+    "ln_final.hook_normalized",
+    "unembed.hook_in",
+    "unembed.hook_out",
+]
+AUDITED = OUTSIDE_BLOCKS + [f"blocks.{layer}.{site}" for layer in (0, 3) for site in BLOCK_SITES]
+
+
+def test_the_audit_covers_every_hook_of_the_model(tiny_model):
+    sites = {re.sub(r"^blocks\.\d+\.", "", hook) for hook in tiny_model.hook_dict}
+    assert sites == set(BLOCK_SITES) | set(OUTSIDE_BLOCKS)
+
+
+def _widths(model, hook):
+    """SAE widths to try at ``hook``: the last dimension and the whole per-token activation, as a
+    forward pass shows them (the model width for a hook that never runs)."""
+    _, cache = model.run_with_cache(model.to_tokens(PROMPT), names_filter=hook)
+    if hook not in cache:
+        return [model.cfg.d_model]
+    shape = cache[hook].shape[2:]
+    return sorted({shape[-1], math.prod(shape)})
+
+
+@pytest.mark.parametrize("hook", AUDITED)
+def test_every_hook_is_steered_or_refused_up_front(tiny_model, make_sae, hook):
+    """A large Add at any hook that check_compatible accepts changes both what generate computes
+    its logits from (the last residual of every pass, prefill and decode steps) and ShieldGemma's
+    scores, or steer refuses it before attaching anything."""
+    from scope.shield.scoring import score_tokens  # score's own computation (a ShieldGemma prompt is too
+    # long for the tiny model's context of 256)
+
+    texts = ["knock knock", PROMPT]
+    sequences = [scope.to_tokens(tiny_model, t)[0] for t in texts]
+
+    last = f"blocks.{tiny_model.cfg.n_layers - 1}.hook_resid_post"  # what generate's logits are computed from
+
+    def outputs():
+        seen = []
+        with tiny_model.hooks(fwd_hooks=[(last, lambda act, hook: seen.append(act[:, -1].clone()))]):
+            scope.generate_completions(tiny_model, texts, max_new_tokens=4, stop_at_eos=False)  # prefill + 3 steps
+        return torch.cat(seen), score_tokens(tiny_model, sequences, progress=False)
+
+    plain_stream, plain_scores = outputs()
+    accepted = 0
+    for d_in in _widths(tiny_model, hook):
+        sae, _ = make_sae(hook, d_in=d_in, d_sae=4, seed=d_in)
+        try:
+            scope.check_compatible(tiny_model, sae)
+        except ValueError:
+            continue
+        accepted += 1
+        block = scope.steer(tiny_model, sae, scope.Add(0, 50.0))
+        try:
+            block.__enter__()
+        except ValueError as refused:
+            assert re.search("Cannot steer at", str(refused)) and no_hooks_left(tiny_model)
+            continue
+        try:
+            stream, scores = outputs()
+        finally:
+            block.__exit__(None, None, None)
+        assert not torch.allclose(stream, plain_stream), f"steering at {hook} (d_in {d_in}) did not change generate"
+        assert not np.allclose(scores, plain_scores), f"steering at {hook} (d_in {d_in}) did not change scores"
+    if hook.endswith(("hook_attn_in", "_input", "hook_mlp_in", "hook_result")):
+        assert accepted == 0  # a hook that never runs is refused by check_compatible itself

@@ -149,6 +149,22 @@ def test_ratings_and_harmonic_mean():
     assert math.isnan(harmonic_mean([2, float("nan"), 2]))
 
 
+@pytest.mark.parametrize(
+    "reply",
+    ["Rating: [[10]]", "2 out of 10", "Rating: 2/10", "Rating: [[-1]]", "Rating: [[2.5]]", "rating: 12", "[[20]]"],
+)
+def test_ratings_outside_the_0_2_scale_are_nan(reply):
+    assert math.isnan(parse_rating(reply))
+
+
+@pytest.mark.parametrize(
+    "reply, rating",
+    [("Rating: [[0]]", 0.0), ("1 out of 2", 1.0), ("Rating: 1.5/2", 1.5), ("[[2]]", 2.0), ("Score 1.", 1.0)],
+)
+def test_ratings_on_the_0_2_scale_are_read(reply, rating):
+    assert parse_rating(reply) == rating
+
+
 def test_recommend_strength_chooses_on_one_half_and_reports_the_other():
     instructions = ["a", "b", "c", "d", "e", "f"]
     rows = []
@@ -282,3 +298,19 @@ def hf_resid_norm(hf_model, tokens):
     with torch.no_grad():
         hidden = hf_model(tokens, output_hidden_states=True).hidden_states[2][0, 1:]
     return hidden.double().norm(dim=-1).mean().item()
+
+
+def test_recommend_strength_needs_one_method_of_a_comparison_table():
+    rows = [
+        {"method": method, "instruction": i, "value": v, "harmonic_mean": float(v == best)}
+        for method, best in (("SAE clamp", 4.0), ("DiffMean add", 0.5))
+        for i in "abcdef"
+        for v in (0.5, 4.0)
+    ]
+    table = pd.DataFrame(rows)
+    with pytest.raises(ValueError, match=r"2 steering methods \('SAE clamp', 'DiffMean add'\).*method="):
+        scope.recommend_strength(table)
+    assert scope.recommend_strength(table, method="SAE clamp")["value"] == 4.0
+    assert scope.recommend_strength(table, method="DiffMean add")["value"] == 0.5
+    with pytest.raises(ValueError, match=r"method must be one of 'SAE clamp', 'DiffMean add', got 'SAE add'"):
+        scope.recommend_strength(table, method="SAE add")

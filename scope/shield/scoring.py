@@ -8,6 +8,7 @@ projected onto the two unembedding columns it needs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from scope.inputs import check_length, pad, pad_id
 from scope.logits import final_logits
 from scope.shield.policies import Policies
 from scope.shield.prompts import build_prompts
+from scope.subjects import subject_of
 
 
 def answer_token_id(tokenizer, word: str) -> int:
@@ -135,6 +137,23 @@ def score_tokens(
     return result
 
 
+class NotShieldGemmaWarning(UserWarning):
+    """ShieldGemma's prompt scored by a model that is not ShieldGemma: a stand-in number."""
+
+
+def warn_if_not_shieldgemma(model: Any) -> None:
+    """Warn when ``model`` is not a ShieldGemma subject: its P(Yes) is no safety judgement."""
+    spec = subject_of(model)
+    if spec is None or spec.family != "ShieldGemma":
+        name = spec.name if spec is not None else type(model).__name__
+        warnings.warn(
+            f"shield.score runs on {name}, which is not ShieldGemma: its P(Yes) is a stand-in, not a safety "
+            "verdict. Load 'shieldgemma-2b', 'shieldgemma-9b' or 'shieldgemma-27b' for real verdicts.",
+            NotShieldGemmaWarning,
+            stacklevel=4,
+        )
+
+
 @_checks.renamed(user_prompts="texts")
 def score(
     model: Any,
@@ -167,6 +186,7 @@ def score(
     """
     batch_size = _checks.positive_int(batch_size, "batch_size")
     prompts = build_prompts(texts, policies, responses)
+    warn_if_not_shieldgemma(model)
     # Exactly one BOS, as the model card's tokenizer call adds; no silent truncation at n_ctx.
     sequences = [model.to_tokens(p, prepend_bos=True, truncate=False)[0].cpu() for p in prompts]
     return score_tokens(model, sequences, batch_size=batch_size, progress=progress, share_prefix=share_prefix)

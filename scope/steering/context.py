@@ -12,12 +12,22 @@
    finite, or too large for the next norm to square (a strength of 1e30), raises instead of
    generating ``<pad>``.
 5. The hooks are removed on exit, also when the block raises; nested ``steer`` blocks add up.
+6. Every intervention given is applied, duplicates too: two ``Add(f, 40)`` are ``Add(f, 80)``.
+   At most one Clamp or Scale (Ablate is a Clamp) per feature and row: a second one would have
+   no single meaning (which value wins?), so it is a ValueError naming both. Adds on a feature
+   add on top of its Clamp or Scale.
+7. :func:`scope.generate` inside a ``steer`` block honours the block's ``positions`` exactly as
+   ``generate(steering=..., positions=...)`` does: each generation announces its prompt lengths
+   (and which rows each pass holds) to every steering state on the model, through a per-model
+   stack of :class:`Generation` records (nested generations restore the outer one).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -25,7 +35,15 @@ import torch
 
 from scope import _checks
 from scope.features import check_feature
-from scope.hooks import HookFn, check_compatible, check_hook_free, model_lock, sae_hook, sae_splice
+from scope.hooks import (
+    HookFn,
+    check_compatible,
+    check_hook_free,
+    check_steerable,
+    model_lock,
+    sae_hook,
+    sae_splice,
+)
 from scope.saes import max_activation
 from scope.steering.directions import Direction
 from scope.steering.interventions import Intervention, as_list, is_pair
@@ -58,22 +76,43 @@ def group_by_sae(sae: Any, interventions: Sequence[Any]) -> list[tuple[Any, list
     return [(target, items) for target, items, _ in plan(sae, [as_list(interventions)])]
 
 
-def plan(sae: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, list[Intervention], list[set[int]]]]:
-    """Per SAE (or direction): its distinct interventions, and for each the rows that apply it.
+def plan(sae: Any, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, list[Intervention], list[Counter[int]]]]:
+    """Per SAE (or direction): its distinct interventions, and for each how many times each row
+    applies it (``{row: count}``; an intervention given twice is applied twice).
 
     ``rows`` holds one list of interventions per batch row; everything is checked here, before
     any hook is attached.
     """
-    groups: dict[int, tuple[Any, list[Intervention], list[set[int]]]] = {}
+    groups: dict[int, tuple[Any, list[Intervention], list[Counter[int]]]] = {}
     for row, interventions in enumerate(rows):
+        setters: dict[tuple[int, int], Intervention] = {}  # (target, feature) -> its Clamp or Scale
         for item in interventions:
             target, intervention = _target(sae, item)
+            _check_one_setter(setters, target, intervention, item)
             _, items, owners = groups.setdefault(id(target), (target, [], []))
             if intervention not in items:
                 items.append(intervention)
-                owners.append(set())
-            owners[items.index(intervention)].add(row)
+                owners.append(Counter())
+            owners[items.index(intervention)][row] += 1
     return list(groups.values())
+
+
+def _check_one_setter(
+    setters: dict[tuple[int, int], Intervention], target: Any, intervention: Intervention, item: Any
+) -> None:
+    """ValueError when a row sets one feature twice (two Clamps, a Clamp and a Scale...)."""
+    if not intervention.needs_acts:  # Adds add up
+        return
+    key = (id(target), _feature_index(intervention))
+    earlier = setters.get(key)
+    setters[key] = intervention
+    if earlier is not None:
+        where = f"the direction {target.label!r}" if isinstance(target, Direction) else f"the SAE at {sae_hook(target)}"
+        shown = item[1] if isinstance(item, tuple) else item
+        raise ValueError(
+            f"{earlier!r} and {shown!r} both set feature {key[1]} of {where}: give at most one Clamp, "
+            "Ablate or Scale per feature (they would not compose to one value); Adds on a feature add up."
+        )
 
 
 def _target(sae: Any, item: Any) -> tuple[Any, Intervention]:
@@ -89,26 +128,60 @@ def _target(sae: Any, item: Any) -> tuple[Any, Intervention]:
 
 
 @dataclass
-class SteeringState:
-    """What the steering hooks know about the forward pass in flight.
+class Generation:
+    """What a generation tells the steering states on its model: each prompt's length (one per
+    batch row) and which rows the pass in flight holds (finished rows leave the batch; None: all
+    of them, in order). Pushed by :func:`steered` for the generation's duration."""
 
-    ``prompt_length`` (one prompt) or ``prompt_lengths`` (one per batch row) is set by
-    :func:`scope.generate`; outside it, every position of an input counts as prompt (so
-    ``positions="generated"`` steers nothing). ``rows`` says which batch rows the pass in flight
-    holds (generation drops finished rows); None: all of them, in order.
-    """
-
-    positions: str | tuple[int, ...]
-    prompt_length: int | None = None
-    prompt_lengths: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor
     rows: torch.Tensor | None = None
-    steerable: torch.Tensor | None = None  # [batch, pos] tokens of the pass in flight that may be steered
-    special_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def prompt_length(self) -> int:
+        """The prompt length of a one-prompt generation (the first row's otherwise)."""
+        return int(self.prompt_lengths[0])
 
     def set_rows(self, rows: torch.Tensor) -> None:
         self.rows = rows.to("cpu", torch.long)
 
+
+# Per model: the generations in progress, innermost last (the registry the steering states read).
+_GENERATIONS: weakref.WeakKeyDictionary[Any, list[Generation]] = weakref.WeakKeyDictionary()
+
+
+def current_generation(model: Any) -> Generation | None:
+    """The innermost generation running on ``model`` (None outside :func:`scope.generate`)."""
+    stack = _GENERATIONS.get(model)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def _generating(model: Any, generation: Generation) -> Iterator[Generation]:
+    """``generation`` is the model's current one for the block (then the outer one again)."""
+    stack = _GENERATIONS.setdefault(model, [])
+    stack.append(generation)
+    try:
+        yield generation
+    finally:
+        stack.remove(generation)
+
+
+@dataclass
+class SteeringState:
+    """What the steering hooks know about the forward pass in flight.
+
+    Inside :func:`scope.generate` the model's :class:`Generation` gives each row's prompt length
+    and the rows the pass holds; outside it, every position of an input counts as prompt (so
+    ``positions="generated"`` steers nothing).
+    """
+
+    positions: str | tuple[int, ...]
+    generation: Generation | None = None  # the model's generation when the pass in flight started
+    steerable: torch.Tensor | None = None  # [batch, pos] tokens of the pass in flight that may be steered
+    special_ids: tuple[int, ...] = field(default=())
+
     def record_input(self, model: Any, args: tuple, kwargs: dict) -> None:
+        self.generation = current_generation(model)
         tokens = args[0] if args else kwargs.get("input")
         if isinstance(tokens, (str, list)):
             tokens = model.to_tokens(tokens)
@@ -144,15 +217,15 @@ class SteeringState:
         return self.steerable
 
     def row_index(self, batch: int) -> torch.Tensor:
-        """The batch rows of the pass in flight, as indices into the rows steering was given for."""
-        return self.rows if self.rows is not None and len(self.rows) == batch else torch.arange(batch)
+        """The batch rows of the pass in flight, as indices into the generation's prompts."""
+        rows = self.generation.rows if self.generation is not None else None
+        return rows if rows is not None and len(rows) == batch else torch.arange(batch)
 
     def _prompt_lengths(self, position: torch.Tensor) -> torch.Tensor:
-        if self.prompt_lengths is not None:
-            return self.prompt_lengths[self.row_index(position.shape[0])].to(position.device)[:, None]
-        if self.prompt_length is not None:
-            return torch.full((position.shape[0], 1), self.prompt_length, device=position.device)
-        return position[:, -1:] + 1  # no generation: everything is prompt
+        generation = self.generation
+        if generation is None or len(generation.prompt_lengths) < position.shape[0]:
+            return position[:, -1:] + 1  # not a generation's pass: everything is prompt
+        return generation.prompt_lengths[self.row_index(position.shape[0])].to(position.device)[:, None]
 
     def _position_mask(self, position: torch.Tensor) -> torch.Tensor:
         if self.positions == "all":
@@ -169,17 +242,21 @@ def steering_hook(
     sae: Any,
     interventions: list[Intervention],
     state: SteeringState,
-    owners: list[set[int]] | None = None,
+    owners: list[Counter[int]],
     n_rows: int = 1,
+    *,
+    per_row: bool = False,
 ) -> HookFn:
     """The hook for one SAE's interventions: their coefficients through the one SAE splice.
 
-    ``owners``: for each intervention, which of the ``n_rows`` batch rows apply it (None: all).
+    ``owners``: for each intervention, how many times each of the ``n_rows`` batch rows applies
+    it. Without ``per_row`` every row of a pass applies row 0's interventions.
     """
     indices = [_feature_index(i) for i in interventions]
     max_acts = {f: max_activation(sae, f) for f, i in zip(indices, interventions) if i.needs_max}
     features = torch.tensor(indices)
-    owns = None if owners is None else _ownership(owners, n_rows)
+    counts = _ownership(owners, n_rows)
+    owns = counts if per_row else None
 
     def coefficients(acts: torch.Tensor | None) -> torch.Tensor:
         assert acts is not None  # needs_acts is set whenever a coefficient reads them
@@ -189,14 +266,16 @@ def steering_hook(
 
     needs_acts = any(i.needs_acts for i in interventions)
     base = coefficients if needs_acts else _constant(interventions)
+    if not per_row and bool((counts[0] != 1).any()):  # an intervention given more than once
+        base = _repeated(base, counts[0])
 
-    def per_row(acts: torch.Tensor | None) -> torch.Tensor:
+    def by_row(acts: torch.Tensor | None) -> torch.Tensor:
         c = base(acts)
         assert owns is not None and state.steerable is not None
         rows = owns[state.row_index(state.steerable.shape[0])].to(c.device, c.dtype)  # [batch, n]
         return c * rows[:, None, :]
 
-    splice = sae_splice(sae, features, base if owns is None else per_row, needs_acts=needs_acts, mask=state.mask)
+    splice = sae_splice(sae, features, base if owns is None else by_row, needs_acts=needs_acts, mask=state.mask)
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         out = splice(act, hook)
@@ -218,11 +297,12 @@ def _feature_index(intervention: Intervention) -> int:
     return intervention.feature
 
 
-def _ownership(owners: list[set[int]], n_rows: int) -> torch.Tensor:
-    """``[n_rows, n_interventions]``: 1 where a row applies an intervention."""
+def _ownership(owners: list[Counter[int]], n_rows: int) -> torch.Tensor:
+    """``[n_rows, n_interventions]``: how many times each row applies each intervention."""
     owns = torch.zeros(n_rows, len(owners))
     for n, rows in enumerate(owners):
-        owns[sorted(rows), n] = 1.0
+        for row, count in rows.items():
+            owns[row, n] = float(count)
     return owns
 
 
@@ -234,6 +314,16 @@ def _finite_downstream(out: torch.Tensor) -> bool:
         return False
     wide = out.detach().to(torch.promote_types(out.dtype, torch.float32))
     return bool(torch.isfinite(wide.pow(2).mean(-1)).all())
+
+
+def _repeated(once: Callable[[torch.Tensor | None], torch.Tensor], times: torch.Tensor):
+    """Coefficients of interventions applied ``times`` times each (only Adds repeat, see :func:`plan`)."""
+
+    def coefficients(acts: torch.Tensor | None) -> torch.Tensor:
+        c = once(acts)
+        return c * times.to(c.device, c.dtype)
+
+    return coefficients
 
 
 def _constant(interventions: list[Intervention]):
@@ -275,11 +365,12 @@ def _installed(
     groups = plan(sae, rows)
     for group_sae, _, _ in groups:
         check_compatible(model, group_sae)
+        check_steerable(model, group_sae)
         check_hook_free(model, sae_hook(group_sae))
     with model_lock(model):
         state = SteeringState(positions=checked, special_ids=_special_ids(model))
         fwd_hooks = [
-            (sae_hook(s), steering_hook(s, items, state, owners if per_row else None, len(rows)))
+            (sae_hook(s), steering_hook(s, items, state, owners, len(rows), per_row=per_row))
             for s, items, owners in groups
         ]
         # A model(...) call records its input (tokens, attention mask, KV cache) in a pre-hook on
@@ -341,24 +432,27 @@ def _is_per_row(steering: Any) -> bool:
 @contextlib.contextmanager
 def steered(
     model: Any, sae: Any, steering: Any, positions: Positions, *, prompt_length: int | Sequence[int]
-) -> Iterator[SteeringState | None]:
-    """``steer`` for a generation of prompts with ``prompt_length`` tokens (one int, or one per row):
-    ``steering`` is one list for every row or one list per row (see :func:`steering_rows`). A no-op
-    without steering; an SAE alone is still checked against the model."""
+) -> Iterator[Generation]:
+    """A generation of prompts with ``prompt_length`` tokens (one int, or one per row), steered by
+    ``steering`` (one list for every row or one list per row, see :func:`steering_rows`).
+
+    Every steering state on the model (this generation's, and those of enclosing ``steer``
+    blocks) reads the prompt lengths, and the rows each pass holds, from the :class:`Generation`
+    yielded: call its ``set_rows`` as rows leave the batch. Without steering an SAE alone is
+    still checked against the model."""
     lengths = [prompt_length] if isinstance(prompt_length, int) else list(prompt_length)
     rows, per_row = steering_rows(steering, len(lengths))
-    if not any(rows):
-        if sae is not None:
-            check_compatible(model, sae)
-        check_positions(positions)
-        yield None
-        return
-    with _installed(model, sae, rows, positions, per_row=per_row) as state:
-        if isinstance(prompt_length, int):
-            state.prompt_length = prompt_length
-        else:
-            state.prompt_lengths = torch.tensor(lengths, dtype=torch.long)
-        yield state
+    generation = Generation(torch.tensor(lengths, dtype=torch.long))
+    with model_lock(model):
+        if not any(rows):
+            if sae is not None:
+                check_compatible(model, sae)
+            check_positions(positions)
+            with _generating(model, generation):
+                yield generation
+            return
+        with _installed(model, sae, rows, positions, per_row=per_row), _generating(model, generation):
+            yield generation
 
 
 def _special_ids(model: Any) -> tuple[int, ...]:

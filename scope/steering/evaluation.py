@@ -77,8 +77,10 @@ JUDGE_PROMPTS = {
         "[Text Fragment Start]\n{output}\n[Text Fragment End]"
     ),
 }
-_RATING = re.compile(r"Rating:\s*\[*\s*([0-2](?:\.\d+)?)")
-_DIGIT = re.compile(r"(?<![\d.])([0-2])(?![\d.])")
+_NUMBER = r"(-?\d+(?:\.\d+)?)(?!\w)"
+_SCALE = r"(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?"  # "2/10", "2 out of 10": a rating on another scale
+_RATING = re.compile(r"Rating:\s*\[*\s*" + _NUMBER + _SCALE, re.IGNORECASE)
+_LONE = re.compile(r"(?<![\w.-])" + _NUMBER + _SCALE)
 
 
 def evaluate_steering(
@@ -139,9 +141,14 @@ def evaluate_steering(
 
 
 def parse_rating(reply: str) -> float:
-    """The 0-2 rating in a judge's reply (``Rating: [[2]]``, or a lone 0/1/2); NaN when there is none."""
-    match = _RATING.search(reply) or _DIGIT.search(reply)
-    return float(match[1]) if match else float("nan")
+    """The 0-2 rating in a judge's reply (``Rating: [[2]]``, else the first number in it); NaN
+    when there is none, when it lies outside 0-2 (``Rating: [[10]]``), or when it is given on
+    another scale (``2 out of 10``, ``2/10``)."""
+    match = _RATING.search(reply) or _LONE.search(reply)
+    if match is None or (match[2] is not None and float(match[2]) != 2.0):
+        return float("nan")
+    value = float(match[1])
+    return value if 0.0 <= value <= 2.0 else float("nan")
 
 
 def harmonic_mean(scores: Sequence[float]) -> float:
@@ -154,13 +161,17 @@ def harmonic_mean(scores: Sequence[float]) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
-def recommend_strength(scores: pd.DataFrame, by: str = "harmonic_mean", *, seed: int = 0) -> pd.Series:
+def recommend_strength(
+    scores: pd.DataFrame, by: str = "harmonic_mean", *, seed: int = 0, method: str | None = None
+) -> pd.Series:
     """The strength with the best mean ``by`` on a random half of the instructions, and its mean ``by``
     on the other, held-out half (what to expect on new prompts).
 
     ``scores`` is an :func:`evaluate_steering` table with a ``value`` column (from a sweep) and
-    at least two distinct instructions. Returns a Series: value, selection_score,
-    held_out_score, selection_prompts, held_out_prompts, by.
+    at least two distinct instructions. A :func:`compare_steering` table holds several methods,
+    whose strengths mean different things: name the one to recommend for with ``method=``.
+    Returns a Series: value, selection_score, held_out_score, selection_prompts,
+    held_out_prompts, by (and method, when given).
     """
     for column in ("value", "instruction", by):
         if column not in scores.columns:
@@ -168,7 +179,8 @@ def recommend_strength(scores: pd.DataFrame, by: str = "harmonic_mean", *, seed:
                 f"scores has no {column!r} column; give an evaluate_steering table of a sweep "
                 f"(columns: {', '.join(map(str, scores.columns))})."
             )
-    seed = _checks.integer(seed, "seed")
+    seed = _checks.seed(seed)
+    scores = _one_method(scores, method)
     keys = scores["instruction"].map(str)
     unique = sorted(keys.unique())
     if len(unique) < 2:
@@ -191,8 +203,25 @@ def recommend_strength(scores: pd.DataFrame, by: str = "harmonic_mean", *, seed:
             "selection_prompts": len(selection),
             "held_out_prompts": len(unique) - len(selection),
             "by": by,
+            **({"method": method} if method is not None else {}),
         }
     )
+
+
+def _one_method(scores: pd.DataFrame, method: str | None) -> pd.DataFrame:
+    """The rows of ``method``; ValueError listing the methods when a table of several names none."""
+    methods = list(dict.fromkeys(scores["method"].map(str))) if "method" in scores.columns else []
+    if method is None:
+        if len(methods) > 1:
+            raise ValueError(
+                f"scores holds {len(methods)} steering methods ({', '.join(map(repr, methods))}), whose strengths "
+                "are not comparable: pass method=... to recommend a strength for one of them."
+            )
+        return scores
+    method = _checks.choice(method, methods, "method") if methods else method
+    if not methods:
+        raise ValueError(f"method={method!r} was given, but scores has no 'method' column.")
+    return scores[scores["method"].map(str) == method]
 
 
 def _table(outputs: Any, instructions: Sequence[Any] | None) -> pd.DataFrame:

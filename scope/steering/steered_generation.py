@@ -110,7 +110,7 @@ def generate_completions(
     lengths = [len(p) for p in prompts]
     for length in lengths:
         _check_reachable(positions, length, max_new_tokens)
-    with steered(model, sae, steering, positions, prompt_length=lengths) as state:
+    with steered(model, sae, steering, positions, prompt_length=lengths) as generation:
         return generate_batch(
             model,
             prompts,
@@ -123,7 +123,7 @@ def generate_completions(
             stop=stop,
             batch_size=batch_size,
             on_token=on_token,
-            on_rows=state.set_rows if state is not None else None,
+            on_rows=generation.set_rows,
         )
 
 

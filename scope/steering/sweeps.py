@@ -69,12 +69,12 @@ def sweep(
     for start in range(0, len(runs), batch_size):
         batch = runs[start : start + batch_size]
         lengths = [len(prompts[i]) for _, i in batch]
-        with steered(model, sae, [steering[v] for v, _ in batch], positions, prompt_length=lengths) as state:
+        with steered(model, sae, [steering[v] for v, _ in batch], positions, prompt_length=lengths) as generation:
             completions = generate_batch(
                 model,
                 [prompts[i] for _, i in batch],
                 batch_size=batch_size,
-                on_rows=state.set_rows if state is not None else None,
+                on_rows=generation.set_rows,
                 **generate_kwargs,
             )
         for (value, i), completion in zip(batch, completions):
