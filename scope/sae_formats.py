@@ -34,6 +34,7 @@ files through ``huggingface_hub`` (which reads the cache, and honours ``HF_HUB_O
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -270,8 +271,8 @@ def gemma_scope_2_folder_from_hub(release: str, sae_id: str) -> Path:
             f"download the folder and load it by path: `hf download {entry.repo_id} --include '{path}/*' "
             "--local-dir <dir>`."
         ) from err
-    try:
-        hf_hub_download(entry.repo_id, f"{path}/{CONFIG_FILE}")  # lands beside params in the snapshot
-    except (EntryNotFoundError, OSError):  # none in the repo (or not cached offline): inferred from the
-        pass  # folder name, as sae-lens does
+    # config.json lands beside params in the snapshot; without one in the repo (or in the cache,
+    # offline) it is inferred from the folder name, as sae-lens does
+    with contextlib.suppress(EntryNotFoundError, OSError):
+        hf_hub_download(entry.repo_id, f"{path}/{CONFIG_FILE}")
     return Path(params).parent

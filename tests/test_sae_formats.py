@@ -155,7 +155,9 @@ def test_attention_output_saes_read_hook_z_flattened_like_o_proj_input(tmp_path,
     model, hf_model, tokens = tiny3
     d_in = model.cfg.n_heads * model.cfg.d_head
     tensors = random_tensors(d_in, 48, seed=1)
-    folder = write_folder(tmp_path / "attn_out" / "l2", tensors, sae_config("model.layers.2.self_attn.o_proj.input", 48))
+    folder = write_folder(
+        tmp_path / "attn_out" / "l2", tensors, sae_config("model.layers.2.self_attn.o_proj.input", 48)
+    )
     sae = scope.load_sae(folder)
     assert sae.cfg.metadata.hook_name == "blocks.2.attn.hook_z"
     expected = jumprelu(_hf_activations(hf_model, tokens, 2)["o_proj_in"], tensors)
@@ -169,7 +171,10 @@ def test_transcoders_read_the_mlp_input_after_its_norm_and_write_the_mlp_output(
     d = model.cfg.d_model
     tensors = random_tensors(d, 40, seed=2, skip=affine)
     config = sae_config(
-        "model.layers.3.pre_feedforward_layernorm.output", 40, "model.layers.3.post_feedforward_layernorm.output", affine
+        "model.layers.3.pre_feedforward_layernorm.output",
+        40,
+        "model.layers.3.post_feedforward_layernorm.output",
+        affine,
     )
     folder = write_folder(tmp_path / "transcoder" / f"layer_3_width_16k_l0_small{'_affine' * affine}", tensors, config)
     with pytest.raises(ValueError, match=r"transcoder.*load_transcoders\(\.\.\., model=model\)"):
