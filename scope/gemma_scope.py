@@ -1,8 +1,17 @@
-"""Gemma Scope ids from sae-lens' registry: which SAE fits which model, layer, site and width.
+"""Gemma Scope and Gemma Scope 2 ids from sae-lens' registry: which SAE fits which model, layer,
+site, width and L0.
 
 Reads the registry file that ships with sae-lens (``pretrained_saes.yaml``) directly, so this
 module needs neither torch nor the network. :func:`gemma_scope_id` answers with errors that say
 what does exist (e.g. Gemma 2 9B-IT has its own residual SAEs only at layers 9, 20 and 31).
+
+- Gemma 2 (and ShieldGemma): Gemma Scope, ``gemma-scope-{2b,9b,27b}-{pt,it}-{res,mlp,att}[-canonical]``
+  and ``gemma-scope-2b-pt-transcoders``; ids like ``layer_20/width_16k/canonical``.
+- Gemma 3: Gemma Scope 2, ``gemma-scope-2-{size}-{pt,it}-{res,mlp,att,transcoders}[-all]``; ids like
+  ``layer_12_width_16k_l0_medium`` (transcoders: ``transcoder/...``, ``..._affine`` for skip
+  transcoders). The plain releases cover 4 layers (25/50/65/85% depth) with widths 16k-1m and L0
+  targets small/medium/big; the ``-all`` releases cover every layer with 16k and 262k, small and big
+  only (and their "small"/"big" are lower L0s than the plain releases').
 """
 
 from __future__ import annotations
@@ -17,13 +26,20 @@ from typing import Any, NamedTuple
 from scope import _checks
 from scope.subjects import SUBJECTS, model_name, subject
 
-SITES = ("res", "mlp", "att")
-SITE_NAMES = {"res": "residual stream", "mlp": "MLP output", "att": "attention output (hook_z)"}
+SITES = ("res", "mlp", "att", "transcoder")
+SITE_NAMES = {
+    "res": "residual stream",
+    "mlp": "MLP output",
+    "att": "attention output (hook_z)",
+    "transcoder": "MLP transcoder",
+}
 SITE_HOOKS = {
     "res": "blocks.{layer}.hook_resid_post",
     "mlp": "blocks.{layer}.hook_mlp_out",
     "att": "blocks.{layer}.attn.hook_z",
+    "transcoder": "blocks.{layer}.ln2.hook_normalized",  # the MLP's input: after its RMSNorm
 }
+GEMMA_SCOPE_2_L0S = ("small", "medium", "big")
 
 _WIDTHS = {
     "4k": 4096,
@@ -35,7 +51,7 @@ _WIDTHS = {
     "524k": 524288,
     "1m": 1048576,
 }
-_RELEASE_RE = re.compile(r"^gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att)(-canonical)?$")
+_RELEASE_RE = re.compile(r"^gemma-scope-(2b|9b|27b)-(pt|it)-(res|mlp|att|transcoders)(-canonical)?$")
 _ID_RE = re.compile(r"^layer_(\d+)/width_(\w+)/(canonical|average_l0_(\d+))$")
 
 
@@ -60,6 +76,10 @@ class Release:
     model: str
     ids: tuple[str, ...]
     neuronpedia: dict[str, str] = field(default_factory=dict, compare=False)
+    repo_id: str = ""
+    conversion_func: str = ""
+    paths: dict[str, str] = field(default_factory=dict, compare=False)  # sae_id -> folder in the repo
+    l0s: dict[str, float] = field(default_factory=dict, compare=False)  # sae_id -> its listed L0
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,15 +93,21 @@ def registry() -> dict[str, Release]:
     path = Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml"
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    return {
-        name: Release(
-            name,
-            str(entry.get("model", "")),
-            tuple(sae["id"] for sae in entry.get("saes", [])),
-            {sae["id"]: sae["neuronpedia"] for sae in entry.get("saes", []) if sae.get("neuronpedia")},
-        )
-        for name, entry in data.items()
-    }
+    return {name: _release(name, entry) for name, entry in data.items()}
+
+
+def _release(name: str, entry: dict[str, Any]) -> Release:
+    saes = entry.get("saes", [])
+    return Release(
+        name,
+        str(entry.get("model", "")),
+        tuple(sae["id"] for sae in saes),
+        {sae["id"]: sae["neuronpedia"] for sae in saes if sae.get("neuronpedia")},
+        repo_id=str(entry.get("repo_id", "")),
+        conversion_func=str(entry.get("conversion_func") or ""),
+        paths={sae["id"]: str(sae["path"]) for sae in saes if sae.get("path")},
+        l0s={sae["id"]: float(sae["l0"]) for sae in saes if sae.get("l0") is not None},
+    )
 
 
 def split_spec(text: str) -> GemmaScopeId | None:
@@ -134,6 +160,7 @@ def _gemma_scope_index() -> dict[tuple[str, str, str], _Family]:
         if not match:
             continue
         size, variant, site, canonical = match.groups()
+        site = "transcoder" if site == "transcoders" else site
         base = release.removesuffix("-canonical")
         family = index.setdefault((size, variant, site), _Family(base))
         if canonical:
@@ -210,8 +237,11 @@ def _normalize_width(width: str | int) -> str:
 
 
 def covered_layers(model: Any, site: str = "res") -> list[int]:
-    """The layers Gemma Scope covers for ``model`` at ``site``."""
-    return _family_for(model_name(model), site).layers()
+    """The layers Gemma Scope (or Gemma Scope 2) covers for ``model`` at ``site``."""
+    name = model_name(model)
+    if SUBJECTS[name].family == "Gemma 3":
+        return sorted({entry.layer for entry in _gemma_scope_2_entries(name, site)})
+    return _family_for(name, site).layers()
 
 
 def describe_layers(layers: list[int]) -> str:
@@ -231,8 +261,10 @@ def gemma_scope_id(
     site: str = "res",
     width: str | int = "16k",
     l0: str | float = "canonical",
+    affine: bool | None = None,
 ) -> GemmaScopeId:
-    """The Gemma Scope ``(release, sae_id)`` for ``model`` at ``layer``, from sae-lens' registry.
+    """The Gemma Scope (Gemma 2) or Gemma Scope 2 (Gemma 3) ``(release, sae_id)`` for ``model`` at
+    ``layer``, from sae-lens' registry.
 
     No network: this only reads the registry bundled with sae-lens. The result is a
     ``(release, sae_id)`` tuple that :func:`scope.load_sae` takes as it is (``str()`` of it is
@@ -243,17 +275,29 @@ def gemma_scope_id(
             model from :func:`scope.load_model`. ``-it`` models and ShieldGemma use the base
             model's SAEs (they transfer), except Gemma 2 9B-IT's residual stream, which has its
             own SAEs at layers 9, 20 and 31 only.
-        layer: the block whose output (res/mlp) or attention (att) the SAE reads.
-        site: ``"res"`` (``blocks.L.hook_resid_post``), ``"mlp"`` (``blocks.L.hook_mlp_out``) or
-            ``"att"`` (``blocks.L.attn.hook_z``).
-        width: dictionary size, ``"16k"``, ``"65k"``, ``"131k"``, ``"1m"`` ... or its number.
-        l0: ``"canonical"`` (the SAE Neuronpedia shows, average L0 closest to 100) or a number:
-            the listed SAE with the nearest average L0.
+            Gemma 3 models (``"gemma-3-270m"``, ``"gemma-3-1b-it"`` ...) get Gemma Scope 2, the
+            ``-it`` models their own SAEs.
+        layer: the block whose output (res/mlp), attention (att) or MLP (transcoder) the SAE reads.
+        site: ``"res"`` (``blocks.L.hook_resid_post``), ``"mlp"`` (``blocks.L.hook_mlp_out``),
+            ``"att"`` (``blocks.L.attn.hook_z``) or ``"transcoder"`` (MLP input -> ``hook_mlp_out``;
+            Gemma 2 2B and every Gemma 3 model).
+        width: dictionary size, ``"16k"``, ``"65k"``, ``"131k"``, ``"262k"``, ``"1m"`` ... or its number.
+        l0: Gemma 2: ``"canonical"`` (the SAE Neuronpedia shows, average L0 closest to 100) or a
+            number: the listed SAE with the nearest average L0. Gemma 3: ``"small"``, ``"medium"``
+            or ``"big"`` (Gemma Scope 2's L0 targets; ``"canonical"`` means ``"medium"``, the one
+            Neuronpedia shows, listed at 4 layers per model) or a number (nearest listed L0). A
+            layer's SAE comes from the plain release when it lists one, else from the ``-all`` one.
+        affine: transcoders only: True for skip-transcoders (an affine skip connection, Gemma
+            Scope 2's ``..._affine`` ids), False (the default) for plain ones.
 
     Raises:
         ValueError: unknown model, site, layer, width or l0; the message names what exists.
     """
     name = model_name(model)
+    if SUBJECTS[name].family == "Gemma 3":
+        return _gemma_scope_2_id(name, layer, site, width, l0, affine)
+    if affine:
+        raise ValueError(f"affine=True (skip-transcoders) exists in Gemma Scope 2 (Gemma 3) only, not for {name}.")
     family = _family_for(name, site)
     width = _normalize_width(width)
     layer = _check_layer(family, name, site, layer)
@@ -287,6 +331,8 @@ def _check_layer(family: _Family, name: str, site: str, layer: Any) -> int:
 def _canonical_id(family: _Family, name: str, site: str, layer: int, width: str) -> GemmaScopeId:
     if (layer, width) not in family.canonical:
         listed = family.l0s.get((layer, width), [])
+        if not family.has_canonical_release and len(listed) == 1:  # e.g. the 2B transcoders: one per layer
+            return GemmaScopeId(family.release, f"layer_{layer}/width_{width}/average_l0_{listed[0]}")
         raise ValueError(
             f"Gemma Scope lists no canonical {width} {site} SAE for {name} at layer {layer}; "
             f"pass l0= one of {listed} instead."
@@ -305,3 +351,103 @@ def _nearest_l0_id(family: _Family, name: str, site: str, layer: int, width: str
         )
     nearest = min(listed, key=lambda value: (abs(value - l0), value))
     return GemmaScopeId(family.release, f"layer_{layer}/width_{width}/average_l0_{nearest}")
+
+
+# ----------------------------------------------------------------------------- Gemma Scope 2 (Gemma 3)
+
+_RELEASE_2_RE = re.compile(r"^gemma-scope-2-(?:270m|1b|4b|12b|27b)-(?:pt|it)-(res|mlp|att|transcoders)(-all)?$")
+_ID_2_RE = re.compile(r"^(?:transcoder/)?layer_(\d+)_width_(\w+?)_l0_(small|medium|big)(_affine)?$")
+
+
+class _Sae2(NamedTuple):
+    """One Gemma Scope 2 SAE of the registry (seed variants left out)."""
+
+    release: str
+    sae_id: str
+    layer: int
+    width: str
+    label: str  # small / medium / big
+    l0: float  # the L0 the registry lists for it
+    affine: bool
+    every_layer: bool  # from an -all release
+
+
+@functools.lru_cache(maxsize=1)
+def _gemma_scope_2_index() -> dict[tuple[str, str], list[_Sae2]]:
+    """sae-lens' Gemma Scope 2 SAEs by (the hub model they were trained on, site)."""
+    index: dict[tuple[str, str], list[_Sae2]] = {}
+    for name, release in registry().items():
+        match = _RELEASE_2_RE.match(name)
+        if not match:
+            continue
+        site = "transcoder" if match[1] == "transcoders" else match[1]
+        entries = index.setdefault((release.model, site), [])
+        for sae_id in release.ids:
+            parsed = _ID_2_RE.match(sae_id)
+            if parsed:
+                layer, width, label, affine = int(parsed[1]), parsed[2], parsed[3], bool(parsed[4])
+                l0 = release.l0s.get(sae_id, float("nan"))
+                entries.append(_Sae2(name, sae_id, layer, width, label, l0, affine, bool(match[2])))
+    return index
+
+
+def _gemma_scope_2_entries(name: str, site: str) -> list[_Sae2]:
+    if site not in SITES:
+        raise ValueError(
+            f"Unknown site {site!r}. Valid sites: {', '.join(map(repr, SITES))} ({', '.join(SITE_NAMES.values())})."
+        )
+    hub_model = SUBJECTS[name].sae_models[0]
+    entries = _gemma_scope_2_index().get((hub_model, site), [])
+    if not entries:
+        sites = [s for s in SITES if _gemma_scope_2_index().get((hub_model, s))]
+        raise ValueError(
+            f"Gemma Scope 2 (in the installed sae-lens) has no {SITE_NAMES[site]} SAEs for {name}; "
+            f"it has site(s) {', '.join(map(repr, sites))} for this model."
+        )
+    return entries
+
+
+def _gemma_scope_2_id(name: str, layer: Any, site: str, width: Any, l0: Any, affine: bool | None) -> GemmaScopeId:
+    entries = _gemma_scope_2_entries(name, site)
+    if affine is not None and not isinstance(affine, bool):
+        raise TypeError(f"affine must be True, False or None, got {affine!r}.")
+    if affine and site != "transcoder":
+        raise ValueError(f"affine=True picks skip-transcoders; it needs site='transcoder', not {site!r}.")
+    layer = _checks.integer(layer, "layer")
+    here = [e for e in entries if e.layer == layer]
+    if not here:
+        layers = sorted({e.layer for e in entries})
+        raise ValueError(f"No Gemma Scope 2 {site} SAE for {name} at layer {layer}; layers: {describe_layers(layers)}.")
+    width = _normalize_width(width)
+    widths = sorted({e.width for e in here}, key=lambda w: _WIDTHS[w])
+    here = [e for e in here if e.width == width and e.affine == bool(affine)]
+    if not here:
+        raise ValueError(
+            f"No {width}-wide Gemma Scope 2 {site} SAE for {name} at layer {layer}"
+            + (f" with affine={bool(affine)}" if site == "transcoder" else "")
+            + f"; widths there: {', '.join(widths)}."
+        )
+    return _pick_l0(here, name, site, layer, width, l0)
+
+
+def _pick_l0(entries: list[_Sae2], name: str, site: str, layer: int, width: str, l0: Any) -> GemmaScopeId:
+    listed = ", ".join(f"{e.label} (L0 {e.l0:g}{', -all' if e.every_layer else ''})" for e in entries)
+    if isinstance(l0, str):
+        label = "medium" if l0 == "canonical" else l0
+        if label not in GEMMA_SCOPE_2_L0S:
+            raise ValueError(
+                f"l0 must be one of {', '.join(map(repr, GEMMA_SCOPE_2_L0S))}, 'canonical' (= 'medium') "
+                f"or a number for Gemma Scope 2, got {l0!r}."
+            )
+        found = sorted((e for e in entries if e.label == label), key=lambda e: e.every_layer)
+        if not found:
+            hint = " ('canonical' is 'medium', listed at 4 layers only; every layer has 'small' and 'big')"
+            raise ValueError(
+                f"No {label!r}-L0 {width} Gemma Scope 2 {site} SAE for {name} at layer {layer}; listed: {listed}"
+                + (hint if label == "medium" else "")
+                + "."
+            )
+        return GemmaScopeId(found[0].release, found[0].sae_id)  # the plain release before -all
+    target = _checks.finite(l0, "l0")
+    nearest = min(entries, key=lambda e: (abs(e.l0 - target), e.every_layer, e.l0))
+    return GemmaScopeId(nearest.release, nearest.sae_id)

@@ -154,6 +154,10 @@ def _load_hf(
 ) -> tuple[Any, Any]:
     """Tokenizer and HF model from a hub id or a local checkpoint folder.
 
+    A multimodal Gemma 3 checkpoint (4B-27B, ``Gemma3ForConditionalGeneration``) loads whole;
+    :func:`hooked_from_hf` converts its language model only, so the vision tower is dropped with
+    the HF model and scope takes text alone.
+
     ``local_files_only``: the hub is not reachable (or HF_HUB_OFFLINE): only the local HF cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -361,7 +365,12 @@ def _tl_config(template: str, hf_config: Any, *, dtype: torch.dtype, device: str
 
 
 def _with_sizes_of(cfg, hf_config):
-    """transformer-lens config ``cfg`` with the sizes of ``hf_config`` (a Gemma 2/3 HF config)."""
+    """transformer-lens config ``cfg`` with the sizes of ``hf_config`` (a Gemma 2/3 HF config).
+
+    For Gemma 3 that includes what differs between checkpoints beyond sizes: the sliding window,
+    which layers are local, the attention scale, and the two rope bases (and the global layers'
+    linear rope scaling of 4B-27B). A multimodal config (4B-27B) is read through its ``text_config``.
+    """
     from transformer_lens import HookedTransformerConfig
 
     text_config = getattr(hf_config, "text_config", None) or hf_config
@@ -386,6 +395,7 @@ def _with_sizes_of(cfg, hf_config):
     scalar = getattr(text_config, "query_pre_attn_scalar", None)
     if scalar is not None:
         sizes["attn_scale"] = math.sqrt(scalar)
+    sizes.update(_rope_of(text_config))
     current = cfg.to_dict()
     sizes = {k: v for k, v in sizes.items() if not _same(current.get(k), v)}
     if not sizes:  # the official config already describes this checkpoint
@@ -394,6 +404,28 @@ def _with_sizes_of(cfg, hf_config):
     updated.update(sizes)
     updated["d_vocab_out"] = updated["d_vocab"]
     return HookedTransformerConfig.from_dict(updated)
+
+
+def _rope_of(text_config) -> dict[str, Any]:
+    """Gemma 3's two rope bases (global and local layers) and the global layers' linear scaling,
+    as transformer-lens names them. Gemma 2 configs (one base, no layer kinds) give nothing."""
+    params = getattr(text_config, "rope_parameters", None) or {}
+    if "full_attention" not in params:  # Gemma 2, or a config without per-kind rope parameters
+        return {}
+    full, local = params["full_attention"], params.get("sliding_attention", params["full_attention"])
+    for kind, rope in (("full_attention", full), ("sliding_attention", local)):
+        if rope.get("rope_type", "default") not in ("default", "linear"):
+            raise ValueError(
+                f"rope_type {rope['rope_type']!r} of the {kind} layers is not one transformer-lens "
+                "runs for Gemma 3; 'default' and 'linear' are (what Gemma 3 checkpoints use)."
+            )
+    if local.get("rope_type", "default") == "linear" and float(local.get("factor", 1.0)) != 1.0:
+        raise ValueError("transformer-lens scales the rope of global layers only; this config scales local ones too.")
+    return {
+        "rotary_base": float(full["rope_theta"]),
+        "rotary_base_local": float(local["rope_theta"]),
+        "rotary_scaling_factor": float(full.get("factor", 1.0)) if full.get("rope_type") == "linear" else 1.0,
+    }
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -43,6 +43,7 @@ from scope import _checks
 from scope.gemma_scope import GemmaScopeId, covered_layers, describe_layers, gemma_scope_id, registry, split_spec
 from scope.hooks import check_compatible
 from scope.labels import read_labels, set_labels
+from scope.sae_formats import gemma_scope_2_folder_from_hub, is_gemma_scope_2_folder, load_gemma_scope_2
 from scope.subjects import ModelUnavailableError, model_name
 
 if TYPE_CHECKING:
@@ -231,9 +232,11 @@ def _load_local(path: Path, hook: str | None, device: str, dtype: str) -> SAE:
     npz = path / "params.npz" if path.is_dir() else path
     if npz.suffix == ".npz" and npz.is_file():
         return load_gemma_scope_npz(npz, hook=hook, device=device, dtype=dtype)
+    if is_gemma_scope_2_folder(path):  # Gemma Scope 2: params.safetensors (+ config.json)
+        return _checked_hook(load_gemma_scope_2(path, device=device, dtype=dtype), hook, str(path))
     raise ValueError(
         f"{path} is not an SAE: expected a sae-lens folder (cfg.json + sae_weights.safetensors), "
-        "a Gemma Scope params.npz, or a folder holding params.npz."
+        "a Gemma Scope params.npz, a folder holding params.npz, or a Gemma Scope 2 folder (params.safetensors)."
     )
 
 
@@ -337,6 +340,10 @@ def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str)
             + (f"; closest ids: {', '.join(close)}" if close else "")
             + f". The release has {len(ids)} ids, e.g. {next(iter(ids))!r}."
         )
+    if directory[release].conversion_func == "gemma_3":  # Gemma Scope 2: scope's reader, cache-aware
+        return _checked_hook(
+            load_gemma_scope_2(gemma_scope_2_folder_from_hub(release, sae_id), device=device, dtype=dtype), hook, text
+        )
     sae = _from_pretrained(release, sae_id, device, dtype)
     if hook is not None and hook != sae.cfg.metadata.hook_name:
         raise ValueError(
@@ -344,6 +351,12 @@ def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str)
             "a registry SAE keeps its recorded hook (save it as a sae-lens folder and load "
             "that with hook= to move it)."
         )
+    return sae
+
+
+def _checked_hook(sae: SAE, hook: str | None, where: str) -> SAE:
+    if hook is not None and hook != sae.cfg.metadata.hook_name:
+        raise ValueError(f"{where} reads {sae.cfg.metadata.hook_name!r} (its config says so), not hook={hook!r}.")
     return sae
 
 

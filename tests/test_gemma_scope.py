@@ -113,7 +113,6 @@ def test_a_loaded_model_is_identified_by_its_subject(tiny_model):
         (("gemma-2-2b", 12), {"width": "131k"}, r"no canonical 131k.*l0= one of \[\d+"),
         (("gemma-2-2b", 20), {"l0": "small"}, r"l0 must be 'canonical' or a number"),
         (("gemma-2-2b", 20), {"l0": float("nan")}, r"l0 must be a finite number"),
-        (("gemma-3-270m", 6), {}, r"no Gemma Scope \(Gemma 2\) SAEs for 'gemma-3-270m'.*demo"),
         (("gemma-7b", 6), {}, r"Unknown model 'gemma-7b'.*gemma-2-2b"),
     ],
 )
@@ -169,3 +168,129 @@ def test_ids_need_neither_torch_nor_the_network():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["gemma-scope-9b-it-res-canonical/layer_20/width_16k/canonical", "False"]
+
+
+# ----------------------------------------------------------------------------- Gemma Scope 2 (Gemma 3)
+
+GEMMA3 = {  # scope name -> (Gemma Scope 2 release stem, hub model sae-lens records, layers)
+    "gemma-3-270m": ("gemma-scope-2-270m-pt", "google/gemma-3-270m", 18),
+    "gemma-3-270m-it": ("gemma-scope-2-270m-it", "google/gemma-3-270m-it", 18),
+    "gemma-3-1b": ("gemma-scope-2-1b-pt", "google/gemma-3-1b-pt", 26),
+    "gemma-3-1b-it": ("gemma-scope-2-1b-it", "google/gemma-3-1b-it", 26),
+    "gemma-3-4b": ("gemma-scope-2-4b-pt", "google/gemma-3-4b-pt", 34),
+    "gemma-3-4b-it": ("gemma-scope-2-4b-it", "google/gemma-3-4b-it", 34),
+    "gemma-3-12b": ("gemma-scope-2-12b-pt", "google/gemma-3-12b-pt", 48),
+    "gemma-3-12b-it": ("gemma-scope-2-12b-it", "google/gemma-3-12b-it", 48),
+    "gemma-3-27b": ("gemma-scope-2-27b-pt", "google/gemma-3-27b-pt", 62),
+    "gemma-3-27b-it": ("gemma-scope-2-27b-it", "google/gemma-3-27b-it", 62),
+}
+
+
+def _listed(release, layer, width, label, affine=False):
+    """The ids sae-lens lists for one (layer, width, L0 label[, affine]), read off its id strings."""
+    pattern = rf"^(transcoder/)?layer_{layer}_width_{width}_l0_{label}{'_affine' if affine else ''}$"
+    return [i for i in _registry()[release].saes_map if re.match(pattern, i)] if release in _registry() else []
+
+
+@pytest.mark.parametrize("model", list(GEMMA3))
+def test_gemma_3_canonical_is_the_medium_l0_sae_neuronpedia_shows(model):
+    stem, hub_model, _ = GEMMA3[model]
+    lookup = _registry()[f"{stem}-res"]
+    assert lookup.model == hub_model
+    layers = sorted({int(m[1]) for i in lookup.saes_map if (m := re.match(r"layer_(\d+)_width_16k_l0_medium$", i))})
+    assert len(layers) == 4
+    for layer in layers:
+        release, sae_id = scope.gemma_scope_id(model, layer)
+        assert (release, sae_id) == (f"{stem}-res", f"layer_{layer}_width_16k_l0_medium")
+        if any(lookup.neuronpedia_id.values()):  # where Neuronpedia hosts the release, it shows this one
+            assert lookup.neuronpedia_id[sae_id].endswith(f"/{layer}-gemmascope-2-res-16k")
+
+
+@pytest.mark.parametrize("model", ["gemma-3-270m", "gemma-3-1b-it", "gemma-3-27b"])
+@pytest.mark.parametrize("label", ["small", "big"])
+def test_every_layer_has_small_and_big_from_the_plain_release_else_the_all_release(model, label):
+    stem, _, n_layers = GEMMA3[model]
+    assert gemma_scope.covered_layers(model) == list(range(n_layers))
+    for layer in range(n_layers):
+        plain, every = _listed(f"{stem}-res", layer, "16k", label), _listed(f"{stem}-res-all", layer, "16k", label)
+        expected = (f"{stem}-res", plain[0]) if plain else (f"{stem}-res-all", every[0])
+        assert scope.gemma_scope_id(model, layer, l0=label) == expected
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_gemma_3_transcoders_and_skip_transcoders(affine):
+    stem, _, _ = GEMMA3["gemma-3-1b"]
+    release, sae_id = scope.gemma_scope_id("gemma-3-1b", 13, site="transcoder", l0="medium", affine=affine)
+    assert release == f"{stem}-transcoders"
+    assert sae_id == _listed(release, 13, "16k", "medium", affine)[0]
+    assert sae_id.endswith("_affine") == affine
+    release, sae_id = scope.gemma_scope_id("gemma-3-1b", 2, site="transcoder", l0="small", affine=affine)
+    assert (release, sae_id) == (
+        f"{stem}-transcoders-all",
+        _listed(f"{stem}-transcoders-all", 2, "16k", "small", affine)[0],
+    )
+
+
+def test_gemma_3_numeric_l0_picks_the_nearest_listed_l0():
+    lookups = [_registry()["gemma-scope-2-270m-pt-res"], _registry()["gemma-scope-2-270m-pt-res-all"]]
+    candidates = [
+        (lookup.expected_l0[i], lookup.release, i)
+        for lookup in lookups
+        for i in lookup.saes_map
+        if re.match(r"^layer_9_width_16k_l0_(small|medium|big)$", i)
+    ]
+    assert len({value for value, _, _ in candidates}) >= 4
+    for target in [0, 17, 40, 59, 100, 1000]:
+        best = min(abs(value - target) for value, _, _ in candidates)
+        release, sae_id = scope.gemma_scope_id("gemma-3-270m", 9, l0=target)
+        assert abs(dict(((r, i), v) for v, r, i in candidates)[(release, sae_id)] - target) == best
+
+
+@pytest.mark.parametrize("site", ["res", "mlp", "att"])
+def test_gemma_3_sites_and_widths(site):
+    release, sae_id = scope.gemma_scope_id("gemma-3-270m", 9, site=site, width="262k")
+    assert (release, sae_id) == (f"gemma-scope-2-270m-pt-{site}", "layer_9_width_262k_l0_medium")
+    assert sae_id in _registry()[release].saes_map
+
+
+def test_gemma_2_2b_transcoders_resolve_to_the_one_listed_per_layer():
+    for layer in (0, 12, 25):
+        release, sae_id = scope.gemma_scope_id("gemma-2-2b", layer, site="transcoder")
+        assert release == "gemma-scope-2b-pt-transcoders"
+        assert sae_id in _registry()[release].saes_map and sae_id.startswith(f"layer_{layer}/width_16k/average_l0_")
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,pattern",
+    [
+        (("gemma-3-270m", 6), {}, r"No 'medium'-L0 16k .*gemma-3-270m at layer 6; listed: big .*small .*every layer"),
+        (("gemma-3-270m", 18), {}, r"No Gemma Scope 2 res SAE for gemma-3-270m at layer 18; layers: 0-17"),
+        (
+            ("gemma-3-270m", 9),
+            {"width": "1m", "site": "mlp"},
+            r"No 1m-wide .*mlp.*layer 9; widths there: 16k, 65k, 262k",
+        ),
+        (
+            ("gemma-3-27b", 16),
+            {"site": "mlp"},
+            r"no MLP output SAEs for gemma-3-27b; it has site\(s\) 'res', 'transcoder'",
+        ),
+        (("gemma-3-270m", 9), {"l0": "tiny"}, r"l0 must be one of 'small', 'medium', 'big'"),
+        (("gemma-3-270m", 9), {"affine": True}, r"affine=True .* site='transcoder', not 'res'"),
+        (("gemma-3-270m", 9), {"site": "transcoders"}, r"Unknown site 'transcoders'.*'transcoder'"),
+        (("gemma-2-2b", 9), {"site": "transcoder", "affine": True}, r"affine=True .*Gemma Scope 2 \(Gemma 3\) only"),
+        (("gemma-2-9b", 9), {"site": "transcoder"}, r"no MLP transcoder SAEs for gemma-2-9b"),
+    ],
+)
+def test_gemma_scope_2_errors_name_what_exists(args, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        scope.gemma_scope_id(*args, **kwargs)
+
+
+def test_load_saes_resolves_every_gemma_3_layer_without_loading():
+    saes = scope.load_saes("gemma-3-270m", layers="all", l0="big", device="cpu")
+    assert list(saes) == list(range(18)) and saes.loaded == []
+    assert saes.specs[9] == "gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_big"
+    assert saes.specs[0] == "gemma-scope-2-270m-pt-res-all/layer_0_width_16k_l0_big"
+    with pytest.raises(ValueError, match=r"layer 0.*'medium'"):
+        scope.load_saes("gemma-3-270m", layers="all", device="cpu")

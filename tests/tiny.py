@@ -98,3 +98,97 @@ def tiny_model_and_sae(tiny_dir, sae_path, hook: str = "blocks.1.hook_resid_post
 
     model = scope.load_model("shieldgemma-2b", weights=tiny_dir, device="cpu")
     return model, scope.load_sae(sae_path, hook=hook, device="cpu")
+
+
+# ----------------------------------------------------------------------------- Gemma 3
+
+# Local (sliding) and global layers interleaved, each kind with its own rope base; a global
+# rope scaled linearly as Gemma 3 4B-27B's is. The window is a few tokens, so tests cross it.
+GEMMA3_LAYER_TYPES = [
+    "sliding_attention",
+    "sliding_attention",
+    "full_attention",
+    "sliding_attention",
+    "sliding_attention",
+    "full_attention",
+]
+GEMMA3_ROPE = {
+    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50_000.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+}
+
+
+def make_gemma3_text_config(vocab_size: int, **overrides):
+    from transformers import Gemma3TextConfig
+
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=len(GEMMA3_LAYER_TYPES),
+        layer_types=list(GEMMA3_LAYER_TYPES),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,  # not head_dim: the attention scale must come from the config
+        sliding_window=4,
+        rope_parameters={kind: dict(values) for kind, values in GEMMA3_ROPE.items()},
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        hidden_activation="gelu_pytorch_tanh",
+        initializer_range=0.1,
+    )
+    settings.update(overrides)
+    return Gemma3TextConfig(**settings)
+
+
+def _randomise_norms(model) -> None:
+    with torch.no_grad():  # HF Gemma norms start at zero (weight is used as 1 + w): make them matter
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+
+
+def save_tiny_gemma3(path: Path, seed: int = 0, **config_overrides) -> Path:
+    """Write a random tiny ``Gemma3ForCausalLM`` (the 270M/1B shape) and its tokenizer to ``path``."""
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    model = Gemma3ForCausalLM(make_gemma3_text_config(len(tokenizer), **config_overrides)).eval()
+    _randomise_norms(model)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_gemma3_multimodal(path: Path, seed: int = 0) -> Path:
+    """Write a random tiny ``Gemma3ForConditionalGeneration`` (the 4B-27B shape: a ``Gemma3Config``
+    with a ``text_config`` and a small SigLIP vision tower) and its tokenizer to ``path``."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    config = Gemma3Config(
+        text_config=make_gemma3_text_config(len(tokenizer)).to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=3,  # <unk>: the tiny vocabulary has no image token
+        boi_token_index=4,
+        eoi_token_index=4,
+    )
+    model = Gemma3ForConditionalGeneration(config).eval()
+    _randomise_norms(model)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
