@@ -37,7 +37,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from scope import _checks
 from scope.chat import END_OF_TURN
 from scope.hooks import HookFn, model_lock
-from scope.inputs import check_length, pad, pad_id
+from scope.inputs import check_length, decode, pad, pad_id
 from scope.layout import is_relaid, relayout_for_speed
 from scope.logits import final_logits
 
@@ -306,7 +306,7 @@ def _select_rows(cache: TransformerLensKeyValueCache, index: torch.Tensor) -> No
 
 
 def _decode(model: Any, tokens: list[int]) -> str:
-    return model.tokenizer.decode(tokens, skip_special_tokens=True)
+    return decode(model.tokenizer, tokens)  # control tokens left out of the text
 
 
 def _stop_index(text: str, stops: tuple[str, ...]) -> int | None:

@@ -579,3 +579,22 @@ def test_cli_checks_its_arguments_before_loading_a_model(capsys, monkeypatch, tm
     assert "scope: warning: serving on 0.0.0.0, not loopback" in err and "no model in this test" in err
     assert main(["serve"]) == 1
     assert "warning" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- text of generated tokens
+
+
+def test_streamed_text_leaves_out_control_tokens():
+    """Deltas and the final text alike: a media marker that steering pushed out is not text."""
+    from scope.serve.engine import TextStream
+    from tests.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(["<start_of_image>"])  # a plain added token, as in Gemma 3's vocabulary
+    marker = tokenizer.convert_tokens_to_ids("<start_of_image>")
+    words = tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]
+    ids = [marker, marker, *words[:2], marker, *words[2:], marker]
+    stream = TextStream(tokenizer, stops=[])
+    deltas = [stream.push(i) for i in ids]
+    assert "".join(deltas) + stream.finish("The quick brown fox") == "The quick brown fox"
+    assert "<" not in "".join(deltas)

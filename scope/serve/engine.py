@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from scope.inputs import decode
 from scope.serve.state import GenerationArgs
 from scope.steering.steered_generation import generate_completions
 
@@ -82,7 +83,7 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = decode(self.tokenizer, self.ids)
         cut = self._stop_at(text)
         if cut is not None:
             self.stopped = True
