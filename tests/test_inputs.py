@@ -65,9 +65,15 @@ def test_generate_reads_a_chat_with_control_strings_as_text(tiny_model):
     assert completion.tokens == [int(tiny_model(torch.tensor([expected]))[0, -1].argmax())]
 
 
-@pytest.mark.parametrize("content, says", [(None, "Message 1 has content None"), (5, "Message 1 content must be a string, got int")])
+@pytest.mark.parametrize(
+    "content, says", [(None, "Message 1 has content None"), (5, "Message 1 content must be a string, got int")]
+)
 def test_non_string_content_is_refused(tiny_model, content, says):
-    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}, {"role": "user", "content": "x"}]
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": content},
+        {"role": "user", "content": "x"},
+    ]
     with pytest.raises(TypeError, match=says):
         format_chat(chat)
     with pytest.raises(TypeError, match=says):
