@@ -37,7 +37,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from scope import _checks
 from scope.chat import END_OF_TURN
 from scope.hooks import HookFn, model_lock
-from scope.inputs import check_length, pad, pad_id
+from scope.inputs import check_length, decode, pad, pad_id
 from scope.layout import is_relaid, relayout_for_speed
 from scope.logits import final_logits
 
@@ -112,7 +112,7 @@ def check_sampling(
 
 Seeds = Union[int, None, Sequence[Union[int, None]]]
 FinishReason = Literal["stop", "length"]
-TokenCallback = Callable[[int, int], Any]
+TokenCallback = Callable[[int, int], Any]  # (row, token); returning False ends that row
 
 
 @dataclass
@@ -177,8 +177,9 @@ def generate_batch(
     one :class:`Completion` per prompt, in order. See the module docstring for the steps.
 
     ``on_token(row, token)`` is called for every generated token (not stop tokens) as it is
-    sampled: a stream. ``on_rows(rows)`` is called before each forward pass whose rows changed,
-    with the prompt indices of its rows. ``fwd_hooks`` (and any hooks on the model) apply.
+    sampled: a stream; when it returns False, that row ends there (the others go on).
+    ``on_rows(rows)`` is called before each forward pass whose rows changed, with the prompt
+    indices of its rows. ``fwd_hooks`` (and any hooks on the model) apply.
     """
     max_new_tokens, temperature, top_k, top_p, _ = check_sampling(max_new_tokens, temperature, top_k, top_p)
     prompts = [_check_prompt(p) for p in prompts]
@@ -272,8 +273,8 @@ def _append(
         completion.finish_reason = "stop"
         return False
     completion.tokens.append(token)
-    if on_token is not None:
-        on_token(row, token)
+    if on_token is not None and on_token(row, token) is False:
+        return False  # the caller ended this row (a server: its client went away)
     if stops and _stop_index(_decode(model, completion.tokens), stops) is not None:
         completion.finish_reason = "stop"
         return False
@@ -306,7 +307,7 @@ def _select_rows(cache: TransformerLensKeyValueCache, index: torch.Tensor) -> No
 
 
 def _decode(model: Any, tokens: list[int]) -> str:
-    return model.tokenizer.decode(tokens, skip_special_tokens=True)
+    return decode(model.tokenizer, tokens)  # control tokens left out of the text
 
 
 def _stop_index(text: str, stops: tuple[str, ...]) -> int | None:

@@ -144,6 +144,41 @@ def load_sae(
     return sae
 
 
+@dataclass(frozen=True)
+class SAESource:
+    """Where :func:`load_sae` would read a spec from, found by :func:`resolve_sae_spec`."""
+
+    kind: str  # "demo", "sae-lens folder", "params.npz", "Gemma Scope 2 folder" or "registry"
+    location: str  # the demo SAE's name, the local file or folder, or "release/sae_id"
+
+
+def resolve_sae_spec(spec: str | os.PathLike | tuple[str, str]) -> SAESource:
+    """What ``load_sae(spec)`` would load, checked without reading weights or downloading
+    (a command checks its ``--sae`` with it before loading a model).
+
+    Raises load_sae's own errors for a spec that names nothing loadable: FileNotFoundError (a
+    demo SAE not built yet, a missing local file), ValueError (a local path that is not an SAE,
+    a release or id not in sae-lens' registry), TypeError (not a spec).
+    """
+    text = _spec_text(spec)
+    if text in DEMO_SAES:
+        if not (DEMO_SAES[text].folder / "cfg.json").is_file():
+            raise FileNotFoundError(_demo_missing(text))
+        return SAESource("demo", text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir() and (path / "cfg.json").is_file():
+            return SAESource("sae-lens folder", str(path))
+        npz = path / "params.npz" if path.is_dir() else path
+        if npz.suffix == ".npz" and npz.is_file():
+            return SAESource("params.npz", str(npz))
+        if is_gemma_scope_2_folder(path):
+            return SAESource("Gemma Scope 2 folder", str(path))
+        raise ValueError(_not_an_sae(path))
+    release, sae_id = _registry_id(text)
+    return SAESource("registry", f"{release}/{sae_id}")
+
+
 def _spec_text(spec: Any) -> str:
     if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(p, str) for p in spec):
         return str(GemmaScopeId(*spec))
@@ -159,13 +194,18 @@ def _demo_names() -> str:
     return " or ".join(map(repr, DEMO_SAES))
 
 
+def _demo_missing(name: str) -> str:
+    demo = DEMO_SAES[name]
+    return (
+        f"The {name!r} SAE is not in {demo.folder} (expected cfg.json + sae_weights.safetensors). "
+        f"It is built by {demo.command} (run from the repository root)."
+    )
+
+
 def _load_demo(name: str, hook: str | None, device: str, dtype: str) -> SAE:
     demo = DEMO_SAES[name]
     if not (demo.folder / "cfg.json").is_file():
-        raise FileNotFoundError(
-            f"The {name!r} SAE is not in {demo.folder} (expected cfg.json + sae_weights.safetensors). "
-            f"It is built by {demo.command} (run from the repository root)."
-        )
+        raise FileNotFoundError(_demo_missing(name))
     sae = _load_sae_lens_folder(demo.folder, hook, device, dtype)
     stats_file = demo.folder / "feature_stats.safetensors"  # written by scripts/eval_demo_sae.py
     if stats_file.is_file():
@@ -233,8 +273,13 @@ def _load_local(path: Path, hook: str | None, device: str, dtype: str) -> SAE:
     if npz.suffix == ".npz" and npz.is_file():
         return load_gemma_scope_npz(npz, hook=hook, device=device, dtype=dtype)
     if is_gemma_scope_2_folder(path):  # Gemma Scope 2: params.safetensors (+ config.json)
-        return _checked_hook(load_gemma_scope_2(path, device=device, dtype=dtype), hook, str(path))
-    raise ValueError(
+        sae = check_finite(load_gemma_scope_2(path, device=device, dtype=dtype), str(path))
+        return _checked_hook(sae, hook, str(path))
+    raise ValueError(_not_an_sae(path))
+
+
+def _not_an_sae(path: Path) -> str:
+    return (
         f"{path} is not an SAE: expected a sae-lens folder (cfg.json + sae_weights.safetensors), "
         "a Gemma Scope params.npz, a folder holding params.npz, or a Gemma Scope 2 folder (params.safetensors)."
     )
@@ -317,6 +362,22 @@ def check_finite(sae: SAE, source: str) -> SAE:
 
 
 def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str) -> SAE:
+    release, sae_id = _registry_id(text)
+    if registry()[release].conversion_func == "gemma_3":  # Gemma Scope 2: scope's reader, cache-aware
+        folder = gemma_scope_2_folder_from_hub(release, sae_id)
+        return _checked_hook(check_finite(load_gemma_scope_2(folder, device=device, dtype=dtype), str(folder)), hook, text)
+    sae = _from_pretrained(release, sae_id, device, dtype)
+    if hook is not None and hook != sae.cfg.metadata.hook_name:
+        raise ValueError(
+            f"{release}/{sae_id} was trained at {sae.cfg.metadata.hook_name!r}, not hook={hook!r}; "
+            "a registry SAE keeps its recorded hook (save it as a sae-lens folder and load "
+            "that with hook= to move it)."
+        )
+    return sae
+
+
+def _registry_id(text: str) -> tuple[str, str]:
+    """``(release, sae_id)`` of a registry spec, or the error naming what is wrong with it."""
     directory = registry()
     parts = split_spec(text)
     if parts is None:
@@ -340,18 +401,7 @@ def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str)
             + (f"; closest ids: {', '.join(close)}" if close else "")
             + f". The release has {len(ids)} ids, e.g. {next(iter(ids))!r}."
         )
-    if directory[release].conversion_func == "gemma_3":  # Gemma Scope 2: scope's reader, cache-aware
-        return _checked_hook(
-            load_gemma_scope_2(gemma_scope_2_folder_from_hub(release, sae_id), device=device, dtype=dtype), hook, text
-        )
-    sae = _from_pretrained(release, sae_id, device, dtype)
-    if hook is not None and hook != sae.cfg.metadata.hook_name:
-        raise ValueError(
-            f"{release}/{sae_id} was trained at {sae.cfg.metadata.hook_name!r}, not hook={hook!r}; "
-            "a registry SAE keeps its recorded hook (save it as a sae-lens folder and load "
-            "that with hook= to move it)."
-        )
-    return sae
+    return release, sae_id
 
 
 def _checked_hook(sae: SAE, hook: str | None, where: str) -> SAE:

@@ -60,7 +60,7 @@ def main() -> None:
             return len(generate_completions(model, [prompt], max_new_tokens=n, stop_at_eos=False)[0].tokens)
 
         def served(prompt: str) -> int:
-            reply = client.completions.create(model="m", prompt=prompt, max_tokens=n, temperature=0)
+            reply = client.completions.create(model="gemma-3-270m", prompt=prompt, max_tokens=n, temperature=0)
             return reply.usage.completion_tokens
 
         def timed(fn, *a) -> tuple[float, int]:
@@ -124,7 +124,9 @@ def _streaming(client: openai.OpenAI, prompt: str, n: int, reps: int) -> None:
     for _ in range(reps):
         start = time.perf_counter()
         first = None
-        stream = client.completions.create(model="m", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+        stream = client.completions.create(
+            model="gemma-3-270m", prompt=prompt, max_tokens=n, temperature=0, stream=True
+        )
         for chunk in stream:
             if first is None and chunk.choices and chunk.choices[0].text:
                 first = time.perf_counter() - start

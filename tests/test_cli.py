@@ -367,3 +367,48 @@ def test_help_shows_defaults(capsys):
     out = capsys.readouterr().out
     assert "examples per feature (default: 20)" in " ".join(out.split())
     assert "--checkpoint-every" in out and "--overwrite" in out
+
+
+# ----------------------------------------------------------------------------- issue 24: the command
+
+
+def test_steer_refuses_a_unit_with_mode_add_before_a_model_loads(capsys, no_model, files):
+    _, sae, _ = files
+    argv = ["steer", "x", "--feature", "1", "--value", "4", "--mode", "add", "--sae", str(sae), "--hook", HOOK]
+    assert main([*argv, "--unit", "max"]) == 2
+    _one_line(capsys, r"--unit max applies to --mode clamp only.*Drop --unit, or use --mode clamp")
+    assert main([*argv, "--unit", "act"]) == 2
+    _one_line(capsys, r"--unit act applies to --mode clamp only")
+
+
+def test_serve_checks_its_port_and_address_before_a_model_loads(capsys, no_model):
+    import socket
+
+    assert main(["serve", "--sae", "demo-docs", "--port", "99999"]) == 2
+    _one_line(capsys, r"argument --port: must be a port number in 1\.\.65535, got '99999'")
+    assert main(["serve", "--sae", "demo-docs", "--request-timeout", "0"]) == 2
+    _one_line(capsys, r"argument --request-timeout: must be a number of seconds > 0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--sae", "demo-docs", "--port", str(port)]) == 1
+        _one_line(capsys, rf"cannot listen on 127\.0\.0\.1:{port}: .*in use")
+    assert main(["serve", "--sae", "demo-docs", "--host", "127.0.0.1", "--api-key", ""]) == 2
+    _one_line(capsys, r"--api-key is empty")
+
+
+def test_help_imports_neither_the_library_nor_pandas():
+    """`scope --help` reads the parser alone: each command's module (and torch, pandas, the library)
+    is imported only when that command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from scope.cli import main; code = main(['--help']); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'transformer_lens', 'sae_lens') "
+        "or (m.startswith('scope.') and not m.startswith('scope.cli'))); print(code, heavy, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stderr.strip() == "0 []"
+    assert "serve" in done.stdout and "steer" in done.stdout

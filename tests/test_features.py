@@ -9,7 +9,8 @@ import torch
 
 import scope
 from scope import features as features_module
-from scope.cli import _table, main
+from scope.cli import main
+from scope.cli.common import table as _table
 from tests.sae_util import count_calls, jumprelu, random_params, write_params
 
 TEXT = "Paris is the capital of France, and Rome is the capital of Italy."

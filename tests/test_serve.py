@@ -27,6 +27,7 @@ from scope.serve import Limits, create_app, host_warning, serving
 from tests.sae_util import random_params, write_params
 
 PROMPT = "The quick brown fox"
+MODEL = "shieldgemma-2b"  # the name the tiny model is loaded as (conftest's tiny_model)
 CHAT = [{"role": "user", "content": "Paris is the capital of"}]
 
 
@@ -112,7 +113,7 @@ def test_models_lists_the_model_and_the_saes(client, saes):
 
 
 def test_chat_greedy_equals_generate(client, tiny_model):
-    reply = client.chat.completions.create(model="any", messages=CHAT, max_tokens=12, temperature=0)
+    reply = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
     expected = scope.generate(tiny_model, CHAT, max_new_tokens=12)
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].message.role == "assistant"
@@ -123,7 +124,7 @@ def test_chat_greedy_equals_generate(client, tiny_model):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_seeded_sampling_equals_generate(client, tiny_model, seed):
-    reply = client.completions.create(model="m", prompt=PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=seed)
+    reply = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=1.0, top_p=0.9, seed=seed)
     expected = scope.generate(tiny_model, PROMPT, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=seed)
     assert reply.choices[0].text == expected
 
@@ -132,7 +133,7 @@ def test_seeded_sampling_equals_generate(client, tiny_model, seed):
 def test_steered_completion_equals_steered_generate(client, tiny_model, saes, steering):
     options = dict(max_new_tokens=10, temperature=1.0, seed=3)
     reply = client.completions.create(
-        model="m", prompt=PROMPT, max_tokens=10, temperature=1.0, seed=3, extra_body={"steering": steering}
+        model=MODEL, prompt=PROMPT, max_tokens=10, temperature=1.0, seed=3, extra_body={"steering": steering}
     )
     expected = scope.generate(
         tiny_model, PROMPT, steering=steering_pairs(saes, steering), positions=steering["positions"], **options
@@ -144,9 +145,9 @@ def test_steered_completion_equals_steered_generate(client, tiny_model, saes, st
 def test_steering_reaches_the_model(client, tiny_model, saes):
     """The add steering changes the greedy text (else the equality tests above prove little)."""
     steering = STEERINGS[0]
-    plain = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0)
+    plain = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=10, temperature=0)
     steered = client.chat.completions.create(
-        model="m", messages=CHAT, max_tokens=10, temperature=0, extra_body={"steering": steering}
+        model=MODEL, messages=CHAT, max_tokens=10, temperature=0, extra_body={"steering": steering}
     )
     expected = scope.generate(tiny_model, CHAT, max_new_tokens=10, steering=steering_pairs(saes, steering))
     assert steered.choices[0].message.content == expected
@@ -156,10 +157,12 @@ def test_steering_reaches_the_model(client, tiny_model, saes):
 def test_streaming_chat_and_completion_equal_the_whole_reply(client):
     for steering in (None, STEERINGS[0]):
         extra = {"steering": steering} if steering else {}
-        whole = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0, extra_body=extra)
+        whole = client.chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=10, temperature=0, extra_body=extra
+        )
         chunks = list(
             client.chat.completions.create(
-                model="m",
+                model=MODEL,
                 messages=CHAT,
                 max_tokens=10,
                 temperature=0,
@@ -175,8 +178,8 @@ def test_streaming_chat_and_completion_equal_the_whole_reply(client):
         assert finals == [whole.choices[0].finish_reason]
         assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
         assert len({c.id for c in chunks}) == 1
-    whole = client.completions.create(model="m", prompt=PROMPT, max_tokens=10, temperature=1.0, seed=5)
-    stream = client.completions.create(model="m", prompt=PROMPT, max_tokens=10, temperature=1.0, seed=5, stream=True)
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=1.0, seed=5)
+    stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=1.0, seed=5, stream=True)
     assert "".join(c.choices[0].text for c in stream) == whole.choices[0].text
 
 
@@ -191,7 +194,7 @@ def test_stream_is_server_sent_events_ending_with_done(url):
 
 
 def test_finish_reasons_and_stop_strings(client, tiny_model):
-    options = dict(model="m", prompt=PROMPT, temperature=1.0, seed=7)
+    options = dict(model=MODEL, prompt=PROMPT, temperature=1.0, seed=7)
     full = client.completions.create(max_tokens=16, **options).choices[0]
     expected = scope.generate(tiny_model, PROMPT, max_new_tokens=16, temperature=1.0, seed=7)
     assert full.text == expected
@@ -215,7 +218,7 @@ def test_concurrent_mixed_steering_equals_sequential(app, client, tiny_model):
 
     def ask(r):
         reply = client.completions.create(
-            model="m", prompt=r["prompt"], max_tokens=8, temperature=1.0, seed=r["seed"], extra_body=r["extra_body"]
+            model=MODEL, prompt=r["prompt"], max_tokens=8, temperature=1.0, seed=r["seed"], extra_body=r["extra_body"]
         )
         return reply.choices[0].text
 
@@ -231,9 +234,9 @@ def test_concurrent_mixed_steering_equals_sequential(app, client, tiny_model):
 def test_curl_request_as_in_the_release_note(url, tiny_model):
     if shutil.which("curl") is None:
         pytest.skip("no curl")
-    # llama-server's README request: a model name, a system message and a placeholder key
+    # llama-server's README request: the model's name, a system message and a placeholder key
     messages = [{"role": "system", "content": "You are a helpful assistant."}, *CHAT]
-    body = json.dumps({"model": "gpt-3.5-turbo", "messages": messages, "max_tokens": 8, "temperature": 0})
+    body = json.dumps({"model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0})
     out = subprocess.run(
         ["curl", "-s", f"{url}/v1/chat/completions", "-H", "Content-Type: application/json"]
         + ["-H", "Authorization: Bearer no-key", "-d", body],
@@ -293,7 +296,16 @@ BAD = {
     "top_p 0": ({"prompt": PROMPT, "top_p": 0}, "top_p"),
     "n=2": ({"prompt": PROMPT, "n": 2}, "n must be 1"),
     "past the context": ({"prompt": PROMPT, "max_tokens": 500}, "exceeds the model's context of 256 tokens"),
-    "logprobs": ({"prompt": PROMPT, "logprobs": 3}, "logprobs are not supported"),
+    "logprobs": ({"prompt": PROMPT, "logprobs": 3}, "logprobs is not implemented by scope serve"),
+    "seed past int64": ({"prompt": PROMPT, "seed": 2**70}, "seed must be an integer in [-2**63, 2**63 - 1]"),
+    "seed of a float": ({"prompt": PROMPT, "seed": 1.5}, "seed"),
+    "unknown field": ({"prompt": PROMPT, "frobnicate": 1}, "frobnicate: not a field scope serve implements"),
+    "presence_penalty": ({"prompt": PROMPT, "presence_penalty": 0.5}, "presence_penalty is not implemented"),
+    "logit_bias": ({"prompt": PROMPT, "logit_bias": {"5": 10}}, "logit_bias is not implemented"),
+    "echo": ({"prompt": PROMPT, "echo": True}, "echo is not implemented"),
+    "best_of": ({"prompt": PROMPT, "best_of": 3}, "best_of is not implemented"),
+    "suffix": ({"prompt": PROMPT, "suffix": "end"}, "suffix is not implemented"),
+    "stream_options.foo": ({"prompt": PROMPT, "stream_options": {"foo": 1}}, "include_usage only, not foo"),
     "five stop strings": ({"prompt": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, "up to 4"),
     "unknown steering field": ({"prompt": PROMPT, "steering": {"strength": 3}}, "steering.strength"),
 }
@@ -311,8 +323,91 @@ def test_malformed_requests_get_a_clear_4xx_and_the_server_keeps_serving(url, cl
     assert message in error["message"]
     assert error["type"] == "invalid_request_error"
     assert no_hooks_left(tiny_model)
-    reply = client.completions.create(model="m", prompt=PROMPT, max_tokens=3, temperature=0)
+    reply = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0)
     assert reply.choices[0].text == scope.generate(tiny_model, PROMPT, max_new_tokens=3)
+
+
+CHAT_BAD = {
+    "tools": ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools is not implemented by scope serve"),
+    "tool_choice": ({"tool_choice": "auto"}, "tool_choice is not implemented"),
+    "response_format": ({"response_format": {"type": "json_object"}}, "response_format is not implemented"),
+    "top_logprobs": ({"top_logprobs": 2}, "top_logprobs is not implemented"),
+    "n=3": ({"n": 3}, "n must be 1"),
+    "content None": (
+        {"messages": [*CHAT, {"role": "assistant", "content": None}, *CHAT]},
+        "messages.1.content: content is null: every message needs text content",
+    ),
+    "content 5": ({"messages": [{"role": "user", "content": 5}]}, "content must be a string or a list of text parts"),
+    "an image part": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "content parts must be text",
+    ),
+    "a tool turn": ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
+    "a named message": ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages.0.name"),
+    "seed past int64": ({"seed": -(2**64)}, "seed must be an integer in [-2**63, 2**63 - 1]"),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAT_BAD))
+def test_chat_fields_scope_does_not_implement_are_named_in_a_400(url, name):
+    extra, message = CHAT_BAD[name]
+    body = {"model": MODEL, "messages": CHAT, "max_tokens": 2, **extra}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]["message"]
+
+
+def test_fields_at_the_value_that_asks_for_nothing_are_accepted(client, tiny_model):
+    neutral = dict(n=1, logprobs=False, tools=[], presence_penalty=0, frequency_penalty=0.0, user="u-1")
+    reply = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=4, temperature=0, response_format={"type": "text"}, **neutral
+    )
+    assert reply.choices[0].message.content == scope.generate(tiny_model, CHAT, max_new_tokens=4)
+    seeded = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=1.0, seed=2**63 - 1)
+    assert seeded.choices[0].text == scope.generate(
+        tiny_model, PROMPT, max_new_tokens=4, temperature=1.0, seed=2**63 - 1
+    )
+
+
+def test_an_unknown_model_name_is_openais_404_unless_any_name_is_accepted(url, client, tiny_model, saes):
+    for create in (
+        lambda c, m: c.chat.completions.create(model=m, messages=CHAT, max_tokens=2),
+        lambda c, m: c.completions.create(model=m, prompt=PROMPT, max_tokens=2),
+    ):
+        with pytest.raises(openai.NotFoundError) as caught:
+            create(client, "gpt-4o")
+        assert caught.value.code == "model_not_found" and caught.value.param == "model"
+        assert "'gpt-4o' does not exist on this server: it serves 'shieldgemma-2b'" in caught.value.message
+    with serving(create_app(tiny_model, saes, any_model_name=True)) as base:
+        lenient = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=60)
+        reply = lenient.chat.completions.create(model="gpt-3.5-turbo", messages=CHAT, max_tokens=3, temperature=0)
+    assert reply.choices[0].message.content == scope.generate(tiny_model, CHAT, max_new_tokens=3)
+
+
+def test_a_chat_to_a_base_model_is_answered_with_a_warning(tiny_dir, saes, caplog):
+    base_model = scope.load_model("gemma-2-2b", weights=tiny_dir, device="cpu")  # the tiny weights as a base model
+    with serving(create_app(base_model, {})) as base:
+        models = httpx.get(f"{base}/v1/models").json()["data"]
+        body = {"model": "gemma-2-2b", "messages": CHAT, "max_tokens": 3, "temperature": 0}
+        with caplog.at_level("WARNING", logger="scope.serve"):
+            whole = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as s:
+                streamed_warning = s.headers.get("x-scope-warning")
+                list(s.iter_lines())
+        completion = httpx.post(
+            f"{base}/v1/completions", json={"model": "gemma-2-2b", "prompt": PROMPT, "max_tokens": 2}
+        )
+    assert models[0] == models[0] | {"id": "gemma-2-2b", "chat": False}
+    assert whole.status_code == 200
+    assert whole.json()["choices"][0]["message"]["content"] == scope.generate(base_model, CHAT, max_new_tokens=3)
+    for warning in (whole.headers["x-scope-warning"], whole.json()["warning"], streamed_warning):
+        assert "gemma-2-2b is a base model, not instruction-tuned" in warning
+    assert sum("base model" in r.getMessage() for r in caplog.records) == 2
+    assert "x-scope-warning" not in completion.headers and "warning" not in completion.json()
+
+
+def test_models_says_the_chat_model_can_chat(client):
+    assert client.models.list().data[0].model_extra["chat"] is True
 
 
 def test_too_strong_steering_is_an_error_for_that_request_alone(url, client, tiny_model):
@@ -322,7 +417,9 @@ def test_too_strong_steering_is_an_error_for_that_request_alone(url, client, tin
     assert response.status_code == 400
     assert "too strong" in response.json()["error"]["message"]
     assert no_hooks_left(tiny_model)
-    assert client.completions.create(model="m", prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text is not None
+    assert (
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text is not None
+    )
 
 
 def test_an_error_in_a_shared_batch_reaches_only_its_request(app, url, tiny_model, saes):
@@ -372,7 +469,7 @@ def test_api_key_is_required_on_every_api_route(tiny_model, saes):
                 assert "Bearer" in response.json()["error"]["message"]
         assert httpx.get(base + "/").status_code == 200  # the page itself holds no data
         good = openai.OpenAI(base_url=f"{base}/v1", api_key="s3cret", max_retries=0)
-        reply = good.completions.create(model="m", prompt=PROMPT, max_tokens=3, temperature=0)
+        reply = good.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3, temperature=0)
         assert reply.choices[0].text == scope.generate(tiny_model, PROMPT, max_new_tokens=3)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).models.list()
@@ -537,9 +634,11 @@ def test_bundled_model_greedy_equals_generate_with_and_without_steering(bundled_
     }
     with serving(create_app(bundled_model, {"demo-docs": sae})) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=300)
-        plain = client.completions.create(model="m", prompt="The Golden Gate Bridge is", max_tokens=12, temperature=0)
+        plain = client.completions.create(
+            model="gemma-3-270m", prompt="The Golden Gate Bridge is", max_tokens=12, temperature=0
+        )
         steered = client.chat.completions.create(
-            model="m",
+            model="gemma-3-270m",
             messages=[{"role": "user", "content": "Tell me about bridges."}],
             max_tokens=12,
             temperature=0,
@@ -579,3 +678,22 @@ def test_cli_checks_its_arguments_before_loading_a_model(capsys, monkeypatch, tm
     assert "scope: warning: serving on 0.0.0.0, not loopback" in err and "no model in this test" in err
     assert main(["serve"]) == 1
     assert "warning" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- text of generated tokens
+
+
+def test_streamed_text_leaves_out_control_tokens():
+    """Deltas and the final text alike: a media marker that steering pushed out is not text."""
+    from scope.serve.engine import TextStream
+    from tests.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(["<start_of_image>"])  # a plain added token, as in Gemma 3's vocabulary
+    marker = tokenizer.convert_tokens_to_ids("<start_of_image>")
+    words = tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]
+    ids = [marker, marker, *words[:2], marker, *words[2:], marker]
+    stream = TextStream(tokenizer, stops=[])
+    deltas = [stream.push(i) for i in ids]
+    assert "".join(deltas) + stream.finish("The quick brown fox") == "The quick brown fox"
+    assert "<" not in "".join(deltas)

@@ -4,6 +4,9 @@ streaming and not. Nothing may be lost, mixed between requests, or left hooked; 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -74,7 +77,9 @@ def test_sixteen_clients_four_requests_each(tiny_model, tmp_path):
                 if c != client:
                     continue
                 extra = {"steering": steering} if steering else {}
-                kwargs = dict(model="m", prompt=prompt, max_tokens=8, temperature=1.0, seed=seed, extra_body=extra)
+                kwargs = dict(
+                    model="shieldgemma-2b", prompt=prompt, max_tokens=8, temperature=1.0, seed=seed, extra_body=extra
+                )
                 if n % 2:  # odd requests stream
                     text = "".join(chunk.choices[0].text for chunk in api.completions.create(stream=True, **kwargs))
                 else:
@@ -123,7 +128,7 @@ def test_disconnecting_stream_clients_free_the_server(tiny_model, tmp_path, clie
         api = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=60)
         for _ in range(clients):
             stream = api.completions.create(
-                model="m",
+                model="shieldgemma-2b",
                 prompt=PROMPTS[0],
                 max_tokens=200,
                 temperature=0,
@@ -136,10 +141,154 @@ def test_disconnecting_stream_clients_free_the_server(tiny_model, tmp_path, clie
         while app.state.engine.pending and time.monotonic() < deadline:
             time.sleep(0.05)
         assert app.state.engine.pending == 0
-        reply = api.completions.create(model="m", prompt=PROMPTS[1], max_tokens=4, temperature=0)
+        reply = api.completions.create(model="shieldgemma-2b", prompt=PROMPTS[1], max_tokens=4, temperature=0)
         assert reply.choices[0].text == scope.generate(tiny_model, PROMPTS[1], max_new_tokens=4)
     assert (
         all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
         and not tiny_model._forward_pre_hooks
         and not tiny_model.embed._forward_pre_hooks
     )
+
+
+# ----------------------------------------------------------------------------- abandoned and overlong requests
+
+SLOW_S = 0.05  # per forward pass: 200 tokens take >= 10 s
+
+
+@contextlib.contextmanager
+def slowed(model, batch_sizes: list[int] | None = None):
+    """Every forward pass of ``model`` takes SLOW_S longer (a torch hook, not a transformer-lens
+    one, so the server's own hook handling never sees it); optionally records each pass's batch."""
+
+    def hook(module, inputs, output):
+        time.sleep(SLOW_S)
+        if batch_sizes is not None:
+            batch_sizes.append(int(inputs[0].shape[0]))
+
+    handle = model.blocks[0].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _long_enough(model, prompt: str, tokens: int) -> None:
+    """The request below really needs ``tokens`` steps (greedy does not stop early)."""
+    from scope.steering.steered_generation import generate_completions
+
+    (completion,) = generate_completions(model, [prompt], max_new_tokens=tokens)
+    assert len(completion.tokens) == tokens, "pick a prompt whose greedy continuation does not stop"
+
+
+def _raw_post(base: str, path: str, body: dict) -> socket.socket:
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_client_that_goes_away_frees_the_server(tiny_model, stream):
+    """The abandoned request stops at once: the next request waits for a token, not for 200."""
+    _long_enough(tiny_model, PROMPTS[1], 200)
+    app = create_app(tiny_model, {})
+    short = {"prompt": PROMPTS[0], "max_tokens": 2, "temperature": 0}
+    with serving(app) as base, slowed(tiny_model):
+        started = time.monotonic()
+        assert httpx.post(f"{base}/v1/completions", json=short, timeout=60).status_code == 200
+        alone = time.monotonic() - started
+        sock = _raw_post(
+            base, "/v1/completions", {"prompt": PROMPTS[1], "max_tokens": 200, "temperature": 0, "stream": stream}
+        )
+        _wait_for(lambda: app.state.engine.pending == 1)
+        time.sleep(10 * SLOW_S)  # generating
+        sock.close()
+        started = time.monotonic()
+        reply = httpx.post(f"{base}/v1/completions", json=short, timeout=60)
+        after = time.monotonic() - started
+        _wait_for(lambda: app.state.engine.pending == 0, seconds=5)
+    abandoned_needs = 200 * SLOW_S
+    print(
+        f"next request: {after:.2f} s after an abandoned one, {alone:.2f} s alone; the abandoned needed >= {abandoned_needs:.0f} s"
+    )
+    assert reply.status_code == 200
+    assert after < abandoned_needs / 4
+
+
+def test_a_request_past_its_deadline_is_a_504_and_stops(tiny_model):
+    _long_enough(tiny_model, PROMPTS[1], 200)
+    app = create_app(tiny_model, {}, limits=Limits(request_timeout_s=1.0))
+    body = {"prompt": PROMPTS[1], "max_tokens": 200, "temperature": 0}
+    with serving(app) as base, slowed(tiny_model):
+        started = time.monotonic()
+        response = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+        took = time.monotonic() - started
+        assert response.status_code == 504, response.text
+        assert "limit of 1 s per request" in response.json()["error"]["message"]
+        assert took < 200 * SLOW_S / 4
+        with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}, timeout=60) as streamed:
+            events = [line for line in streamed.iter_lines() if line]
+        assert "limit of 1 s per request" in events[-2] and events[-1] == "data: [DONE]"
+        _wait_for(lambda: app.state.engine.pending == 0, seconds=5)
+        short = httpx.post(f"{base}/v1/completions", json={**body, "max_tokens": 2}, timeout=60)
+        assert short.status_code == 200
+
+
+def test_a_cancelled_row_leaves_its_batch_and_the_others_go_on(tiny_model):
+    """Engine level: one of two batched jobs is cancelled after its second token; the forward
+    passes shrink to one row, and the other job's text equals generating it alone."""
+    from scope.serve.engine import Engine, Job
+    from scope.serve.state import Served
+
+    served = Served(tiny_model, {})
+    texts = {PROMPTS[0]: [], PROMPTS[2]: []}
+    engine = Engine(tiny_model, max_queue=4, max_batch=2, batch_window_s=1.0, batch_gap_s=0.5)
+    jobs = []
+    for prompt, events in texts.items():
+        request = _Request(max_tokens=30)
+        args = served.generation_args(prompt, request, chat=False)
+
+        def sink(event, events=events, index=len(jobs)):
+            events.append(event)
+            if index == 0 and sum(e.kind == "delta" for e in events) == 2:
+                jobs[0].cancelled.set()
+
+        jobs.append(Job(args, sink))
+    batch_sizes: list[int] = []
+    with slowed(tiny_model, batch_sizes):
+        engine.start()
+        for job in jobs:
+            engine.submit(job)
+        _wait_for(lambda: engine.pending == 0)
+        engine.stop()
+    first, second = texts.values()
+    assert [e.kind for e in first] == ["delta", "delta"]  # nothing after it went away
+    assert "".join(e.text for e in second if e.kind == "delta") == scope.generate(
+        tiny_model, PROMPTS[2], max_new_tokens=30
+    )
+    assert batch_sizes[:2] == [2, 2] and batch_sizes[-1] == 1 and batch_sizes.count(2) <= 4
+
+
+class _Request:
+    """The fields Served.generation_args reads off a request body."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.temperature, self.top_p, self.seed, self.steering = 0.0, 1.0, None, None
+
+    def requested_tokens(self) -> int:
+        return self.max_tokens
+
+    def stops(self) -> list[str]:
+        return []

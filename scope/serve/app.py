@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scope import _checks
 from scope.serve.engine import Engine, QueueFullError
-from scope.serve.errors import BodyTooLargeError, error_body
+from scope.serve.errors import BodyTooLargeError, error_body, error_status
 from scope.serve.explorer import api as explorer_api
 from scope.serve.explorer import pages as explorer_pages
 from scope.serve.openai_api import router as openai_router
@@ -49,6 +49,7 @@ def create_app(
     limits: Limits | None = None,
     api_key: str | None = None,
     cors_origins: list[str] | None = None,
+    any_model_name: bool = False,
 ) -> FastAPI:
     """The server for ``model`` and its SAEs (``{"demo": sae}``): OpenAI-compatible routes and the explorer.
 
@@ -60,6 +61,9 @@ def create_app(
         limits: prompt tokens, ``max_tokens``, body bytes, queued requests (:class:`Limits`).
         api_key: when set, every API route needs ``Authorization: Bearer <api_key>``.
         cors_origins: origins allowed to call the API from a browser (default: none, CORS off).
+        any_model_name: accept any ``model`` in requests, as llama-server does. Off by default: a
+            request naming another model gets OpenAI's 404 ``model_not_found``, so that a client
+            configured for some other model learns it is not talking to it.
     """
     if api_key is not None:
         api_key = _checks.text(api_key, "api_key")
@@ -71,6 +75,7 @@ def create_app(
         labels=dict(labels or {}),
         mined=dict(mined or {}),
         limits=limits if limits is not None else Limits(),
+        any_model_name=any_model_name,
     )
     engine = Engine(model, max_queue=served.limits.max_queue, max_batch=served.limits.max_batch)
 
@@ -120,9 +125,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         headers = getattr(err, "headers", None) or {}
         if isinstance(err, QueueFullError):
             headers = {"Retry-After": "1"}
-        return JSONResponse(body, status_code=body["error"]["code"], headers=headers)
+        return JSONResponse(body, status_code=error_status(err), headers=headers)
 
-    for kind in (StarletteHTTPException, RequestValidationError, LimitError, QueueFullError, ValueError, TypeError):
+    for kind in (
+        StarletteHTTPException,
+        RequestValidationError,
+        LimitError,
+        QueueFullError,
+        ValueError,
+        TypeError,
+        LookupError,
+    ):
         app.add_exception_handler(kind, respond)
     app.add_exception_handler(Exception, respond)
 
@@ -187,6 +200,26 @@ def host_warning(host: str) -> str | None:
         f"serving on {host}, not loopback: anyone who can reach this machine can use the model "
         "(set --api-key, and put TLS in front)."
     )
+
+
+def check_address(host: str, port: int) -> None:
+    """That the server could listen on ``host:port``, checked by binding it once (as uvicorn will).
+
+    Raises ValueError for a port outside 1..65535 or a host that does not resolve, OSError (with
+    the address and the reason) for an address in use or not this machine's.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 1..65535, got {port!r}.")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ValueError(f"host {host!r} does not resolve to an address ({err.strerror}).") from err
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what uvicorn sets
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}.") from err
 
 
 def serve(app: FastAPI, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info") -> None:

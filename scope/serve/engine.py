@@ -13,13 +13,16 @@
 4. Each token, as it is sampled, becomes text through :class:`TextStream` (stop strings and
    split UTF-8 characters held back) and goes to its job's ``sink`` as an :class:`Event`; the
    HTTP side turns events into one response or server-sent events.
-5. If every client of a batch has gone away, the batch stops between tokens. An error in a
-   batch of several jobs (steering one request made too strong) re-runs each job alone, so the
-   error reaches only the request that caused it; the worker then serves the next jobs.
+5. A job whose client went away (:attr:`Job.cancelled`) or whose deadline passed
+   (``Limits.request_timeout_s``: a :class:`DeadlineError`, HTTP 504) leaves its batch at the next
+   token, and never starts if it is still waiting; the other rows go on. An error in a batch of
+   several jobs (steering one request made too strong) re-runs each job alone, so the error
+   reaches only the request that caused it; the worker then serves the next jobs.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from scope.inputs import decode
 from scope.serve.state import GenerationArgs
 from scope.steering.steered_generation import generate_completions
 
@@ -37,8 +41,8 @@ class QueueFullError(RuntimeError):
     """Too many requests are waiting (HTTP 429)."""
 
 
-class _AbandonedError(Exception):
-    """Every client of a running batch went away."""
+class DeadlineError(RuntimeError):
+    """A request ran (or waited) past the server's time limit for one request (HTTP 504)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,24 @@ class Job:
 
     args: GenerationArgs
     sink: Callable[[Event], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    timeout_s: float = math.inf  # from submission: waiting and generating together
+    cancelled: threading.Event = field(default_factory=threading.Event)  # nobody listens any more
+    started: float = field(default_factory=time.monotonic)
+
+    def expired(self) -> bool:
+        """Past its deadline: the client hears of it (once) and the job counts as cancelled."""
+        if self.cancelled.is_set() or time.monotonic() - self.started <= self.timeout_s:
+            return False
+        self.cancelled.set()
+        self.sink(Event("error", error=DeadlineError(
+            f"The request ran past this server's limit of {self.timeout_s:g} s per request "
+            "(scope serve --request-timeout); ask for fewer tokens, or retry when the server is less busy."
+        )))  # fmt: skip
+        return True
+
+    def ended(self) -> bool:
+        """Cancelled (its client went away) or past its deadline: its generation stops."""
+        return self.cancelled.is_set() or self.expired()
 
 
 class TextStream:
@@ -82,7 +103,7 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = decode(self.tokenizer, self.ids)
         cut = self._stop_at(text)
         if cut is not None:
             self.stopped = True
@@ -219,23 +240,24 @@ class Engine:
         return batch
 
     def _run(self, batch: list[Job]) -> None:
+        batch = [job for job in batch if not job.ended()]  # gone or expired while waiting: never started
+        if not batch:
+            return
         streams = [TextStream(self.model.tokenizer, job.args.stops) for job in batch]
         try:
             self._generate(batch, streams)
         except Exception as err:
-            if len(batch) == 1 or isinstance(err, _AbandonedError):
-                if not isinstance(err, _AbandonedError):
-                    batch[0].sink(Event("error", error=err))
+            if len(batch) == 1:
+                batch[0].sink(Event("error", error=err))
                 return
             for job, stream in zip(batch, streams):  # alone, the error reaches only its own request
-                self._run_alone(job, stream.sent)
+                if not job.cancelled.is_set():
+                    self._run_alone(job, stream.sent)
 
     def _run_alone(self, job: Job, sent: str) -> None:
         stream = TextStream(self.model.tokenizer, job.args.stops, sent)
         try:
             self._generate([job], [stream])
-        except _AbandonedError:
-            pass
         except Exception as err:  # reported to this job's client; the worker serves the next
             job.sink(Event("error", error=err))
 
@@ -243,12 +265,13 @@ class Engine:
         self.batches = [*self.batches[-99:], len(batch)]
         args = batch[0].args  # the options every job of the batch shares
 
-        def on_token(row: int, token: int) -> None:
-            if all(job.cancelled.is_set() for job in batch):
-                raise _AbandonedError
+        def on_token(row: int, token: int) -> bool:
+            if batch[row].ended():
+                return False  # this row leaves the batch; the others go on
             delta = streams[row].push(token)
             if delta:
                 batch[row].sink(Event("delta", delta))
+            return True
 
         completions = generate_completions(
             self.model,
@@ -264,6 +287,8 @@ class Engine:
             on_token=on_token,
         )
         for job, stream, completion in zip(batch, streams, completions):
+            if job.cancelled.is_set():  # gone, or already told of its deadline
+                continue
             rest = stream.finish(completion.text)
             if rest:
                 job.sink(Event("delta", rest))

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from scope.serve.engine import QueueFullError
-from scope.serve.state import LimitError
+from scope.serve.engine import DeadlineError, QueueFullError
+from scope.serve.state import LimitError, ModelNotFoundError
 
 
 class BodyTooLargeError(LimitError):
@@ -24,14 +24,25 @@ def error_status(err: BaseException) -> int:
         return err.status_code
     if isinstance(err, LimitError):
         return 413
+    if isinstance(err, ModelNotFoundError):
+        return 404
     if isinstance(err, QueueFullError):
         return 429
+    if isinstance(err, DeadlineError):
+        return 504
     if isinstance(err, (ValueError, TypeError, RequestValidationError)):
         return 400
     return 500
 
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 413: "request_too_large"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+}
 
 
 def error_body(err: BaseException, *, param: str | None = None) -> dict[str, Any]:
@@ -44,7 +55,11 @@ def error_body(err: BaseException, *, param: str | None = None) -> dict[str, Any
         message = f"Internal error ({type(err).__name__}): {err}"
     else:
         message = str(err)
-    kind = _TYPES.get(status, "rate_limit_error" if status == 429 else "server_error")
+    if isinstance(err, ModelNotFoundError):  # OpenAI's own shape for it
+        return {
+            "error": {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        }
+    kind = _TYPES.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
@@ -58,6 +73,8 @@ def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
         where = ".".join(str(p) for p in problem.get("loc", ()) if p != "body")
         first = first or where or None
         message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+        if problem.get("type") == "extra_forbidden":
+            message = "not a field scope serve implements; leave it out"
         given = problem.get("input")
         plain = given is not None and not isinstance(given, (dict, list)) and problem.get("type") != "value_error"
         shown = f" (got {given!r})" if plain else ""

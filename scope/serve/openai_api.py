@@ -4,6 +4,11 @@ Responses follow OpenAI's shapes (``chat.completion`` / ``text_completion`` obje
 ``finish_reason``); with ``"stream": true`` they are server-sent events of OpenAI's chunk
 objects ending with ``data: [DONE]``. The extension field ``steering`` (see
 :class:`scope.serve.schemas.SteeringSpec`) steers the request; without it the plain model answers.
+
+A request naming another model than the served one gets OpenAI's 404 ``model_not_found`` (unless
+the app accepts any name). ``/v1/models`` says whether the model can chat (``"chat"``); a chat
+request to a base model is answered, with a warning in the ``X-Scope-Warning`` header, in the
+response's ``"warning"`` field (whole responses) and in the server's log.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from scope.serve.engine import Engine, Event, Job
 from scope.serve.errors import error_body, error_status
@@ -25,6 +31,7 @@ from scope.serve.schemas import ChatRequest, CompletionRequest
 from scope.serve.state import GenerationArgs, Served
 
 router = APIRouter()
+log = logging.getLogger("scope.serve")
 
 
 def _served(request: Request) -> tuple[Served, Engine]:
@@ -33,10 +40,18 @@ def _served(request: Request) -> tuple[Served, Engine]:
 
 @router.get("/v1/models")
 def list_models(request: Request) -> dict[str, Any]:
-    """The model, then each SAE (``"owned_by": "scope"``; SAEs carry their hook and width)."""
+    """The model (``"chat"``: instruction-tuned, or None when unknown), then each SAE
+    (``"owned_by": "scope"``; SAEs carry their hook and width)."""
     served, _ = _served(request)
     created = request.app.state.created
-    data: list[dict[str, Any]] = [{"id": served.model_name, "object": "model", "created": created, "owned_by": "scope"}]
+    model = {
+        "id": served.model_name,
+        "object": "model",
+        "created": created,
+        "owned_by": "scope",
+        "chat": served.can_chat,
+    }
+    data: list[dict[str, Any]] = [model]
     for name, sae in served.saes.items():
         data.append(
             {
@@ -53,29 +68,37 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
-    served, engine = _served(request)
+    served, _ = _served(request)
+    served.check_model(body.model)
     args = served.generation_args(body.chat(), body, chat=True)
-    reply = _Reply("chatcmpl", "chat.completion", served.model_name, chat=True)
-    return await _respond(engine, args, reply, stream=body.stream, include_usage=body.include_usage())
+    reply = _Reply("chatcmpl", "chat.completion", served.model_name, chat=True, warning=served.chat_warning())
+    if reply.warning:
+        log.warning("chat request to a base model: %s", reply.warning)
+    return await _respond(request, args, reply, stream=body.stream, include_usage=body.include_usage())
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    served, engine = _served(request)
+    served, _ = _served(request)
+    served.check_model(body.model)
     args = served.generation_args(body.text(), body, chat=False)
     reply = _Reply("cmpl", "text_completion", served.model_name, chat=False)
-    return await _respond(engine, args, reply, stream=body.stream, include_usage=body.include_usage())
+    return await _respond(request, args, reply, stream=body.stream, include_usage=body.include_usage())
 
 
 class _Reply:
     """OpenAI's response and chunk objects for one request."""
 
-    def __init__(self, prefix: str, kind: str, model: str, *, chat: bool):
+    def __init__(self, prefix: str, kind: str, model: str, *, chat: bool, warning: str | None = None):
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.kind = kind
         self.model = model
         self.chat = chat
+        self.warning = warning
         self.created = int(time.time())
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Scope-Warning": self.warning} if self.warning else {}
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
@@ -86,7 +109,8 @@ class _Reply:
         else:
             choice = {"index": 0, "text": text}
         choice |= {"logprobs": None, "finish_reason": done.finish_reason}
-        return self._head(self.kind) | {"choices": [choice], "usage": usage(done)}
+        warning = {"warning": self.warning} if self.warning else {}
+        return self._head(self.kind) | {"choices": [choice], "usage": usage(done)} | warning
 
     def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
         if self.chat:
@@ -113,7 +137,7 @@ def usage(done: Event) -> dict[str, int]:
     }
 
 
-def _submit(engine: Engine, args: GenerationArgs) -> tuple[Job, asyncio.Queue[Event]]:
+def _submit(engine: Engine, args: GenerationArgs, timeout_s: float) -> tuple[Job, asyncio.Queue[Event]]:
     """Queue the job; its events arrive on the returned asyncio queue (raises QueueFullError)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
@@ -123,32 +147,53 @@ def _submit(engine: Engine, args: GenerationArgs) -> tuple[Job, asyncio.Queue[Ev
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    job = Job(args, sink)
+    job = Job(args, sink, timeout_s=timeout_s)
     engine.submit(job)
     return job, events
 
 
-async def _respond(engine: Engine, args: GenerationArgs, reply: _Reply, *, stream: bool, include_usage: bool) -> Any:
-    job, events = _submit(engine, args)
-    if stream:
+async def _respond(request: Request, args: GenerationArgs, reply: _Reply, *, stream: bool, include_usage: bool) -> Any:
+    served, engine = _served(request)
+    job, events = _submit(engine, args, served.limits.request_timeout_s)
+    if stream:  # Starlette ends the stream when its client goes away: _sse's finally cancels the job
         return StreamingResponse(
             _sse(job, events, reply, include_usage),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **reply.headers()},
         )
-    parts: list[str] = []
+    # Nothing cancels a plain handler whose client went away: wait for the disconnect beside the reply.
+    answer = asyncio.ensure_future(_whole(events, reply))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            event = await events.get()
-            if event.kind == "delta":
-                parts.append(event.text)
-            elif event.kind == "error":
-                assert event.error is not None
-                return JSONResponse(error_body(event.error), status_code=error_status(event.error))
-            else:
-                return reply.whole("".join(parts), event)
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            return Response(status_code=499)  # nobody reads it
+        result = answer.result()
+        return JSONResponse(result, headers=reply.headers()) if isinstance(result, dict) else result
     finally:
         job.cancelled.set()  # a client that went away stops its generation
+        answer.cancel()
+        gone.cancel()
+
+
+async def _whole(events: asyncio.Queue[Event], reply: _Reply) -> Any:
+    """The whole reply (or the error) once the job is done."""
+    parts: list[str] = []
+    while True:
+        event = await events.get()
+        if event.kind == "delta":
+            parts.append(event.text)
+        elif event.kind == "error":
+            assert event.error is not None
+            return JSONResponse(error_body(event.error), status_code=error_status(event.error))
+        else:
+            return reply.whole("".join(parts), event)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body was read already: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(job: Job, events: asyncio.Queue[Event], reply: _Reply, include_usage: bool) -> AsyncIterator[str]:

@@ -1,20 +1,40 @@
 """The request bodies the server accepts, as pydantic models (OpenAI's fields plus ``steering``).
 
-Fields that OpenAI defines and scope does not use (``user``, ``presence_penalty``...) are
-accepted and ignored, as llama-server and vLLM do, so that existing clients work unchanged;
-fields scope cannot honour (``n`` other than 1, token-id prompts) are refused with a message.
+Every field is either implemented or refused with a 400 that names it: an unknown field, and an
+OpenAI field scope does not implement (``tools``, ``response_format``, ``logit_bias``,
+``presence_penalty``...) unless it holds the value that asks for nothing (``n=1``,
+``presence_penalty=0``, ``tools=[]``...), so that a client's request never silently means
+something else here. ``user`` (the client's end-user id) is accepted: it changes nothing.
 Values are checked here (types, ranges, finite numbers); what needs the model or the SAEs
-(feature past the width, prompt length) is checked in :mod:`scope.serve.state`.
+(the model's name, feature past the width, prompt length) is checked in :mod:`scope.serve.state`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MODES = ("add", "clamp", "ablate", "scale")
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's int64, which torch's generators take
+# OpenAI fields scope does not implement, and the values that ask for nothing (accepted).
+NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0),
+    "presence_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+}
 
 
 class InterventionSpec(BaseModel):
@@ -49,9 +69,9 @@ class SteeringSpec(BaseModel):
 class _Sampling(BaseModel):
     """What both endpoints share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None  # any value is accepted: the server serves one model
+    model: str | None = None  # the served model's name (checked by the route: 404 model_not_found)
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: FiniteFloat = Field(default=1.0, ge=0.0)  # OpenAI's default; 0 is greedy
     top_p: FiniteFloat = Field(default=1.0, gt=0.0, le=1.0)
@@ -61,6 +81,11 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     steering: SteeringSpec | None = None
+    user: str | None = None  # the client's end-user id: accepted, changes nothing
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
 
     @field_validator("n")
     @classmethod
@@ -69,13 +94,29 @@ class _Sampling(BaseModel):
             raise ValueError(f"n must be 1 (one choice per request), got {n}")
         return n
 
-    logprobs: Union[bool, int, None] = None
-
-    @field_validator("logprobs")
+    @field_validator("seed")
     @classmethod
-    def _no_logprobs(cls, logprobs: Union[bool, int, None]) -> None:
-        if logprobs:
-            raise ValueError("logprobs are not supported by scope serve; leave logprobs out")
+    def _seed_range(cls, seed: int | None) -> int | None:
+        low, high = SEED_RANGE
+        if seed is not None and not low <= seed <= high:
+            raise ValueError(f"seed must be an integer in [-2**63, 2**63 - 1] (int64), got {seed}")
+        return seed
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options(cls, options: dict[str, Any] | None) -> dict[str, Any] | None:
+        unknown = sorted(set(options or {}) - {"include_usage"})
+        if unknown:
+            raise ValueError(f"scope serve implements stream_options.include_usage only, not {', '.join(unknown)}")
+        return options
+
+    @field_validator(*NOT_IMPLEMENTED, check_fields=False)
+    @classmethod
+    def _asks_for_nothing(cls, value: Any, info: ValidationInfo) -> None:
+        neutral = [n for n in NOT_IMPLEMENTED[str(info.field_name)] if n is not None]
+        if value is not None and not any(_same(value, n) for n in neutral):
+            allowed = f" (or send {' or '.join(map(repr, neutral))}, which asks for nothing)" if neutral else ""
+            raise ValueError(f"{info.field_name} is not implemented by scope serve; leave it out{allowed}")
         return None
 
     @field_validator("stop")
@@ -93,18 +134,39 @@ class _Sampling(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def _same(value: Any, neutral: Any) -> bool:
+    """``value == neutral`` without Python's ``True == 1`` and ``False == 0``."""
+    return isinstance(value, bool) == isinstance(neutral, bool) and value == neutral
 
-    type: Literal["text"]
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]  # scope serve reads text only (no images, no audio)
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # name, tool_calls...: no place in the Gemma turn format
 
-    role: Literal["system", "user", "assistant", "model"]
-    content: Union[str, list[ContentPart]]
+    role: Literal["system", "developer", "user", "assistant", "model"]
+    content: Any
+
+    @field_validator("content")
+    @classmethod
+    def _text_content(cls, content: Any) -> Union[str, list[ContentPart]]:
+        # None is refused, not read as empty: OpenAI allows it for an assistant turn that calls
+        # tools, and scope has no tools, so that turn's meaning would be lost.
+        if content is None:
+            raise ValueError("content is null: every message needs text content (scope serve has no tools)")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            kinds = [part.get("type") if isinstance(part, dict) else type(part).__name__ for part in content]
+            if any(kind != "text" for kind in kinds):
+                raise ValueError(f"content parts must be text (scope serve reads text only), got types {kinds}")
+            return [ContentPart.model_validate(part) for part in content]
+        raise ValueError(f"content must be a string or a list of text parts, got {type(content).__name__}")
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -117,9 +179,17 @@ class ChatRequest(_Sampling):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)  # OpenAI's newer name for max_tokens
+    top_logprobs: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
 
     def chat(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        # "developer" is OpenAI's newer name for the system message
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -129,6 +199,9 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``: one prompt string (or a list holding one)."""
 
     prompt: Union[str, list[str]]
+    echo: Any = None
+    best_of: Any = None
+    suffix: Any = None
 
     @field_validator("prompt")
     @classmethod

@@ -30,6 +30,10 @@ class LimitError(ValueError):
     """A request over one of the server's limits (HTTP 413)."""
 
 
+class ModelNotFoundError(LookupError):
+    """A request names a model this server does not serve (HTTP 404, OpenAI's ``model_not_found``)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for, and how many may wait."""
@@ -40,11 +44,14 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_queue: int = 64  # requests waiting or running at once; more get 429
     max_batch: int = 8  # requests one batched generation may group
+    request_timeout_s: float = 600.0  # one request, waiting plus generating; past it: 504, its work stops
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_tokens", "max_body_bytes", "max_queue", "max_batch"):
             _checks.positive_int(getattr(self, name), f"Limits.{name}")
         _checks.non_negative_int(self.default_max_tokens, "Limits.default_max_tokens")
+        if _checks.finite(self.request_timeout_s, "Limits.request_timeout_s") <= 0:
+            raise ValueError(f"Limits.request_timeout_s must be > 0 seconds, got {self.request_timeout_s!r}.")
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Served:
     labels: dict[str, Any] = field(default_factory=dict)
     mined: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    any_model_name: bool = False  # accept any ``model`` in requests (llama-server's behaviour)
 
     def __post_init__(self) -> None:
         if not isinstance(self.saes, Mapping):
@@ -114,6 +122,30 @@ class Served:
     def model_name(self) -> str:
         spec = subject_of(self.model)
         return spec.name if spec is not None else "model"
+
+    @property
+    def can_chat(self) -> bool | None:
+        """Whether the model is instruction-tuned (speaks the turn format); None when unknown."""
+        spec = subject_of(self.model)
+        return spec.chat if spec is not None else None
+
+    def chat_warning(self) -> str | None:
+        """What a chat request to a base model is told (None for a chat model)."""
+        if self.can_chat is not False:
+            return None
+        return (
+            f"{self.model_name} is a base model, not instruction-tuned: it continues the chat "
+            "transcript rather than answering it; /v1/completions is its natural endpoint."
+        )
+
+    def check_model(self, name: str | None) -> None:
+        """ModelNotFoundError unless ``name`` is the served model (or absent, or any name is accepted)."""
+        if name is None or self.any_model_name or name == self.model_name:
+            return
+        raise ModelNotFoundError(
+            f"The model {name!r} does not exist on this server: it serves {self.model_name!r} "
+            "(GET /v1/models; start it with --any-model-name to accept any name)."
+        )
 
     def sae(self, name: str | None) -> tuple[str, Any]:
         """The SAE called ``name`` (None: the first served), or ValueError listing the served ones."""

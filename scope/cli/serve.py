@@ -1,0 +1,59 @@
+"""``scope serve``: every cheap argument is checked (the address can be bound, files exist, names
+match) before the model loads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import scope
+from scope.cli.common import check_model, check_sae_spec, named
+from scope.serve import Limits, check_address, create_app, host_warning
+from scope.serve import serve as run_server
+
+
+def serve(args: argparse.Namespace) -> None:
+    check_model(args.model)
+    specs = named(args.sae or ["demo"], "--sae")
+    for spec in specs.values():
+        check_sae_spec(spec, None)
+    mined_paths = named(args.mined or [], "--mined", default_name=next(iter(specs)))
+    for name, path in mined_paths.items():
+        if name not in specs:
+            raise ValueError(f"--mined {name}={path} names no served SAE; served: {', '.join(specs)}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--mined {path}: no such file (write one with scope examples --out)")
+    if args.api_key is not None and not args.api_key.strip():
+        raise ValueError("--api-key is empty: give a key, or leave --api-key out for none.")
+    limits = Limits(
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        request_timeout_s=args.request_timeout,
+    )
+    warning = host_warning(args.host)
+    if warning:
+        print(f"scope: warning: {warning}", file=sys.stderr)
+    check_address(args.host, args.port)  # in use, or not an address of this machine: before the model loads
+    model = scope.load_model(args.model)
+    saes = {name: scope.load_sae(spec, device=model.cfg.device) for name, spec in specs.items()}
+    mined = {name: pd.read_parquet(path) for name, path in mined_paths.items()}
+    app = create_app(
+        model,
+        saes,
+        mined=mined,
+        limits=limits,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin,
+        any_model_name=args.any_model_name,
+    )
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"scope serve: {args.model} with SAEs {', '.join(saes)}")
+    print(f"  explorer    http://{shown}:{args.port}/")
+    keyed = "  (Authorization: Bearer required)" if args.api_key else ""
+    print(f"  OpenAI API  http://{shown}:{args.port}/v1{keyed}  (model {args.model!r})")
+    run_server(app, host=args.host, port=args.port)
