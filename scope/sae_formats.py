@@ -28,8 +28,22 @@ convention sae-lens uses for Gemma Scope's Gemma 2 transcoders. (sae-lens 6.54 i
 Scope 2 transcoders at ``hook_mlp_in``, the residual stream before the norm: not what they read.)
 
 sae-lens' own Gemma Scope 2 loader asks the hub for every file's header, so it cannot load from
-the local Hugging Face cache offline; :func:`load_gemma_scope_2_from_hub` fetches the same two
+the local Hugging Face cache offline; :func:`gemma_scope_2_folder_from_hub` fetches the same two
 files through ``huggingface_hub`` (which reads the cache, and honours ``HF_HUB_OFFLINE=1``).
+
+Offline use: either load a downloaded folder by path
+(``hf download google/gemma-scope-2-270m-pt --include 'resid_post/layer_9_width_16k_l0_medium/*'
+--local-dir DIR``, then ``scope.load_sae("DIR/resid_post/layer_9_width_16k_l0_medium")``), or keep
+the registry spec working by placing the files where ``huggingface_hub`` caches them::
+
+    $HF_HOME/hub/models--google--gemma-scope-2-270m-pt/
+        refs/main                                   # the commit hash, one line
+        snapshots/<commit>/resid_post/layer_9_width_16k_l0_medium/params.safetensors
+        snapshots/<commit>/resid_post/layer_9_width_16k_l0_medium/config.json
+
+(what ``hf download`` without ``--local-dir`` writes; copy that ``hub/`` folder to the offline
+machine). Then ``HF_HUB_OFFLINE=1`` and
+``scope.load_sae("gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium")`` load from it.
 """
 
 from __future__ import annotations

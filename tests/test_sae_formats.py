@@ -160,6 +160,7 @@ def test_attention_output_saes_read_hook_z_flattened_like_o_proj_input(tmp_path,
     )
     sae = scope.load_sae(folder)
     assert sae.cfg.metadata.hook_name == "blocks.2.attn.hook_z"
+    scope.check_compatible(model, sae)  # d_in = heads x d_head, as hook_z flattened
     expected = jumprelu(_hf_activations(hf_model, tokens, 2)["o_proj_in"], tensors)
     acts = scope.encode(model, sae, TEXT).values
     assert torch.allclose(acts.double(), expected, atol=1e-4)
