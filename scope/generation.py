@@ -36,6 +36,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from scope import _checks
 from scope.chat import END_OF_TURN
+from scope.decode_step import FastForward, StaticKVCache, unsupported
 from scope.hooks import HookFn, model_lock
 from scope.inputs import check_length, pad, pad_id
 from scope.layout import is_relaid, relayout_for_speed
@@ -64,6 +65,73 @@ def next_token_logits(
         attention_mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
     residual = model(tokens, past_kv_cache=cache, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
     return final_logits(model, residual[:, -1, :])
+
+
+DECODE_MODES = ("auto", "fast", "plain")
+
+
+class PlainPasses:
+    """Passes through transformer-lens' own forward with its growing KV cache (any model, any hook)."""
+
+    def __init__(self, model: Any, batch: int):
+        self.model = model
+        self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=batch)
+
+    @property
+    def length(self) -> int:
+        return self.cache.previous_attention_mask.shape[1]
+
+    def __call__(self, tokens: torch.Tensor, new_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if new_mask is None:
+            new_mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
+        return self.model(
+            tokens, past_kv_cache=self.cache, attention_mask=new_mask, stop_at_layer=self.model.cfg.n_layers
+        )
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        _select_rows(self.cache, index)
+
+    def truncate(self, length: int) -> None:
+        for entry in self.cache.entries:
+            entry.past_keys, entry.past_values = entry.past_keys[:, :length], entry.past_values[:, :length]
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask[:, :length]
+
+
+class FastPasses(FastForward):
+    """Passes through :class:`scope.decode_step.FastForward` against a preallocated cache."""
+
+    def __init__(self, model: Any, batch: int, capacity: int):
+        super().__init__(model, StaticKVCache(model, batch, capacity))
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.cache.select_rows(index)
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+
+
+Passes = Union[PlainPasses, FastPasses]
+
+
+def check_decode(model: Any, decode: Any) -> bool:
+    """Whether generation runs :class:`FastPasses` (``decode="auto"``: when the model allows it;
+    ``"fast"``: required, else ValueError naming why not; ``"plain"``: transformer-lens' forward)."""
+    decode = _checks.choice(decode, DECODE_MODES, "decode")
+    if decode == "plain":
+        return False
+    reason = unsupported(model)
+    if reason is not None and decode == "fast":
+        raise ValueError(f"decode='fast' cannot run this model: {reason}. Use decode='auto' or 'plain'.")
+    return reason is None
+
+
+def make_passes(model: Any, batch: int, capacity: int, fast: bool) -> Passes:
+    """A KV-cached pass runner for ``batch`` rows of at most ``capacity`` tokens."""
+    return FastPasses(model, batch, capacity) if fast else PlainPasses(model, batch)
 
 
 def sample_token(
@@ -172,6 +240,7 @@ def generate_batch(
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     on_token: TokenCallback | None = None,
     on_rows: Callable[[torch.Tensor], Any] | None = None,
+    decode: str = "auto",
 ) -> list[Completion]:
     """Generate after each prompt (1-D token tensors, BOS first) in left-padded KV-cached batches;
     one :class:`Completion` per prompt, in order. See the module docstring for the steps.
@@ -179,6 +248,8 @@ def generate_batch(
     ``on_token(row, token)`` is called for every generated token (not stop tokens) as it is
     sampled: a stream. ``on_rows(rows)`` is called before each forward pass whose rows changed,
     with the prompt indices of its rows. ``fwd_hooks`` (and any hooks on the model) apply.
+    ``decode``: ``"auto"`` runs the fast decode step (:mod:`scope.decode_step`) whenever the model
+    and its hooks allow, ``"fast"`` requires it, ``"plain"`` runs transformer-lens' forward.
     """
     max_new_tokens, temperature, top_k, top_p, _ = check_sampling(max_new_tokens, temperature, top_k, top_p)
     prompts = [_check_prompt(p) for p in prompts]
@@ -187,6 +258,7 @@ def generate_batch(
     batch_size = _checks.positive_int(batch_size, "batch_size")
     for prompt in prompts:
         check_length(model, len(prompt), reserve=max_new_tokens, name="prompt")
+    fast = check_decode(model, decode)
     completions = [Completion(prompt_length=len(p)) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -197,7 +269,18 @@ def generate_batch(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             _generate_chunk(
-                model, rows, prompts, seeds, completions, max_new_tokens, sampling, stop_ids, stops, on_token, on_rows
+                model,
+                rows,
+                prompts,
+                seeds,
+                completions,
+                max_new_tokens,
+                sampling,
+                stop_ids,
+                stops,
+                on_token,
+                on_rows,
+                fast,
             )
     for completion in completions:
         completion.text = _text(model, completion.tokens, stops)
@@ -226,20 +309,21 @@ def _generate_chunk(
     stops: tuple[str, ...],
     on_token: TokenCallback | None,
     on_rows: Callable[[torch.Tensor], Any] | None,
+    fast: bool,
 ) -> None:
     """Steps 1-4 of the module docstring for one chunk of prompts (indices ``rows``)."""
     if max_new_tokens == 0:
         return
     device = model.cfg.device
-    tokens, mask = pad([prompts[i] for i in rows], pad_id(model), side="left")
-    tokens, mask = tokens.to(device), mask.to(device)
+    padded, padding = pad([prompts[i] for i in rows], pad_id(model), side="left")
+    tokens, mask = padded.to(device), padding.to(device)  # mask: None once every new token is real
     generators = [_generator(seeds[i], device) if sampling["temperature"] > 0.0 else None for i in rows]
     active = torch.tensor(rows, dtype=torch.long)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=len(rows))
+    passes = make_passes(model, len(rows), tokens.shape[1] + max_new_tokens, fast)
     for step in range(max_new_tokens):
         if on_rows is not None:
             on_rows(active)
-        logits = next_token_logits(model, tokens, cache, mask)
+        logits = final_logits(model, passes(tokens, mask)[:, -1, :])
         new = _sample_rows(logits, generators, sampling)
         ids = new.tolist()  # one device-to-host copy per step, not one per row
         keep = [
@@ -253,9 +337,8 @@ def _generate_chunk(
             index = torch.tensor(keep, dtype=torch.long)
             active, new = active[index], new[index.to(new.device)]
             generators = [generators[n] for n in keep]
-            _select_rows(cache, index.to(device))
-        tokens = new[:, None]
-        mask = torch.ones_like(tokens)
+            passes.select_rows(index.to(device))
+        tokens, mask = new[:, None], None  # type: ignore[assignment]
 
 
 def _append(
