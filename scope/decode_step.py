@@ -172,6 +172,8 @@ def _unsupported_modules(model: Any) -> str | None:
                 return f"a backward hook at {name}"
         elif module is not model and id(module) not in called and _has_hooks(module):
             return f"a hook on the module {name} (not a HookPoint)"
+        if "forward" in vars(module) and not _is_mlp_with_hook_in(module):
+            return f"the module {name} has its own forward (patched on the instance)"
     for i, block in enumerate(model.blocks):
         kinds = (type(block.attn), type(block.mlp), type(block.ln1), type(block.ln2))
         if kinds != (GroupedQueryAttention, GatedMLP, RMSNorm, RMSNorm):
@@ -182,6 +184,12 @@ def _unsupported_modules(model: Any) -> str | None:
     if not isinstance(model.hook_embed, HookPoint):
         return "hook_embed is not a HookPoint"
     return None
+
+
+def _is_mlp_with_hook_in(module: Any) -> bool:
+    """sae-lens' HookedSAETransformer patches each MLP's forward to call a new ``mlp.hook_in`` first
+    (transcoders read there); the fast step calls that hook point itself."""
+    return isinstance(module, GatedMLP) and isinstance(getattr(module, "hook_in", None), HookPoint)
 
 
 def _block_hook_names(cfg: Any) -> list[str]:
@@ -235,6 +243,7 @@ class _Layer:
     cos: torch.Tensor  # the layer's rotary tables [n_ctx, d_head]
     sin_signed: torch.Tensor  # sin with the first half negated: rotate_half(x) * sin == roll(x) * this
     b_in_zero: bool
+    mlp_hook_in: HookPoint | None  # sae-lens' mlp.hook_in, where the MLP's forward calls it
 
 
 def _layer(block: Any) -> _Layer:
@@ -258,6 +267,7 @@ def _layer(block: Any) -> _Layer:
         cos=attn.rotary_cos,
         sin_signed=torch.cat([-sin[:, :half], sin[:, half:]], dim=-1),
         b_in_zero=not bool(mlp.b_in.any()),
+        mlp_hook_in=mlp.hook_in if _is_mlp_with_hook_in(mlp) and "forward" in vars(mlp) else None,
     )
 
 
@@ -273,6 +283,15 @@ def _norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
     if _has_hooks(norm.hook_scale) or _has_hooks(norm.hook_normalized):
         return norm(x)
     return _rms(x, norm)
+
+
+def _attention_inputs(resid: torch.Tensor, ln1: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value inputs: transformer-lens normalises the residual once for each (its
+    hooks fire three times per pass), one fused norm serves all three when nothing is hooked."""
+    if _has_hooks(ln1.hook_scale) or _has_hooks(ln1.hook_normalized):
+        return ln1(resid), ln1(resid), ln1(resid)
+    x = _rms(resid, ln1)
+    return x, x, x
 
 
 def _head_norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
@@ -380,7 +399,8 @@ class FastForward:
     ) -> torch.Tensor:
         block = layer.block
         resid_pre = _hook(block.hook_resid_pre, resid_pre)
-        attn_out = self._attention(index, layer, _norm(resid_pre, block.ln1), positions, mask, start, end, padded)
+        attn_in = _attention_inputs(resid_pre, block.ln1)
+        attn_out = self._attention(index, layer, attn_in, positions, mask, start, end, padded)
         attn_out = _hook(block.hook_attn_out, _norm(attn_out, block.ln1_post))
         resid_mid = _hook(block.hook_resid_mid, resid_pre + attn_out)
         mlp_out = _hook(block.hook_mlp_out, _norm(self._mlp(layer, _norm(resid_mid, block.ln2)), block.ln2_post))
@@ -388,6 +408,8 @@ class FastForward:
 
     def _mlp(self, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
         mlp = layer.block.mlp
+        if layer.mlp_hook_in is not None:
+            x = _hook(layer.mlp_hook_in, x)
         pre = _hook(mlp.hook_pre, functional.linear(x, layer.w_gate))
         pre_linear = _hook(mlp.hook_pre_linear, functional.linear(x, layer.w_in))
         post = mlp.act_fn(pre) * pre_linear
@@ -399,7 +421,7 @@ class FastForward:
         self,
         index: int,
         layer: _Layer,
-        x: torch.Tensor,
+        inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         positions: torch.Tensor,
         mask: torch.Tensor,
         start: int,
@@ -407,10 +429,13 @@ class FastForward:
         padded: bool,
     ) -> torch.Tensor:
         attn, cfg = layer.block.attn, self.cfg
-        batch, n_new = x.shape[0], x.shape[1]
-        q = _hook(attn.hook_q, functional.linear(x, layer.w_q, layer.b_q).view(batch, n_new, cfg.n_heads, cfg.d_head))
-        k = _hook(attn.hook_k, functional.linear(x, layer.w_k, layer.b_k).view(batch, n_new, -1, cfg.d_head))
-        v = _hook(attn.hook_v, functional.linear(x, layer.w_v, layer.b_v).view(batch, n_new, -1, cfg.d_head))
+        q_in, k_in, v_in = inputs
+        batch, n_new = q_in.shape[0], q_in.shape[1]
+        q = _hook(
+            attn.hook_q, functional.linear(q_in, layer.w_q, layer.b_q).view(batch, n_new, cfg.n_heads, cfg.d_head)
+        )
+        k = _hook(attn.hook_k, functional.linear(k_in, layer.w_k, layer.b_k).view(batch, n_new, -1, cfg.d_head))
+        v = _hook(attn.hook_v, functional.linear(v_in, layer.w_v, layer.b_v).view(batch, n_new, -1, cfg.d_head))
         if cfg.use_qk_norm:
             q, k = _head_norm(q, attn.q_norm), _head_norm(k, attn.k_norm)
         cos, sin = layer.cos[positions][:, :, None], layer.sin_signed[positions][:, :, None]
