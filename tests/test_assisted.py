@@ -81,12 +81,12 @@ def test_stops_equal_the_target_alone(target, near_draft):
 
 def test_sampling_follows_the_target_distribution(target, tiny_model):
     """Speculative sampling's output is distributed as the target's own sampling. Top-3 sampling:
-    the first two tokens of 800 rows (the second is the draft's proposal, accepted or resampled)
+    the first two tokens of 3000 rows (the second is the draft's proposal, accepted or resampled)
     against the target's exact joint probabilities of the 9 pairs; the draft's own are far off."""
     from scope.generation import token_probabilities
     from scope.logits import final_logits
 
-    rows, sampling = 800, dict(temperature=1.0, top_k=3)
+    rows, sampling = 3000, dict(temperature=1.0, top_k=3)
     torch.manual_seed(0)
     kwargs = dict(max_new_tokens=2, stop_at_eos=False, batch_size=rows, **sampling)
     _, completions = assisted(target, ["knock knock"] * rows, assistant=tiny_model, **kwargs)
@@ -115,7 +115,7 @@ def test_sampling_follows_the_target_distribution(target, tiny_model):
         counts[tuple(completion.tokens)] = counts.get(tuple(completion.tokens), 0) + 1
     empirical = {pair: c / rows for pair, c in counts.items()}
     exact, draft_mix = joint(target), joint(tiny_model)
-    assert distance(empirical, exact) < 0.08
+    assert distance(empirical, exact) < 0.045, distance(empirical, exact)
     assert distance(exact, draft_mix) > 0.3
 
 
