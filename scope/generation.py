@@ -36,6 +36,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from scope import _checks
 from scope.chat import END_OF_TURN
+from scope.decode_step import FastForward, StaticKVCache, unsupported
 from scope.hooks import HookFn, model_lock
 from scope.inputs import check_length, decode, pad, pad_id
 from scope.layout import is_relaid, relayout_for_speed
@@ -66,6 +67,73 @@ def next_token_logits(
     return final_logits(model, residual[:, -1, :])
 
 
+DECODE_MODES = ("auto", "fast", "plain")
+
+
+class PlainPasses:
+    """Passes through transformer-lens' own forward with its growing KV cache (any model, any hook)."""
+
+    def __init__(self, model: Any, batch: int):
+        self.model = model
+        self.cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size=batch)
+
+    @property
+    def length(self) -> int:
+        return self.cache.previous_attention_mask.shape[1]
+
+    def __call__(self, tokens: torch.Tensor, new_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if new_mask is None:
+            new_mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
+        return self.model(
+            tokens, past_kv_cache=self.cache, attention_mask=new_mask, stop_at_layer=self.model.cfg.n_layers
+        )
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        _select_rows(self.cache, index)
+
+    def truncate(self, length: int) -> None:
+        for entry in self.cache.entries:
+            entry.past_keys, entry.past_values = entry.past_keys[:, :length], entry.past_values[:, :length]
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask[:, :length]
+
+
+class FastPasses(FastForward):
+    """Passes through :class:`scope.decode_step.FastForward` against a preallocated cache."""
+
+    def __init__(self, model: Any, batch: int, capacity: int):
+        super().__init__(model, StaticKVCache(model, batch, capacity))
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.cache.select_rows(index)
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+
+
+Passes = Union[PlainPasses, FastPasses]
+
+
+def check_decode(model: Any, decode: Any) -> bool:
+    """Whether generation runs :class:`FastPasses` (``decode="auto"``: when the model allows it;
+    ``"fast"``: required, else ValueError naming why not; ``"plain"``: transformer-lens' forward)."""
+    decode = _checks.choice(decode, DECODE_MODES, "decode")
+    if decode == "plain":
+        return False
+    reason = unsupported(model)
+    if reason is not None and decode == "fast":
+        raise ValueError(f"decode='fast' cannot run this model: {reason}. Use decode='auto' or 'plain'.")
+    return reason is None
+
+
+def make_passes(model: Any, batch: int, capacity: int, fast: bool) -> Passes:
+    """A KV-cached pass runner for ``batch`` rows of at most ``capacity`` tokens."""
+    return FastPasses(model, batch, capacity) if fast else PlainPasses(model, batch)
+
+
 def sample_token(
     logits: torch.Tensor,
     *,
@@ -77,6 +145,14 @@ def sample_token(
     """Next token ``[batch, 1]``: greedy at temperature 0, else sampled (top-k, then nucleus top-p)."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = token_probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def token_probabilities(
+    logits: torch.Tensor, *, temperature: float, top_k: int | None = None, top_p: float = 1.0
+) -> torch.Tensor:
+    """The distribution :func:`sample_token` samples from at ``temperature`` > 0 ``[..., d_vocab]``."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -88,8 +164,7 @@ def sample_token(
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return logits.softmax(dim=-1)
 
 
 def check_sampling(
@@ -121,13 +196,15 @@ class Completion:
 
     ``prompt_length``: prompt tokens (BOS included); ``tokens``: the generated ids (a stop token
     excluded, a stop string's tokens included); ``text``: their decoded text, cut before the
-    first stop string; ``finish_reason``: ``"stop"`` (a stop token or string) or ``"length"``.
+    first stop string; ``finish_reason``: ``"stop"`` (a stop token or string) or ``"length"``;
+    ``assisted``: with an assistant, its :class:`scope.assisted.AssistedStats` (acceptance, passes).
     """
 
     prompt_length: int
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: FinishReason = "length"
+    assisted: Any = None
 
 
 def check_seeds(seed: Any, n_rows: int) -> list[int | None]:
@@ -172,6 +249,7 @@ def generate_batch(
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     on_token: TokenCallback | None = None,
     on_rows: Callable[[torch.Tensor], Any] | None = None,
+    decode: str = "auto",
 ) -> list[Completion]:
     """Generate after each prompt (1-D token tensors, BOS first) in left-padded KV-cached batches;
     one :class:`Completion` per prompt, in order. See the module docstring for the steps.
@@ -180,29 +258,100 @@ def generate_batch(
     sampled: a stream; when it returns False, that row ends there (the others go on).
     ``on_rows(rows)`` is called before each forward pass whose rows changed, with the prompt
     indices of its rows. ``fwd_hooks`` (and any hooks on the model) apply.
+    ``decode``: ``"auto"`` runs the fast decode step (:mod:`scope.decode_step`) whenever the model
+    and its hooks allow, ``"fast"`` requires it, ``"plain"`` runs transformer-lens' forward.
     """
+    job = prepare_job(
+        model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, stop, on_token, on_rows, decode
+    )
+    return run_chunks(job, batch_size, fwd_hooks, _generate_chunk)
+
+
+@dataclass
+class Job:
+    """One generation call's checked settings and results, shared by its chunks of rows."""
+
+    model: Any
+    prompts: list[torch.Tensor]
+    seeds: list[int | None]
+    completions: list[Completion]
+    max_new_tokens: int
+    sampling: dict[str, Any]
+    stop_ids: set[int]
+    stops: tuple[str, ...]
+    on_token: TokenCallback | None
+    on_rows: Callable[[torch.Tensor], Any] | None
+    fast: bool
+
+    def append(self, row: int, token: int) -> bool:
+        """Record ``token`` for prompt ``row``; False once that row is finished."""
+        return _append(self.model, self.completions[row], token, self.stop_ids, self.stops, self.on_token, row)
+
+    def padded_prompts(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts ``rows`` left-padded on the model's device: (tokens, mask of real tokens)."""
+        tokens, mask = pad([self.prompts[i] for i in rows], pad_id(self.model), side="left")
+        return tokens.to(self.model.cfg.device), mask.to(self.model.cfg.device)
+
+    def generators(self, rows: list[int]) -> list[torch.Generator | None]:
+        sampled = self.sampling["temperature"] > 0.0
+        return [_generator(self.seeds[i], self.model.cfg.device) if sampled else None for i in rows]
+
+
+def prepare_job(
+    model: Any,
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: Any,
+    temperature: Any,
+    top_k: Any,
+    top_p: Any,
+    seed: Seeds,
+    stop_at_eos: bool,
+    stop: Any,
+    on_token: TokenCallback | None,
+    on_rows: Callable[[torch.Tensor], Any] | None,
+    decode: Any,
+    reserve: int = 0,
+) -> Job:
+    """Every argument checked (before anything heavy); ``reserve``: context kept free beyond
+    ``max_new_tokens`` (a draft's lookahead)."""
     max_new_tokens, temperature, top_k, top_p, _ = check_sampling(max_new_tokens, temperature, top_k, top_p)
-    prompts = [_check_prompt(p) for p in prompts]
-    seeds = check_seeds(seed, len(prompts))
+    checked = [_check_prompt(p) for p in prompts]
+    seeds = check_seeds(seed, len(checked))
     stops = check_stop(stop)
+    for prompt in checked:
+        check_length(model, len(prompt), reserve=max_new_tokens + reserve, name="prompt")
+    return Job(
+        model=model,
+        prompts=checked,
+        seeds=seeds,
+        completions=[Completion(prompt_length=len(p)) for p in checked],
+        max_new_tokens=max_new_tokens,
+        sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p),
+        stop_ids=stop_token_ids(model) if stop_at_eos else set(),
+        stops=stops,
+        on_token=on_token,
+        on_rows=on_rows,
+        fast=check_decode(model, decode),
+    )
+
+
+def run_chunks(
+    job: Job, batch_size: Any, fwd_hooks: Sequence[tuple[str, HookFn]], run_chunk: Callable[[Job, list[int]], None]
+) -> list[Completion]:
+    """``run_chunk(job, rows)`` for chunks of ``batch_size`` prompts of similar length (sorted, so
+    less padding), under the model's lock with ``fwd_hooks`` attached; the completions' texts."""
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    for prompt in prompts:
-        check_length(model, len(prompt), reserve=max_new_tokens, name="prompt")
-    completions = [Completion(prompt_length=len(p)) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    stop_ids = stop_token_ids(model) if stop_at_eos else set()
+    model = job.model
+    order = sorted(range(len(job.prompts)), key=lambda i: len(job.prompts[i]))
     with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         if not is_relaid(model):
             relayout_for_speed(model)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            _generate_chunk(
-                model, rows, prompts, seeds, completions, max_new_tokens, sampling, stop_ids, stops, on_token, on_rows
-            )
-    for completion in completions:
-        completion.text = _text(model, completion.tokens, stops)
-    return completions
+        if job.max_new_tokens > 0:
+            for start in range(0, len(order), batch_size):
+                run_chunk(job, order[start : start + batch_size])
+    for completion in job.completions:
+        completion.text = _text(model, completion.tokens, job.stops)
+    return job.completions
 
 
 def _check_prompt(prompt: Any) -> torch.Tensor:
@@ -215,48 +364,28 @@ def _check_prompt(prompt: Any) -> torch.Tensor:
     return prompt
 
 
-def _generate_chunk(
-    model: Any,
-    rows: list[int],
-    prompts: Sequence[torch.Tensor],
-    seeds: Sequence[int | None],
-    completions: list[Completion],
-    max_new_tokens: int,
-    sampling: dict[str, Any],
-    stop_ids: set[int],
-    stops: tuple[str, ...],
-    on_token: TokenCallback | None,
-    on_rows: Callable[[torch.Tensor], Any] | None,
-) -> None:
+def _generate_chunk(job: Job, rows: list[int]) -> None:
     """Steps 1-4 of the module docstring for one chunk of prompts (indices ``rows``)."""
-    if max_new_tokens == 0:
-        return
-    device = model.cfg.device
-    tokens, mask = pad([prompts[i] for i in rows], pad_id(model), side="left")
-    tokens, mask = tokens.to(device), mask.to(device)
-    generators = [_generator(seeds[i], device) if sampling["temperature"] > 0.0 else None for i in rows]
+    model = job.model
+    tokens, mask = job.padded_prompts(rows)  # mask: None once every new token is real
+    generators = job.generators(rows)
     active = torch.tensor(rows, dtype=torch.long)
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, batch_size=len(rows))
-    for step in range(max_new_tokens):
-        if on_rows is not None:
-            on_rows(active)
-        logits = next_token_logits(model, tokens, cache, mask)
-        new = _sample_rows(logits, generators, sampling)
+    passes = make_passes(model, len(rows), tokens.shape[1] + job.max_new_tokens, job.fast)
+    for step in range(job.max_new_tokens):
+        if job.on_rows is not None:
+            job.on_rows(active)
+        logits = final_logits(model, passes(tokens, mask)[:, -1, :])
+        new = _sample_rows(logits, generators, job.sampling)
         ids = new.tolist()  # one device-to-host copy per step, not one per row
-        keep = [
-            n
-            for n, row in enumerate(active.tolist())
-            if _append(model, completions[row], ids[n], stop_ids, stops, on_token, row)
-        ]
-        if step == max_new_tokens - 1 or not keep:
+        keep = [n for n, row in enumerate(active.tolist()) if job.append(row, ids[n])]
+        if step == job.max_new_tokens - 1 or not keep:
             return
         if len(keep) < len(active):  # finished rows leave the batch and the cache
             index = torch.tensor(keep, dtype=torch.long)
             active, new = active[index], new[index.to(new.device)]
             generators = [generators[n] for n in keep]
-            _select_rows(cache, index.to(device))
-        tokens = new[:, None]
-        mask = torch.ones_like(tokens)
+            passes.select_rows(index.to(model.cfg.device))
+        tokens, mask = new[:, None], None  # type: ignore[assignment]
 
 
 def _append(

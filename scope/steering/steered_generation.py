@@ -8,9 +8,11 @@ counts, finish reasons) and streams tokens through ``on_token``, for servers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from scope import _checks
+from scope.assisted import check_assistant, generate_assisted
 from scope.generation import Completion, Seeds, TokenCallback, check_sampling, check_seeds, check_stop, generate_batch
 from scope.inputs import TextOrMessages, to_tokens
 from scope.steering.context import Positions, steered
@@ -32,6 +34,7 @@ def generate(
     steering: Any = (),
     positions: Positions = "all",
     batch_size: int = 16,
+    assistant: Any = None,
 ) -> str | list[str]:
     """Generate a continuation of a text or a chat, or of each of a list of them; only the new text.
 
@@ -57,6 +60,8 @@ def generate(
             generated tokens, never BOS or padding), ``"prompt"``, ``"generated"`` or token
             indices (BOS = 0; indices count each text's prompt then generated tokens).
         batch_size: texts per batch (left-padded, KV-cached; finished rows leave the batch).
+        assistant: a small model with the same tokenizer that drafts tokens for ``model`` to verify
+            (:mod:`scope.assisted`); greedy output is unchanged, steering applies to ``model`` only.
 
     Greedy output of each text equals generating it alone.
     """
@@ -75,6 +80,7 @@ def generate(
         steering=steering,
         positions=positions,
         batch_size=batch_size,
+        assistant=assistant,
     )
     outputs = [completion.text for completion in completions]
     return outputs if texts is not None else outputs[0]
@@ -96,9 +102,11 @@ def generate_completions(
     positions: Positions = "all",
     batch_size: int = 16,
     on_token: TokenCallback | None = None,
+    assistant: Any = None,
 ) -> list[Completion]:
     """Like :func:`generate` for a list of texts, returning one :class:`Completion` per text
-    (``prompt_length``, ``tokens``, ``text``, ``finish_reason`` ``"stop"``/``"length"``);
+    (``prompt_length``, ``tokens``, ``text``, ``finish_reason`` ``"stop"``/``"length"``, and with an
+    ``assistant`` its acceptance stats: :func:`scope.assisted.summary`);
     ``on_token(row, token_id)`` is called for each generated token as it is sampled (a stream)."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)  # cheap checks first
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
@@ -110,8 +118,11 @@ def generate_completions(
     lengths = [len(p) for p in prompts]
     for length in lengths:
         _check_reachable(positions, length, max_new_tokens)
+    if assistant is not None:
+        check_assistant(model, assistant)
+    run = generate_batch if assistant is None else partial(generate_assisted, assistant=assistant)
     with steered(model, sae, steering, positions, prompt_length=lengths) as generation:
-        return generate_batch(
+        return run(
             model,
             prompts,
             max_new_tokens=max_new_tokens,
