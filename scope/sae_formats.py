@@ -206,16 +206,30 @@ def load_gemma_scope_2(
         raise ValueError(f"{folder} is not a Gemma Scope 2 folder: it holds no {PARAMS_FILE}.")
     config = read_config(folder)
     if "hf_hook_point_out" in config and model is None:
-        raise ValueError(
-            f"{folder} is a Gemma Scope 2 transcoder: it reads the MLP input after the RMSNorm gain, which "
-            "transformer-lens has no hook for, so it loads for a model (the gain is folded in): "
-            "scope.load_transcoders(..., model=model)."
-        )
+        raise ValueError(_needs_model(str(folder)))
 
     def convert(path: Any, device: str, cfg_overrides: dict[str, Any] | None = None):
         return _converted(folder, config, model, device, cfg_overrides)
 
     return SAE.load_from_disk(folder, device=_checks.device(device), dtype=_checks.dtype_name(dtype), converter=convert)
+
+
+def _needs_model(what: str) -> str:
+    return (
+        f"{what} is a Gemma Scope 2 transcoder: it reads the MLP input after the RMSNorm gain, which "
+        "transformer-lens has no hook for, so it loads for a model (the gain is folded in): "
+        "scope.load_transcoders(..., model=model)."
+    )
+
+
+def load_gemma_scope_2_from_hub(
+    release: str, sae_id: str, *, model: Any = None, device: str | None = None, dtype: str | None = None
+) -> SAE:
+    """A registry Gemma Scope 2 SAE (``conversion_func: gemma_3``) through the Hugging Face cache;
+    a transcoder without ``model`` is refused before anything downloads."""
+    if release.endswith(("-transcoders", "-transcoders-all")) and model is None:
+        raise ValueError(_needs_model(f"{release}/{sae_id}"))
+    return load_gemma_scope_2(gemma_scope_2_folder_from_hub(release, sae_id), model=model, device=device, dtype=dtype)
 
 
 def _converted(folder: Path, config: dict[str, Any], model: Any, device: str, overrides: dict[str, Any] | None):

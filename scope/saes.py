@@ -43,7 +43,7 @@ from scope import _checks
 from scope.gemma_scope import GemmaScopeId, covered_layers, describe_layers, gemma_scope_id, registry, split_spec
 from scope.hooks import check_compatible
 from scope.labels import read_labels, set_labels
-from scope.sae_formats import gemma_scope_2_folder_from_hub, is_gemma_scope_2_folder, load_gemma_scope_2
+from scope.sae_formats import is_gemma_scope_2_folder, load_gemma_scope_2, load_gemma_scope_2_from_hub
 from scope.subjects import ModelUnavailableError, model_name
 
 if TYPE_CHECKING:
@@ -364,8 +364,8 @@ def check_finite(sae: SAE, source: str) -> SAE:
 def _load_registry_or_fail(text: str, hook: str | None, device: str, dtype: str) -> SAE:
     release, sae_id = _registry_id(text)
     if registry()[release].conversion_func == "gemma_3":  # Gemma Scope 2: scope's reader, cache-aware
-        folder = gemma_scope_2_folder_from_hub(release, sae_id)
-        return _checked_hook(check_finite(load_gemma_scope_2(folder, device=device, dtype=dtype), str(folder)), hook, text)
+        sae = load_gemma_scope_2_from_hub(release, sae_id, device=device, dtype=dtype)
+        return _checked_hook(check_finite(sae, text), hook, text)
     sae = _from_pretrained(release, sae_id, device, dtype)
     if hook is not None and hook != sae.cfg.metadata.hook_name:
         raise ValueError(

@@ -25,9 +25,9 @@ import torch
 from scope import _checks
 from scope.gemma_scope import covered_layers, describe_layers, gemma_scope_id, registry, split_spec
 from scope.sae_formats import (
-    gemma_scope_2_folder_from_hub,
     is_gemma_scope_2_folder,
     load_gemma_scope_2,
+    load_gemma_scope_2_from_hub,
     read_config,
     tl_hook,
 )
@@ -190,6 +190,5 @@ def _load_one(source: str, model: Any, device: str, dtype: torch.dtype | str) ->
         return load_gemma_scope_2(path, model=model, device=device, dtype=dtype_name)
     release, sae_id = split_spec(source) or (source, "")
     if registry()[release].conversion_func == "gemma_3":
-        folder = gemma_scope_2_folder_from_hub(release, sae_id)
-        return load_gemma_scope_2(folder, model=model, device=device, dtype=dtype_name)
+        return load_gemma_scope_2_from_hub(release, sae_id, model=model, device=device, dtype=dtype_name)
     return load_sae(source, device=device, dtype=dtype_name)  # Gemma Scope (Gemma 2) through sae-lens

@@ -266,3 +266,15 @@ def test_a_gemma_scope_2_sae_fits_the_bundled_model(tmp_path, bundled_model):
     _, cache = bundled_model.run_with_cache(tokens, names_filter="blocks.9.hook_resid_post")
     expected = jumprelu(cache["blocks.9.hook_resid_post"][0], tensors)
     assert torch.allclose(scope.encode(bundled_model, sae, TEXT).values.double(), expected, atol=1e-3)
+
+
+def test_a_registry_transcoder_without_a_model_is_refused_before_any_download(monkeypatch):
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    spec = "gemma-scope-2-270m-pt-transcoders/transcoder/layer_9_width_16k_l0_small_affine"
+    with pytest.raises(ValueError, match=r"transcoder.*load_transcoders\(\.\.\., model=model\)"):
+        scope.load_sae(spec)
