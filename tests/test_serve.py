@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -673,10 +674,13 @@ def test_cli_checks_its_arguments_before_loading_a_model(capsys, monkeypatch, tm
     assert "no such file" in capsys.readouterr().err
     assert main(["serve", "--sae", "a=demo-docs", "--sae", "a=demo-docs"]) == 2
     assert "given twice" in capsys.readouterr().err
-    assert main(["serve", "--sae", "demo-docs", "--host", "0.0.0.0"]) == 1  # the warning comes before the model loads
+    with socket.socket() as probe:  # a free port: 8000 may be taken on a shared machine
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert main(["serve", "--sae", "demo-docs", "--host", "0.0.0.0", "--port", port]) == 1  # warned before loading
     err = capsys.readouterr().err
     assert "scope: warning: serving on 0.0.0.0, not loopback" in err and "no model in this test" in err
-    assert main(["serve"]) == 1
+    assert main(["serve", "--port", port]) == 1
     assert "warning" not in capsys.readouterr().err
 
 
