@@ -77,6 +77,7 @@ def load_hooked(cfg: HookedTransformerConfig, hf_config: Any, folder: Path, toke
     entries = _entries(cfg, hf_config, files)
     _check(entries, files, folder)
     model = _empty_model(cfg, tokenizer)
+    assert cfg.device is not None  # set by load_model (transformer-lens' config leaves it optional)
     device = torch.device(cfg.device)
     loaded: set[str] = set()
     for entry in entries:
