@@ -77,6 +77,7 @@ def load_hooked(cfg: HookedTransformerConfig, hf_config: Any, folder: Path, toke
     entries = _entries(cfg, hf_config, files)
     _check(entries, files, folder)
     model = _empty_model(cfg, tokenizer)
+    assert cfg.device is not None  # set by load_model (transformer-lens' config leaves it optional)
     device = torch.device(cfg.device)
     loaded: set[str] = set()
     for entry in entries:
@@ -202,73 +203,44 @@ _ZERO_BIASES = {"b_Q", "_b_K", "_b_V", "b_O", "b_in", "b_out", "b_U"}
 
 
 def _entries(cfg: HookedTransformerConfig, hf_config: Any, files: dict[str, Path]) -> list[_Entry]:
-    """Every checkpoint tensor the model needs, in file order of transformer-lens' conversion."""
+    """Every checkpoint tensor the model needs, and the parameters each one fills."""
     if not cfg.use_normalization_before_and_after:
         raise ValueError(f"{cfg.original_architecture}: only Gemma 2 and Gemma 3 load this way.")
     prefix = _text_prefix(files)
     convert = _Conversions(cfg)
-    d_model, d_head, d_mlp = cfg.d_model, cfg.d_head, cfg.d_mlp
-    n_heads, n_kv = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads
-    assert d_mlp is not None
     entries = _embedding(cfg, hf_config, prefix, files, convert)
     for layer in range(cfg.n_layers):
-        tl, hf = f"blocks.{layer}.", f"{prefix}layers.{layer}."
-        norms = [
-            ("input_layernorm", "ln1.w", "the norm before attention"),
-            ("post_attention_layernorm", "ln1_post.w", "the norm after attention"),
-            ("pre_feedforward_layernorm", "ln2.w", "the norm before the MLP"),
-            ("post_feedforward_layernorm", "ln2_post.w", "the norm after the MLP"),
-        ]
-        for hf_name, tl_name, meaning in norms:
-            entries.append(
-                _Entry(
-                    f"{hf}{hf_name}.weight",
-                    (d_model,),
-                    f"{meaning} of layer {layer}",
-                    (_Target(tl + tl_name, convert.norm),),
-                )
-            )
-        attention = [
-            ("q_proj", (n_heads * d_head, d_model), "attn.W_Q", convert.heads(n_heads), "query"),
-            ("k_proj", (n_kv * d_head, d_model), "attn._W_K", convert.heads(n_kv), "key"),
-            ("v_proj", (n_kv * d_head, d_model), "attn._W_V", convert.heads(n_kv), "value"),
-            ("o_proj", (d_model, n_heads * d_head), "attn.W_O", convert.out_heads(n_heads), "output"),
-        ]
-        for hf_name, shape, tl_name, how, meaning in attention:
-            entries.append(
-                _Entry(
-                    f"{hf}self_attn.{hf_name}.weight",
-                    shape,
-                    f"the attention {meaning} weights of layer {layer}",
-                    (_Target(tl + tl_name, how),),
-                )
-            )
-        if cfg.use_qk_norm:
-            for which in ("q", "k"):
-                entries.append(
-                    _Entry(
-                        f"{hf}self_attn.{which}_norm.weight",
-                        (d_head,),
-                        f"the {which}-norm of layer {layer}",
-                        (_Target(f"{tl}attn.{which}_norm.w", convert.norm),),
-                    )
-                )
-        mlp = [
-            ("gate_proj", (d_mlp, d_model), "mlp.W_gate", "gate"),
-            ("up_proj", (d_mlp, d_model), "mlp.W_in", "input"),
-            ("down_proj", (d_model, d_mlp), "mlp.W_out", "output"),
-        ]
-        for hf_name, shape, tl_name, meaning in mlp:
-            entries.append(
-                _Entry(
-                    f"{hf}mlp.{hf_name}.weight",
-                    shape,
-                    f"the MLP {meaning} weights of layer {layer}",
-                    (_Target(tl + tl_name, convert.transposed),),
-                )
-            )
-    entries.append(_Entry(f"{prefix}norm.weight", (d_model,), "the final norm", (_Target("ln_final.w", convert.norm),)))
+        for hf_name, shape, tl_name, how, meaning in _layer_tensors(cfg, convert):
+            target = _Target(f"blocks.{layer}.{tl_name}", how)
+            entries.append(_Entry(f"{prefix}layers.{layer}.{hf_name}", shape, f"{meaning} of layer {layer}", (target,)))
+    final_norm = _Target("ln_final.w", convert.norm)
+    entries.append(_Entry(f"{prefix}norm.weight", (cfg.d_model,), "the final norm", (final_norm,)))
     return entries
+
+
+def _layer_tensors(cfg: HookedTransformerConfig, convert: _Conversions) -> list[tuple]:
+    """(HF name, HF shape, transformer-lens name, conversion, meaning) of one layer's tensors."""
+    d_model, d_head, d_mlp = cfg.d_model, cfg.d_head, cfg.d_mlp
+    n_heads, n_kv = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads
+    tensors = [
+        ("input_layernorm.weight", (d_model,), "ln1.w", convert.norm, "the norm before attention"),
+        ("post_attention_layernorm.weight", (d_model,), "ln1_post.w", convert.norm, "the norm after attention"),
+        ("pre_feedforward_layernorm.weight", (d_model,), "ln2.w", convert.norm, "the norm before the MLP"),
+        ("post_feedforward_layernorm.weight", (d_model,), "ln2_post.w", convert.norm, "the norm after the MLP"),
+        ("self_attn.q_proj.weight", (n_heads * d_head, d_model), "attn.W_Q", convert.heads(n_heads), "the queries"),
+        ("self_attn.k_proj.weight", (n_kv * d_head, d_model), "attn._W_K", convert.heads(n_kv), "the keys"),
+        ("self_attn.v_proj.weight", (n_kv * d_head, d_model), "attn._W_V", convert.heads(n_kv), "the values"),
+        ("self_attn.o_proj.weight", (d_model, n_heads * d_head), "attn.W_O", convert.out_heads(n_heads), "the output"),
+        ("mlp.gate_proj.weight", (d_mlp, d_model), "mlp.W_gate", convert.transposed, "the MLP gate"),
+        ("mlp.up_proj.weight", (d_mlp, d_model), "mlp.W_in", convert.transposed, "the MLP input"),
+        ("mlp.down_proj.weight", (d_model, d_mlp), "mlp.W_out", convert.transposed, "the MLP output"),
+    ]
+    if cfg.use_qk_norm:  # Gemma 3
+        tensors += [
+            ("self_attn.q_norm.weight", (d_head,), "attn.q_norm.w", convert.norm, "the query norm"),
+            ("self_attn.k_norm.weight", (d_head,), "attn.k_norm.w", convert.norm, "the key norm"),
+        ]
+    return tensors
 
 
 def _embedding(cfg, hf_config: Any, prefix: str, files: dict[str, Path], convert: _Conversions) -> list[_Entry]:
