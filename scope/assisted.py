@@ -100,9 +100,10 @@ def check_assistant(target: Any, assistant: Any) -> None:
             f"{assistant.cfg.d_vocab_out} vs {target.cfg.d_vocab_out} output tokens, or different "
             "tokenizers). Draft with a model of the same family (e.g. Gemma 2 2B for Gemma 2 27B)."
         )
-    if torch.device(assistant.cfg.device) != torch.device(target.cfg.device):
+    draft_device, target_device = assistant.W_E.device, target.W_E.device  # "cuda" and "cuda:0" alike
+    if draft_device != target_device:
         raise ValueError(
-            f"The assistant is on {assistant.cfg.device} and the target on {target.cfg.device} ({names}); "
+            f"The assistant is on {draft_device} and the target on {target_device} ({names}); "
             "load both on the same device."
         )
 

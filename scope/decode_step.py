@@ -349,10 +349,15 @@ class FastForward:
         start, end = cache.length, cache.length + n_new
         cache.mask[:, start:end] = new_mask
         positions = (cache.real[:, None] + new_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [batch, pos]
-        masks = self._masks(start, end)
+        hidden = self._hidden(start, end)
+        rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer in self.layers:  # one gather per distinct table (Gemma 3: local and global), not per layer
+            if id(layer.cos) not in rotary:
+                rotary[id(layer.cos)] = (layer.cos[positions][:, :, None], layer.sin_signed[positions][:, :, None])
         residual = _hook(self.model.hook_embed, self.model.embed(tokens))
         for index, layer in enumerate(self.layers):
-            residual = self._block(index, layer, residual, positions, masks[layer.local], start, end, padded)
+            span = (start, end, padded)
+            residual = self._block(index, layer, residual, rotary[id(layer.cos)], hidden[layer.local], span)
         cache.length = end
         cache.real += new_mask.long().sum(dim=1)
         return residual
@@ -373,9 +378,9 @@ class FastForward:
                     "step cannot honour: generate with decode='plain'."
                 )
 
-    def _masks(self, start: int, end: int) -> dict[bool, torch.Tensor]:
-        """Which keys each new query sees ``[batch, 1, groups * pos, end]`` (rows in the grouped
-        order the attention uses), for global (False) and local (True) layers."""
+    def _hidden(self, start: int, end: int) -> dict[bool, torch.Tensor]:
+        """Which keys each new query does not see ``[batch, 1, groups * pos, end]`` (rows in the
+        grouped order the attention uses), for global (False) and local (True) layers."""
         device = self.cache.mask.device
         query = torch.arange(start, end, device=device)[:, None]
         key = torch.arange(end, device=device)[None, :]
@@ -384,23 +389,23 @@ class FastForward:
         masks = {False: causal[None, None] & real}
         if any(layer.local for layer in self.layers):
             masks[True] = (causal & (key > query - self.cfg.window_size))[None, None] & real
-        return {local: m.repeat(1, 1, self.groups, 1) if self.groups > 1 else m for local, m in masks.items()}
+        return {local: ~(m.repeat(1, 1, self.groups, 1) if self.groups > 1 else m) for local, m in masks.items()}
 
     def _block(
         self,
         index: int,
         layer: _Layer,
         resid_pre: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        start: int,
-        end: int,
-        padded: bool,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        hidden: torch.Tensor,
+        span: tuple[int, int, bool],
     ) -> torch.Tensor:
+        """One block; ``rotary``: (cos, signed sin) at the new tokens' positions; ``span``: the
+        cache columns the new tokens fill and whether any of them is padding."""
         block = layer.block
         resid_pre = _hook(block.hook_resid_pre, resid_pre)
         attn_in = _attention_inputs(resid_pre, block.ln1)
-        attn_out = self._attention(index, layer, attn_in, positions, mask, start, end, padded)
+        attn_out = self._attention(index, layer, attn_in, rotary, hidden, span)
         attn_out = _hook(block.hook_attn_out, _norm(attn_out, block.ln1_post))
         resid_mid = _hook(block.hook_resid_mid, resid_pre + attn_out)
         mlp_out = _hook(block.hook_mlp_out, _norm(self._mlp(layer, _norm(resid_mid, block.ln2)), block.ln2_post))
@@ -422,11 +427,9 @@ class FastForward:
         index: int,
         layer: _Layer,
         inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        start: int,
-        end: int,
-        padded: bool,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        hidden: torch.Tensor,
+        span: tuple[int, int, bool],
     ) -> torch.Tensor:
         attn, cfg = layer.block.attn, self.cfg
         q_in, k_in, v_in = inputs
@@ -438,7 +441,7 @@ class FastForward:
         v = _hook(attn.hook_v, functional.linear(v_in, layer.w_v, layer.b_v).view(batch, n_new, -1, cfg.d_head))
         if cfg.use_qk_norm:
             q, k = _head_norm(q, attn.q_norm), _head_norm(k, attn.k_norm)
-        cos, sin = layer.cos[positions][:, :, None], layer.sin_signed[positions][:, :, None]
+        (cos, sin), (start, end, padded) = rotary, span
         q = _hook(attn.hook_rot_q, _rotate(q, cos, sin))
         keys, values = self.cache.keys[index], self.cache.values[index]
         keys[:, :, start:end] = _rotate(k, cos, sin).transpose(1, 2)
@@ -451,10 +454,12 @@ class FastForward:
         q_grouped = (
             q.view(batch, n_new, n_kv, groups, cfg.d_head).permute(0, 2, 3, 1, 4).reshape(batch, n_kv, -1, cfg.d_head)
         )
-        scores = (q_grouped @ k_all.transpose(-1, -2)) / attn.attn_scale
-        if self.softcap is not None:
-            scores = self.softcap * torch.tanh(scores / self.softcap)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = q_grouped @ k_all.transpose(-1, -2)
+        if self.softcap is not None:  # cap * tanh(s / scale / cap), the two divisions as one
+            scores = self.softcap * torch.tanh(scores * (1.0 / (attn.attn_scale * self.softcap)))
+        else:
+            scores = scores / attn.attn_scale
+        scores = scores.masked_fill(hidden, float("-inf"))
         scores = self._as_heads(attn.hook_attn_scores, scores, batch, n_new)
         pattern = scores.softmax(dim=-1)
         if padded:  # a padding query sees no key: transformer-lens turns its NaN pattern into zeros

@@ -1,12 +1,16 @@
 """Fast hooked generation with a KV cache, one prompt or a batch of them; sampling.
 
 transformer-lens' own ``generate`` copies every weight matrix on every step (see
-:mod:`scope.layout`) and computes full-vocabulary logits for every prompt position. Here each
-step is one ordinary ``model(...)`` call over the new token, so every forward hook on the model
-fires (steering is such hooks: :mod:`scope.steering` composes them, this module knows hooks,
-not steering), the weights are laid out for transformer-lens' kernels, and logits are only
-computed for the last position. Greedy output equals transformers' greedy output on the same
-weights.
+:mod:`scope.layout`) and computes full-vocabulary logits for every prompt position; its forward
+also spends ~50 small operations per layer per token on framework work. Here each pass runs
+through :mod:`scope.decode_step` (the same math from the model's weights against a preallocated
+KV cache, each hook point called only when hooked, the model's forward pre-hooks called as for
+``model(...)``), or through transformer-lens' own forward when the model carries something that
+step does not reproduce (``decode="plain"`` forces it). Either way every hook on the model fires
+(steering is such hooks: :mod:`scope.steering` composes them, this module knows hooks, not
+steering) and logits are only computed for the last position. Greedy output equals transformers'
+greedy output on the same weights. :mod:`scope.assisted` reuses the chunking and row bookkeeping
+(:func:`prepare_job`, :func:`run_chunks`) with a draft model.
 
 A batch (:func:`generate_batch`) runs like this:
 
