@@ -25,7 +25,10 @@ Steps, for each model (2B, then 9B):
 7. steer: a steered forward (Clamp at 10x the feature's activation) against the edit computed by
    hand in a plain hook: residual and logits.
 8. throughput, each against a baseline measured in the same run: greedy and steered generation
-   vs transformers ``generate`` (batch 1, and 8/32 when ``scope.generate`` takes a list),
+   vs transformers ``generate`` (batch 1, and 8/32 when ``scope.generate`` takes a list); the fast
+   decode step vs transformer-lens' own forward (``decode="plain"``) and transformers, batch 1 and 32;
+   transformers with a static cache (compiled on CUDA) as the next anchor; assisted generation
+   (a 2B-shape draft for the 9B shape; random weights, so acceptance is at chance level),
    ``encode`` vs a bare forward to the SAE layer, ``mine`` tokens/s vs bare forwards of the same
    batches, ``shield.score`` vs the ShieldGemma model card's one-prompt-at-a-time loop.
 
@@ -91,6 +94,8 @@ class Shape:
     shield_prompts: int = 16
     reps: int = 3  # timing repetitions (at most; the section's budget may stop them sooner)
     warmup: bool = True  # one untimed call of each timed function first
+    draft: dict = field(default_factory=lambda: dict(num_hidden_layers=4))  # the assistant's config over `config`
+    draft_label: str = "the same shape, 4 layers"
 
 
 FULL = (
@@ -125,6 +130,10 @@ FULL = (
         ),
         layer=20,
         d_sae=131072,
+        draft=dict(
+            hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4
+        ),
+        draft_label="Gemma 2 2B shape",
     ),
 )
 _TINY_COMMON = dict(
@@ -142,6 +151,8 @@ TINY = (
         dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4, **_TINY_COMMON),
         layer=2,
         d_sae=256,
+        draft=dict(num_hidden_layers=2),
+        draft_label="the same shape, 2 layers",
         logit_batch=(2, 32),
         new_tokens=4,
         batch_sizes=(4,),
@@ -156,6 +167,8 @@ TINY = (
         dict(vocab_size=1024, hidden_size=96, intermediate_size=192, num_hidden_layers=5, **_TINY_COMMON),
         layer=2,
         d_sae=1024,
+        draft=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4),
+        draft_label="tiny 2B-like shape",
         logit_batch=(2, 32),
         new_tokens=4,
         batch_sizes=(4,),
@@ -682,6 +695,117 @@ def bench_generate_batched(state: State, sec: Section) -> None:
         )
 
 
+def bench_decode(state: State, sec: Section) -> None:
+    """The fast decode step (scope.decode_step, the default) against transformer-lens' own forward
+    (decode="plain", the path before it) and transformers, batch 1 and the largest batch size."""
+    from scope.generation import generate_batch
+
+    state.need("model", "hf")
+    model, hf, n, device = state.model, state.hf, state.shape.new_tokens, state.device
+    prompt = scope.to_tokens(model, PROMPT)[0]
+    for batch in (1, max(state.shape.batch_sizes)):
+        prompts = [prompt] * batch
+
+        def ours(decode: str, prompts=prompts) -> list[list[int]]:
+            return [
+                c.tokens for c in generate_batch(model, prompts, max_new_tokens=n, stop_at_eos=False, decode=decode)
+            ]
+
+        fns: dict[str, Callable[[], Any]] = {
+            "hf": functools.partial(hf_generate, hf, prompt[None].repeat(batch, 1).to(device), n),
+            "fast": functools.partial(ours, "fast"),
+            "plain": functools.partial(ours, "plain"),
+        }
+        same = ours("fast") == ours("plain") == hf_generate(hf, prompt[None].repeat(batch, 1).to(device), n).tolist()
+        t = repeat_timed(fns, device, sec, reps=min(2, state.shape.reps), warmup=state.shape.warmup)
+        note = f"greedy tokens equal (fast, plain, transformers): {same}"
+        sec.add(f"fast decode step, batch {batch}", batch * n / t["fast"], batch * n / t["hf"], "tok/s", note=note)
+        sec.add(
+            f"fast vs plain decode (transformer-lens forward), batch {batch}",
+            batch * n / t["fast"],
+            batch * n / t["plain"],
+            "tok/s",
+        )
+
+
+def bench_compiled_anchor(state: State, sec: Section) -> None:
+    """transformers with a static KV cache (which it compiles with torch.compile on CUDA): the next anchor."""
+    state.need("model", "hf")
+    if not state.device.startswith("cuda"):
+        raise SectionSkippedError("CUDA only (transformers compiles its static-cache decode step there)")
+    model, hf, n, device = state.model, state.hf, state.shape.new_tokens, state.device
+    tokens = scope.to_tokens(model, PROMPT).to(device)
+
+    def static():
+        with torch.no_grad():
+            return hf.generate(
+                tokens,
+                attention_mask=torch.ones_like(tokens),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                cache_implementation="static",
+            )
+
+    t = repeat_timed(
+        {
+            "static": static,
+            "scope": lambda: scope.generate_tokens(model, tokens.cpu(), max_new_tokens=n, stop_at_eos=False),
+        },
+        device,
+        sec,
+        reps=state.shape.reps,
+        warmup=True,  # the compile happens in the warm-up
+    )
+    sec.add("scope vs transformers static cache + compile, batch 1", n / t["scope"], n / t["static"], "tok/s")
+
+
+def bench_assisted(state: State, sec: Section) -> None:
+    """scope.generate with a draft model (assistant=): tokens/s against the target alone, the acceptance
+    rate, and greedy equality. Random weights: the draft agrees with the target by chance only, so the
+    acceptance rate (and the speed-up) here is a floor, not what real Gemma 2 2B drafting for 9B gives."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from scope.assisted import summary
+
+    state.need("model")
+    shape, device, model, n = state.shape, state.device, state.model, state.shape.new_tokens
+    config = Gemma2Config(**{**GEMMA2_SHARED, **shape.config, **shape.draft})
+    torch.manual_seed(1)
+    with torch.device(device):
+        draft_hf = Gemma2ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    folder = state.work / f"{shape.subject}-draft"
+    draft_hf.save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    del draft_hf
+    free()
+    draft = scope.load_model(shape.subject, weights=folder, device=device, dtype=torch.bfloat16)
+    try:
+
+        def run(**kwargs: Any) -> list:
+            return scope.generate_completions(model, [PROMPT], max_new_tokens=n, stop_at_eos=False, **kwargs)
+
+        assisted = functools.partial(run, assistant=draft)
+        alone, helped = run(), assisted()
+        stats = summary(helped)
+        t = repeat_timed({"alone": run, "assisted": assisted}, device, sec, reps=state.shape.reps, warmup=False)
+        sec.add(
+            "assisted greedy generation, batch 1",
+            n / t["assisted"],
+            n / t["alone"],
+            "tok/s",
+            note=f"draft: {shape.draft_label}, random weights; greedy tokens equal to the target alone: "
+            f"{alone[0].tokens == helped[0].tokens}",
+        )
+        sec.add("assisted: draft tokens accepted", stats["acceptance_rate"], unit="fraction", note="chance level")
+        sec.add("assisted: tokens per target pass", stats["tokens_per_target_pass"], unit="tokens")
+    finally:
+        del draft
+        free()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def bench_encode(state: State, sec: Section) -> None:
     state.need("model", "sae")
     model, sae, device = state.model, state.sae, state.device
@@ -817,6 +941,9 @@ SECTIONS: list[tuple[str, float, Callable[[State, Section], None]]] = [
     ("steer", 15, check_steer),
     ("generate", 30, bench_generate),
     ("generate batched", 30, bench_generate_batched),
+    ("decode step", 40, bench_decode),
+    ("compiled anchor", 60, bench_compiled_anchor),
+    ("assisted", 60, bench_assisted),
     ("encode speed", 10, bench_encode),
     ("mine speed", 20, bench_mine),
     ("shield speed", 20, bench_shield),
