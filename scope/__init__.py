@@ -36,9 +36,9 @@ _EXPORTS = {
     "top_features": "scope.features",
     "feature_logits": "scope.features",
     "trace": "scope.features",
-    "Mined": "scope.examples",
-    "mine": "scope.examples",
-    "top_examples": "scope.examples",
+    "Mined": "scope.mining",
+    "mine": "scope.mining",
+    "top_examples": "scope.mining",
     "label_features": "scope.labels",
     "neuronpedia_explanations": "scope.neuronpedia",
     "NeuronpediaUnavailableError": "scope.neuronpedia",
@@ -80,6 +80,7 @@ _SUBMODULES = (
     "labels",
     "llm",
     "logits",
+    "mining",
     "neuronpedia",
     "pages",
     "plots",
@@ -144,6 +145,7 @@ __all__ = [
     "load_saes",
     "logits",
     "mine",
+    "mining",
     "neuronpedia",
     "neuronpedia_explanations",
     "pages",
@@ -199,6 +201,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         labels,
         llm,
         logits,
+        mining,
         neuronpedia,
         pages,
         plots,
@@ -211,7 +214,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.attribution import Attribution, attribute
     from scope.autointerp import explain, score_explanations
     from scope.bundled import CacheError
-    from scope.examples import Mined, mine, top_examples
+    from scope.mining import Mined, mine, top_examples
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
     from scope.generation import Completion, generate_tokens

@@ -729,7 +729,7 @@ def _error(err: BaseException) -> None:
 
 def _interrupted(args: argparse.Namespace) -> str:
     if args.command == "examples":
-        from scope.examples import checkpoint_path, shards_path
+        from scope.mining import checkpoint_path, shards_path
 
         checkpoint = checkpoint_path(Path(args.out))
         if shards_path(Path(args.out)).is_dir():
