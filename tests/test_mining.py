@@ -812,3 +812,110 @@ def test_the_device_pass_equals_brute_force_with_ties(tiny_model, make_sae, tmp_
         windows = _every_window(tiny_model, saes[name][1], TIED, window, EMBED)
         assert (windows.groupby(["feature", "activation"]).size() > 1).sum() > 20  # many exact ties
         _assert_top_equal_up_to_ties(frame, windows, k, features[name])
+
+
+# ----------------------------------------------------------------------------- bad inputs refused before any work
+
+
+class Touched(dict):
+    """A dict of SAEs that records every SAE taken out of it (a lazy set loads each there)."""
+
+    taken: list
+
+    def __getitem__(self, key):
+        self.taken.append(key)
+        return super().__getitem__(key)
+
+    def items(self):
+        self.taken.append("items")
+        return super().items()
+
+    def values(self):
+        self.taken.append("values")
+        return super().values()
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ((1, "1"), "SAE names 1 and '1' would both write the folder sae=1"),
+        (("Mid", "mid"), "SAE names 'Mid' and 'mid' would both write the folder sae=mid"),
+        (("caf\u00e9", "cafe\u0301"), "SAE names 'caf.+' and 'caf.+' would both write"),  # NFC, NFD
+        (("a/b", "c"), "SAE name 'a/b' cannot name a folder"),
+        (("a=b", "c"), "SAE name 'a=b' cannot name a folder"),
+        (("a%2Fb", "c"), "SAE name 'a%2Fb' cannot name a folder"),
+        (("..", "c"), r"SAE name '\.\.' cannot name a folder"),
+        (("a\nb", "c"), r"SAE name 'a\\nb' cannot name a folder"),
+        (("a\0b", "c"), r"SAE name 'a\\x00b' cannot name a folder"),
+    ],
+)
+def test_sae_names_one_folder_cannot_hold_are_refused_before_any_work(
+    tiny_model, three_saes, tmp_path, forwards, names, message
+):
+    saes = Touched(zip(names, [three_saes["early"], three_saes["late"]]))
+    saes.taken = []
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(ValueError, match=message):
+        scope.mine(tiny_model, saes, TEXTS, out=work / "many", progress=False)
+    assert forwards == [] and saes.taken == [] and not list(work.iterdir())
+
+
+def test_features_for_no_sae_is_an_error_naming_the_saes(tiny_model, three_saes, forwards):
+    with pytest.raises(
+        ValueError,
+        match=r"features has an entry for 'middle', which names no SAE here; the SAEs are 'early', 'mid', 'mid_b', 'late'",
+    ):
+        scope.mine(tiny_model, three_saes, TEXTS, features={"mid": [1], "middle": [2]}, progress=False)
+    assert forwards == []
+    # Keys given as the names' text reach SAEs named by other keys (here ints), as on Ray.
+    by_layer = {0: three_saes["early"], 2: three_saes["late"]}
+    got = scope.mine(tiny_model, by_layer, TEXTS, features={"2": [5, 1]}, k=2, progress=False)
+    assert got[2].features == [5, 1] and got[0].features == list(range(24))
+
+
+def test_an_out_under_a_file_fails_before_any_sae_is_touched(
+    tiny_model, sae_and_params, three_saes, tmp_path, forwards
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sae, _ = sae_and_params
+    with pytest.raises(NotADirectoryError, match=f"out='{blocker / 'top.parquet'}': '{blocker}' is a file"):
+        scope.mine(tiny_model, sae, TEXTS, out=blocker / "top.parquet", progress=False)
+    saes = Touched(three_saes)
+    saes.taken = []
+    with pytest.raises(NotADirectoryError, match=f"'{blocker}' is a file, not a folder"):
+        scope.mine(tiny_model, saes, TEXTS, out=blocker / "many", progress=False)
+    assert forwards == [] and saes.taken == []  # a lazy set would have loaded nothing
+    assert blocker.read_text() == "not a folder"
+
+
+def test_temps_of_killed_writers_are_removed_and_a_live_writers_kept(tiny_model, sae_and_params, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    sae, _ = sae_and_params
+    (tmp_path / "work").mkdir()
+    out = tmp_path / "work" / "top.parquet"
+    checkpoint = checkpoint_path(out)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        time.sleep(0.05)
+        dead = [
+            checkpoint.with_name(f".{checkpoint.name}.tmp-{gone.pid}"),
+            out.with_name(f".{out.name}.tmp-{gone.pid}"),
+        ]
+        reused = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")  # written before this process began
+        live = checkpoint.with_name(f".{checkpoint.name}.tmp-{writer.pid}")  # being written now
+        for path in [*dead, reused, live]:
+            path.write_bytes(b"half a checkpoint")
+        os.utime(reused, (time.time() - 30 * 86400,) * 2)
+        got = scope.top_examples(tiny_model, sae, TEXTS, k=2, out=out, progress=False)
+        pd.testing.assert_frame_equal(pd.read_parquet(out), got)
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, live.name])
+    finally:
+        writer.kill()
+        writer.wait()
