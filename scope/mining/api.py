@@ -149,12 +149,13 @@ def mine(
     ``pd.read_parquet(out)`` reads them all with a ``sae`` column), written atomically and
     resumable like a single SAE's. ``features``: a list for every SAE, or a dict of lists by name.
 
-    Memory (CPU, beside the model): per SAE of ``F`` features mined, running buffers of
-    ``k * F * (20 + 8 * (2 * context + 1))`` bytes plus ``456 * F`` for the statistics (~3.6 KB
-    per feature at k=20, context=8: 26 SAEs of 16k features take ~1.5 GB); per batch, the
-    hooks' activations (``batch_size * window * d_model * 4`` bytes each) and one SAE's
-    activations at a time (``batch_size * window * F * 4``). SAE weights (``8 * d_in * F``
-    bytes each in fp32) stay on the model's device for the pass.
+    Memory, on the SAEs' device (the model's: a GPU's when it runs there): per SAE of ``F``
+    features mined, running buffers of ``k * F * (28 + 8 * (2 * context + 1))`` bytes plus
+    ``448 * F`` for the histograms (~3.7 KB per feature at k=20, context=8: 26 SAEs of 16k
+    features take ~1.6 GB); per batch, the hooks' activations (``batch_size * window * d_model *
+    4`` bytes each) and one SAE's activations at a time (``batch_size * window * F * 4``). Nothing
+    goes to the host but at checkpoints (a copy of the buffers while one is written) and at the
+    end. SAE weights (``8 * d_in * F`` bytes each in fp32) stay on the model's device.
 
     ``engine="ray"``: shard the corpus over ``workers`` Ray workers (see
     :mod:`scope.mining.ray_engine`). ``model`` is then something each worker can load on its own
