@@ -38,9 +38,9 @@ _EXPORTS = {
     "top_features": "scope.features",
     "feature_logits": "scope.features",
     "trace": "scope.features",
-    "Mined": "scope.examples",
-    "mine": "scope.examples",
-    "top_examples": "scope.examples",
+    "Mined": "scope.mining",
+    "mine": "scope.mining",
+    "top_examples": "scope.mining",
     "label_features": "scope.labels",
     "neuronpedia_explanations": "scope.neuronpedia",
     "NeuronpediaUnavailableError": "scope.neuronpedia",
@@ -82,6 +82,7 @@ _SUBMODULES = (
     "labels",
     "llm",
     "logits",
+    "mining",
     "neuronpedia",
     "pages",
     "plots",
@@ -148,6 +149,7 @@ __all__ = [
     "load_transcoders",
     "logits",
     "mine",
+    "mining",
     "neuronpedia",
     "neuronpedia_explanations",
     "pages",
@@ -203,6 +205,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         labels,
         llm,
         logits,
+        mining,
         neuronpedia,
         pages,
         plots,
@@ -215,7 +218,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.attribution import Attribution, attribute
     from scope.autointerp import explain, score_explanations
     from scope.bundled import CacheError
-    from scope.examples import Mined, mine, top_examples
+    from scope.mining import Mined, mine, top_examples
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
     from scope.generation import Completion, generate_tokens

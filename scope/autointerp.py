@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from scope import _checks
 from scope._io import batched, check_writable_file, write_parquet
-from scope.examples import Mined
+from scope.mining import Mined
 from scope.hooks import check_compatible, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
 from scope.labels import split_peak

@@ -46,7 +46,7 @@ from plotly.offline import get_plotlyjs
 
 from scope import _checks
 from scope._io import batched, check_writable_dir, check_writable_file, iter_texts, write_atomically
-from scope.examples import Mined, iter_windows, mine
+from scope.mining import Mined, iter_windows, mine
 from scope.features import check_feature, feature_logits, neuronpedia_url
 from scope.hooks import run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id

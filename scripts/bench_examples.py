@@ -3,7 +3,7 @@
 Over the same corpus (the shipped held-out sample by default) and the same windows and batches:
 
 - **bare**: tokenize, batch, and run the model up to the hook (``stop_at_layer``), nothing else;
-- **scope**: ``scope.examples.mine`` for *all* features of the SAE (top-k buffers, densities,
+- **scope**: ``scope.mine`` for *all* features of the SAE (top-k buffers, densities,
   histograms, contexts).
 
 Prints tokens/s of both and their ratio from one run (alternating, best of ``--repeats``), then
@@ -62,14 +62,14 @@ def read_texts(path: Path, n: int) -> list[str]:
 def bare_forward(model, sae, texts: list[str], batch_size: int) -> int:
     """Tokens read by the same windows and batches as mine(), with only the forward to the hook."""
     from scope._io import batched
-    from scope.examples import _batch_tokens, iter_windows
     from scope.hooks import sae_hook, stop_layer
+    from scope.mining.windows import batch_tokens, iter_windows
 
     stop = stop_layer([sae_hook(sae)])
     n = 0
     with torch.no_grad():
         for batch in batched(iter_windows(model, texts, 128), batch_size):
-            tokens, mask = _batch_tokens(model, batch)
+            tokens, mask = batch_tokens(model, batch)
             model(tokens, stop_at_layer=stop)
             n += int(mask.sum())
     return n
@@ -120,7 +120,7 @@ def memory_child(args) -> None:
     model = scope.load_model("gemma-3-270m")
     sae = load_sae(args)
     texts = read_texts(args.corpus, args.texts) * args.memory_only
-    scope.examples.mine(model, sae, texts, k=20, batch_size=args.batch, progress=False)
+    scope.mine(model, sae, texts, k=20, batch_size=args.batch, progress=False)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
         n_tokens = bare_forward(model, sae, texts, args.batch)
         best["bare"] = min(best["bare"], time.perf_counter() - t0)
         t0 = time.perf_counter()
-        mined = scope.examples.mine(model, sae, texts, k=20, batch_size=args.batch, progress=False)
+        mined = scope.mine(model, sae, texts, k=20, batch_size=args.batch, progress=False)
         best["scope"] = min(best["scope"], time.perf_counter() - t0)
     assert mined.n_tokens == n_tokens
     for name, seconds in best.items():

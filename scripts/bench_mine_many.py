@@ -9,7 +9,7 @@ Three measurements, each against a baseline measured in the same run:
    differently off their own layer.
 2. **memory**: peak RSS of the 4-SAE run in fresh processes for the corpus and for ``--scale``
    times it (large blocks straight from the OS, ``MALLOC_MMAP_THRESHOLD_``, so that peak RSS
-   counts live memory rather than heap fragmentation; see tests/test_examples.py).
+   counts live memory rather than heap fragmentation; see tests/test_mining.py).
 3. **Ray** (``--ray``): ``engine="ray"`` with 2 local workers of 1 CPU thread each (each loads
    the model itself) against this process with 2 threads, same SAEs and corpus; the Ray time is
    given whole and without its fixed cost (workers starting and loading the model, measured by

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import scope
-from scope.distributed import ShardStore, shard_of
+from scope.mining.distributed import ShardStore, shard_of
 from tests.sae_util import random_params, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ DRIVER = """
 import functools, os, signal, sys
 import ray
 import scope
-from scope.distributed import ShardStore
+from scope.mining.distributed import ShardStore
 from tests.test_distributed import KWARGS, TEXTS, HOOKS
 
 tiny_dir, sae_dir, out = sys.argv[1:4]

@@ -28,7 +28,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
-from scope.examples import HISTOGRAM_EDGES, Mined
+from scope.mining import HISTOGRAM_EDGES, Mined
 from scope.features import check_feature, encode, feature_logits, neuronpedia_url
 from scope.hooks import sae_hook
 from scope.saes import STATS_TOKENS, feature_stats

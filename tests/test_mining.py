@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import scope
-from scope.examples import PEAK_CLOSE, PEAK_OPEN
+from scope.labels import PEAK_CLOSE, PEAK_OPEN
+from scope.mining import checkpoint_path
 from tests.sae_util import jumprelu, random_params, write_params
 
 HOOK = "blocks.1.hook_resid_post"
@@ -52,13 +53,13 @@ def _windows(model, texts, window):
             yield text_id, 1 + offset, ids[offset : offset + window - 1]
 
 
-def brute_force(model, params, texts, k, window):
+def brute_force(model, params, texts, k, window, hook=HOOK):
     """Every window run alone (no batching, no padding); each feature's maximum per window."""
     rows = []
     for text_id, start, ids in _windows(model, texts, window):
         tokens = torch.tensor([[model.tokenizer.bos_token_id] + ids])
-        _, cache = model.run_with_cache(tokens, names_filter=HOOK)
-        acts, _ = jumprelu(cache[HOOK][0, 1:], params)  # BOS dropped
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        acts, _ = jumprelu(cache[hook][0, 1:], params)  # BOS dropped
         values, peak = acts.max(dim=0)
         for feature in range(acts.shape[1]):
             rows.append((feature, float(values[feature]), text_id, start + int(peak[feature]), ids[int(peak[feature])]))
@@ -185,7 +186,7 @@ def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_par
     folder = work / "results"
     folder.mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match=f"out='{folder}' is a directory"):
-        scope.examples.mine(tiny_model, sae, TEXTS, out=folder, progress=False)
+        scope.mine(tiny_model, sae, TEXTS, out=folder, progress=False)
     locked = work / "locked"
     locked.mkdir()
     locked.chmod(0o555)
@@ -203,13 +204,13 @@ def test_an_unwritable_out_fails_before_any_forward_pass(tiny_model, sae_and_par
             )
         for out in (locked / "top.parquet", locked / "new" / "top.parquet"):
             with pytest.raises(PermissionError, match=f"the folder '{locked}' is not writable"):
-                scope.examples.mine(tiny_model, sae, TEXTS, out=out, progress=False)
+                scope.mine(tiny_model, sae, TEXTS, out=out, progress=False)
     finally:
         locked.chmod(0o755)
     assert forwards == []
     assert sorted(p.name for p in work.iterdir()) == ["locked", "results"]
     assert not any(folder.iterdir()) and not any(locked.iterdir())  # no checkpoint, no result
-    scope.examples.mine(tiny_model, sae, TEXTS, out=work / "top.parquet", progress=False)
+    scope.mine(tiny_model, sae, TEXTS, out=work / "top.parquet", progress=False)
     assert forwards  # the counter sees the forward passes of a run that goes ahead
 
 
@@ -276,7 +277,7 @@ def test_context_activations_equal_the_window_run_alone(tiny_model, sae_and_para
     """Each row's context tokens and the feature's activations on them, as the page shades them."""
     sae, params = sae_and_params
     c = 3
-    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, context=c, window=window, batch_size=4, progress=False)
+    mined = scope.mine(tiny_model, sae, TEXTS, k=2, context=c, window=window, batch_size=4, progress=False)
     windows = {(text_id, start): ids for text_id, start, ids in _windows(tiny_model, TEXTS, window)}
     assert len(mined.examples) > 40
     for i, row in enumerate(mined.examples.itertuples()):
@@ -306,7 +307,7 @@ def test_a_datasets_dataset_reads_like_a_list(tiny_model, sae_and_params):
 
 def test_batched_decoding_equals_the_tokenizers_own(tiny_model):
     """Contexts are decoded in the tokenizer's Rust backend; the strings must be decode()'s."""
-    from scope.examples import _decode_many
+    from scope.mining.results import decode_many as _decode_many
 
     tokenizer = tiny_model.tokenizer
     generator = torch.Generator().manual_seed(0)
@@ -320,7 +321,7 @@ def test_batched_decoding_equals_the_tokenizers_own(tiny_model):
 
 def test_density_and_histogram_equal_a_direct_count(tiny_model, sae_and_params):
     sae, params = sae_and_params
-    mined = scope.examples.mine(tiny_model, sae, TEXTS, k=2, window=6, batch_size=3, progress=False)
+    mined = scope.mine(tiny_model, sae, TEXTS, k=2, window=6, batch_size=3, progress=False)
     values = []
     for _, _, ids in _windows(tiny_model, TEXTS, 6):
         tokens = torch.tensor([[tiny_model.tokenizer.bos_token_id] + ids])
@@ -753,3 +754,168 @@ def test_cli_mines_several_saes_into_one_dataset(bundled_model, tmp_path, capsys
         sae = scope.load_sae("demo-docs", hook=hook)
         expected = scope.top_examples(bundled_model, sae, TEXTS, k=2, features=[1, 2, 3], progress=False)
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"sae={hook}" / "part-0.parquet"), expected)
+
+
+# ----------------------------------------------------------------------------- the pass on the device, with ties
+
+# An SAE on the embeddings: a token's activations are the same wherever it stands (up to float32
+# rounding, which can differ with a batch's shape), so windows sharing a peak token tie. Every
+# entry must be the brute force's, rank by rank, up to the order of tied values (exact ties'
+# reading order is checked on the buffers themselves, in tests/test_mining_buffers.py).
+EMBED = "blocks.0.hook_resid_pre"
+TIED = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[3], TEXTS[1], TEXTS[3]]
+
+
+def _every_window(model, params, texts, window, hook):
+    """Brute force without the cut to k: every (feature, window) maximum, in reading order."""
+    return brute_force(model, params, texts, 10**9, window, hook=hook)
+
+
+def _assert_top_equal_up_to_ties(got, windows, k, features):
+    tol = 1e-4
+    for feature in features:
+        mine = got[got.feature == feature]
+        every = windows[windows.feature == feature]
+        best = every.activation.sort_values(ascending=False).values[:k]
+        assert mine["rank"].tolist() == list(range(1, len(best) + 1))
+        assert np.allclose(mine.activation.values, best, rtol=tol, atol=tol)
+        by_window = {(row.text_id, row.position): row.activation for row in every.itertuples()}
+        assert len(set(zip(mine.text_id, mine.position))) == len(mine)  # distinct examples
+        for row in mine.itertuples():  # each entry is a window with that maximum, peaking there
+            assert by_window[(row.text_id, row.position)] == pytest.approx(row.activation, rel=tol, abs=tol)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("mode", ["all", "features", "many", "resume"])
+def test_the_device_pass_equals_brute_force_with_ties(tiny_model, make_sae, tmp_path, mode, batch_size):
+    saes = {"a": make_sae(hook=EMBED, d_sae=40, seed=3), "b": make_sae(hook=EMBED, d_sae=24, seed=4)}
+    k, window = 3, 6
+    kwargs = dict(k=k, window=window, batch_size=batch_size, progress=False)
+    sae, params = saes["a"]
+    features = {"a": range(40), "b": range(24)}
+    if mode == "all":
+        got = {"a": scope.mine(tiny_model, sae, TIED, **kwargs).examples}
+    elif mode == "features":
+        features["a"] = [9, 0, 31]
+        got = {"a": scope.mine(tiny_model, sae, TIED, features=features["a"], **kwargs).examples}
+        assert got["a"].feature.unique().tolist() == [9, 0, 31]  # in the order asked
+    elif mode == "many":
+        mined = scope.mine(tiny_model, {name: each for name, (each, _) in saes.items()}, TIED, **kwargs)
+        got = {name: m.examples for name, m in mined.items()}
+    else:
+        out = tmp_path / "top.parquet"
+        with pytest.raises(Interrupt):
+            scope.mine(tiny_model, sae, _interrupting(TIED, 4), out=out, checkpoint_every=1, **kwargs)
+        assert checkpoint_path(out).is_file()
+        got = {"a": scope.mine(tiny_model, sae, TIED, out=out, checkpoint_every=1, **kwargs).examples}
+    for name, frame in got.items():
+        windows = _every_window(tiny_model, saes[name][1], TIED, window, EMBED)
+        assert (windows.groupby(["feature", "activation"]).size() > 1).sum() > 20  # many exact ties
+        _assert_top_equal_up_to_ties(frame, windows, k, features[name])
+
+
+# ----------------------------------------------------------------------------- bad inputs refused before any work
+
+
+class Touched(dict):
+    """A dict of SAEs that records every SAE taken out of it (a lazy set loads each there)."""
+
+    taken: list
+
+    def __getitem__(self, key):
+        self.taken.append(key)
+        return super().__getitem__(key)
+
+    def items(self):
+        self.taken.append("items")
+        return super().items()
+
+    def values(self):
+        self.taken.append("values")
+        return super().values()
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        ((1, "1"), "SAE names 1 and '1' would both write the folder sae=1"),
+        (("Mid", "mid"), "SAE names 'Mid' and 'mid' would both write the folder sae=mid"),
+        (("caf\u00e9", "cafe\u0301"), "SAE names 'caf.+' and 'caf.+' would both write"),  # NFC, NFD
+        (("a/b", "c"), "SAE name 'a/b' cannot name a folder"),
+        (("a=b", "c"), "SAE name 'a=b' cannot name a folder"),
+        (("a%2Fb", "c"), "SAE name 'a%2Fb' cannot name a folder"),
+        (("..", "c"), r"SAE name '\.\.' cannot name a folder"),
+        (("a\nb", "c"), r"SAE name 'a\\nb' cannot name a folder"),
+        (("a\0b", "c"), r"SAE name 'a\\x00b' cannot name a folder"),
+    ],
+)
+def test_sae_names_one_folder_cannot_hold_are_refused_before_any_work(
+    tiny_model, three_saes, tmp_path, forwards, names, message
+):
+    saes = Touched(zip(names, [three_saes["early"], three_saes["late"]]))
+    saes.taken = []
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(ValueError, match=message):
+        scope.mine(tiny_model, saes, TEXTS, out=work / "many", progress=False)
+    assert forwards == [] and saes.taken == [] and not list(work.iterdir())
+
+
+def test_features_for_no_sae_is_an_error_naming_the_saes(tiny_model, three_saes, forwards):
+    with pytest.raises(
+        ValueError,
+        match=r"features has an entry for 'middle', which names no SAE here; the SAEs are 'early', 'mid', 'mid_b', 'late'",
+    ):
+        scope.mine(tiny_model, three_saes, TEXTS, features={"mid": [1], "middle": [2]}, progress=False)
+    assert forwards == []
+    # Keys given as the names' text reach SAEs named by other keys (here ints), as on Ray.
+    by_layer = {0: three_saes["early"], 2: three_saes["late"]}
+    got = scope.mine(tiny_model, by_layer, TEXTS, features={"2": [5, 1]}, k=2, progress=False)
+    assert got[2].features == [5, 1] and got[0].features == list(range(24))
+
+
+def test_an_out_under_a_file_fails_before_any_sae_is_touched(
+    tiny_model, sae_and_params, three_saes, tmp_path, forwards
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    sae, _ = sae_and_params
+    with pytest.raises(NotADirectoryError, match=f"out='{blocker / 'top.parquet'}': '{blocker}' is a file"):
+        scope.mine(tiny_model, sae, TEXTS, out=blocker / "top.parquet", progress=False)
+    saes = Touched(three_saes)
+    saes.taken = []
+    with pytest.raises(NotADirectoryError, match=f"'{blocker}' is a file, not a folder"):
+        scope.mine(tiny_model, saes, TEXTS, out=blocker / "many", progress=False)
+    assert forwards == [] and saes.taken == []  # a lazy set would have loaded nothing
+    assert blocker.read_text() == "not a folder"
+
+
+def test_temps_of_killed_writers_are_removed_and_a_live_writers_kept(tiny_model, sae_and_params, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    sae, _ = sae_and_params
+    (tmp_path / "work").mkdir()
+    out = tmp_path / "work" / "top.parquet"
+    checkpoint = checkpoint_path(out)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        time.sleep(0.05)
+        dead = [
+            checkpoint.with_name(f".{checkpoint.name}.tmp-{gone.pid}"),
+            out.with_name(f".{out.name}.tmp-{gone.pid}"),
+        ]
+        reused = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}")  # written before this process began
+        live = checkpoint.with_name(f".{checkpoint.name}.tmp-{writer.pid}")  # being written now
+        for path in [*dead, reused, live]:
+            path.write_bytes(b"half a checkpoint")
+        os.utime(reused, (time.time() - 30 * 86400,) * 2)
+        got = scope.top_examples(tiny_model, sae, TEXTS, k=2, out=out, progress=False)
+        pd.testing.assert_frame_equal(pd.read_parquet(out), got)
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, live.name])
+    finally:
+        writer.kill()
+        writer.wait()
