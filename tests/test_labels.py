@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scope
-from scope.examples import Mined
+from scope.mining import Mined
 from scope.labels import (
     LABEL_COLUMNS,
     as_labels,

@@ -10,7 +10,7 @@ from pathlib import Path
 import scope
 from scope._io import check_corpus_file, check_writable_dir, check_writable_file
 from scope.cli.common import check_model, check_sae_spec, model_and_sae, table
-from scope.examples import checkpoint_path, shards_path
+from scope.mining import checkpoint_path, shards_path
 from scope.pages import dashboards
 
 
