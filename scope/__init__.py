@@ -218,7 +218,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.attribution import Attribution, attribute
     from scope.autointerp import explain, score_explanations
     from scope.bundled import CacheError
-    from scope.mining import Mined, mine, top_examples
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
     from scope.generation import Completion, generate_tokens
@@ -226,6 +225,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.inputs import to_tokens
     from scope.labels import label_features
     from scope.llm import LLM, Endpoint, LocalLLM, as_llm
+    from scope.mining import Mined, mine, top_examples
     from scope.models import list_models, load_model
     from scope.neuronpedia import NeuronpediaUnavailableError, neuronpedia_explanations
     from scope.pages import dashboard

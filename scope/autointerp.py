@@ -57,11 +57,11 @@ from tqdm.auto import tqdm
 
 from scope import _checks
 from scope._io import batched, check_writable_file, write_parquet
-from scope.mining import Mined
 from scope.hooks import check_compatible, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
 from scope.labels import split_peak
 from scope.llm import as_llm
+from scope.mining import Mined
 
 EXPLAIN_COLUMNS = ["feature", "explanation", "explainer", "n_examples", "reply"]
 SCORE_COLUMNS = [

@@ -46,11 +46,11 @@ from plotly.offline import get_plotlyjs
 
 from scope import _checks
 from scope._io import batched, check_writable_dir, check_writable_file, iter_texts, write_atomically
-from scope.mining import Mined, iter_windows, mine
 from scope.features import check_feature, feature_logits, neuronpedia_url
 from scope.hooks import run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
 from scope.labels import as_labels, feature_labels
+from scope.mining import Mined, iter_windows, mine
 
 SHADE = (255, 127, 14)  # plotly's orange
 PAGE_CONTEXT = 12  # tokens either side of a peak on a page: long enough to read a phrase

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import scope
-from scope.mining import Mined
 from scope.labels import (
     LABEL_COLUMNS,
     as_labels,
@@ -19,6 +18,7 @@ from scope.labels import (
     save_labels,
     set_labels,
 )
+from scope.mining import Mined
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [

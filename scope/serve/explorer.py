@@ -28,9 +28,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
-from scope.mining import HISTOGRAM_EDGES, Mined
 from scope.features import check_feature, encode, feature_logits, neuronpedia_url
 from scope.hooks import sae_hook
+from scope.mining import HISTOGRAM_EDGES, Mined
 from scope.saes import STATS_TOKENS, feature_stats
 from scope.serve.schemas import FeaturesRequest, SearchRequest
 from scope.serve.state import Served
