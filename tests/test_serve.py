@@ -674,6 +674,8 @@ def test_cli_checks_its_arguments_before_loading_a_model(capsys, monkeypatch, tm
     assert "no such file" in capsys.readouterr().err
     assert main(["serve", "--sae", "a=demo-docs", "--sae", "a=demo-docs"]) == 2
     assert "given twice" in capsys.readouterr().err
+    assert main(["serve", "--sae", "demo-docs", "--assistant", "gemma-9"]) == 2  # before the target loads
+    assert "Unknown model 'gemma-9'" in capsys.readouterr().err
     with socket.socket() as probe:  # a free port: 8000 may be taken on a shared machine
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
@@ -701,3 +703,60 @@ def test_streamed_text_leaves_out_control_tokens():
     deltas = [stream.push(i) for i in ids]
     assert "".join(deltas) + stream.finish("The quick brown fox") == "The quick brown fox"
     assert "<" not in "".join(deltas)
+
+
+# ----------------------------------------------------------------------------- assisted generation
+
+
+@pytest.fixture(scope="module")
+def draft(tmp_path_factory, tiny_model):
+    """A 2-layer draft sharing the tiny target's tokenizer: its embedding, first 2 blocks and unembedding."""
+    from tests.tiny import save_tiny_gemma2
+
+    folder = save_tiny_gemma2(tmp_path_factory.mktemp("serve-draft"), seed=7, num_hidden_layers=2)
+    model = scope.load_model(MODEL, weights=folder, device="cpu")
+    target = dict(tiny_model.named_parameters())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(target[name])
+    return model
+
+
+@pytest.fixture(scope="module")
+def assisted_url(tiny_model, saes, draft):
+    with serving(create_app(tiny_model, saes, assistant=draft)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("steering", [None, STEERINGS[0], STEERINGS[2]], ids=["plain", "add", "two-saes-indices"])
+def test_assisted_server_greedy_equals_the_server_without_assistant(
+    url, assisted_url, tiny_model, saes, draft, steering
+):
+    extra = {"steering": steering} if steering else {}
+    for route, body in (
+        ("completions", {"prompt": PROMPT}),
+        ("chat/completions", {"messages": CHAT}),
+    ):
+        body = {"model": MODEL, "max_tokens": 14, "temperature": 0, **body, **extra}
+        plain = httpx.post(f"{url}/v1/{route}", json=body, timeout=60).json()
+        drafted = httpx.post(f"{assisted_url}/v1/{route}", json=body, timeout=60).json()
+        assert drafted["choices"] == plain["choices"] and drafted["usage"] == plain["usage"]
+        assert "scope" not in plain
+        stats = drafted["scope"]["assisted"]
+        assert 0 < stats["accepted"] <= stats["proposed"] and stats["target_passes"] > 0
+        assert stats["acceptance_rate"] == stats["accepted"] / stats["proposed"]
+    pairs = steering_pairs(saes, steering) if steering else ()
+    positions = steering["positions"] if steering else "all"
+    expected = scope.generate(tiny_model, PROMPT, max_new_tokens=14, steering=pairs, positions=positions)
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 14, "temperature": 0, **extra}
+    assert httpx.post(f"{assisted_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"] == expected
+    assert no_hooks_left(tiny_model) and no_hooks_left(draft)
+
+
+def test_an_assistant_with_another_tokenizer_is_refused_before_serving(tiny_model, saes, tmp_path):
+    from tests.tiny import save_tiny_gemma2
+
+    other = scope.load_model(MODEL, weights=save_tiny_gemma2(tmp_path, num_hidden_layers=1), device="cpu")
+    other.tokenizer.add_tokens(["<a_word_the_target_lacks>"])
+    with pytest.raises(ValueError, match="must share the target's tokenizer"):
+        create_app(tiny_model, saes, assistant=other)

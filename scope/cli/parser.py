@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="examples Parquet of `scope examples --out` as PATH or NAME=PATH, repeatable (default: none)",
     )
+    serve.add_argument(
+        "--assistant",
+        default=None,
+        help="a model of `scope models` sharing --model's tokenizer that drafts tokens for every request "
+        "(assisted generation: same greedy text, faster; default: none)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (a non-loopback one prints a warning)")
     serve.add_argument(
         "--port", type=PORT, default=8000, help="port to listen on (checked free before the model loads)"

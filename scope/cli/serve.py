@@ -4,12 +4,14 @@ match) before the model loads."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 import scope
+from scope.assisted import check_assistant
 from scope.cli.common import check_model, check_sae_spec, named
 from scope.serve import Limits, check_address, create_app, host_warning
 from scope.serve import serve as run_server
@@ -17,6 +19,8 @@ from scope.serve import serve as run_server
 
 def serve(args: argparse.Namespace) -> None:
     check_model(args.model)
+    if args.assistant is not None:
+        check_model(args.assistant)
     specs = named(args.sae or ["demo"], "--sae")
     for spec in specs.values():
         check_sae_spec(spec, None)
@@ -40,6 +44,10 @@ def serve(args: argparse.Namespace) -> None:
         print(f"scope: warning: {warning}", file=sys.stderr)
     check_address(args.host, args.port)  # in use, or not an address of this machine: before the model loads
     model = scope.load_model(args.model)
+    assistant = None
+    if args.assistant is not None:  # after the target: a draft that cannot serve it fails before the SAEs load
+        assistant = scope.load_model(args.assistant, device=model.cfg.device)
+        check_assistant(model, assistant)
     saes = {name: scope.load_sae(spec, device=model.cfg.device) for name, spec in specs.items()}
     mined = {name: pd.read_parquet(path) for name, path in mined_paths.items()}
     app = create_app(
@@ -50,9 +58,14 @@ def serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         cors_origins=args.cors_origin,
         any_model_name=args.any_model_name,
+        assistant=assistant,
     )
+    if assistant is not None:  # each batch logs its draft's acceptance
+        logging.basicConfig(format="scope: %(message)s")
+        logging.getLogger("scope.serve.engine").setLevel(logging.INFO)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"scope serve: {args.model} with SAEs {', '.join(saes)}")
+    drafted = f", drafted by {args.assistant}" if assistant is not None else ""
+    print(f"scope serve: {args.model} with SAEs {', '.join(saes)}{drafted}")
     print(f"  explorer    http://{shown}:{args.port}/")
     keyed = "  (Authorization: Bearer required)" if args.api_key else ""
     print(f"  OpenAI API  http://{shown}:{args.port}/v1{keyed}  (model {args.model!r})")

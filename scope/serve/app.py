@@ -50,6 +50,7 @@ def create_app(
     api_key: str | None = None,
     cors_origins: list[str] | None = None,
     any_model_name: bool = False,
+    assistant: Any = None,
 ) -> FastAPI:
     """The server for ``model`` and its SAEs (``{"demo": sae}``): OpenAI-compatible routes and the explorer.
 
@@ -64,6 +65,9 @@ def create_app(
         any_model_name: accept any ``model`` in requests, as llama-server does. Off by default: a
             request naming another model gets OpenAI's 404 ``model_not_found``, so that a client
             configured for some other model learns it is not talking to it.
+        assistant: a small model sharing ``model``'s tokenizer that drafts tokens for every request
+            (assisted generation, :mod:`scope.assisted`): greedy text is unchanged, steering
+            applies to ``model`` only, and each reply carries ``scope.assisted`` acceptance stats.
     """
     if api_key is not None:
         api_key = _checks.text(api_key, "api_key")
@@ -77,7 +81,7 @@ def create_app(
         limits=limits if limits is not None else Limits(),
         any_model_name=any_model_name,
     )
-    engine = Engine(model, max_queue=served.limits.max_queue, max_batch=served.limits.max_batch)
+    engine = Engine(model, max_queue=served.limits.max_queue, max_batch=served.limits.max_batch, assistant=assistant)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,7 +9,10 @@
    own prompt, seed and steering. Jobs with other options wait for the next round, in order.
 3. The group runs as one :func:`scope.steering.steered_generation.generate_completions` call:
    the code path of :func:`scope.generate`, so each row's text is what ``scope.generate`` gives
-   for that request alone. Per-row steering is installed for the call and always removed.
+   for that request alone. Per-row steering is installed for the call and always removed. With an
+   ``assistant`` (a draft model, :mod:`scope.assisted`) every batch is assisted: greedy text is
+   unchanged, steering applies to the target only, and each row's acceptance stats ride on its
+   ``done`` event (and are logged per batch).
 4. Each token, as it is sampled, becomes text through :class:`TextStream` (stop strings and
    split UTF-8 characters held back) and goes to its job's ``sink`` as an :class:`Event`; the
    HTTP side turns events into one response or server-sent events.
@@ -22,6 +25,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import threading
@@ -30,11 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from scope.assisted import AssistedStats, check_assistant
 from scope.inputs import decode
 from scope.serve.state import GenerationArgs
 from scope.steering.steered_generation import generate_completions
 
 FinishReason = Literal["stop", "length"]
+
+log = logging.getLogger(__name__)
 
 
 class QueueFullError(RuntimeError):
@@ -55,6 +62,7 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: BaseException | None = None
+    assisted: AssistedStats | None = None  # draft tokens proposed and accepted, with an assistant
 
 
 @dataclass(eq=False)  # jobs are compared by identity
@@ -138,9 +146,19 @@ class Engine:
     """A bounded queue of jobs and the one worker thread that runs them on ``model``, in batches."""
 
     def __init__(
-        self, model: Any, *, max_queue: int, max_batch: int = 8, batch_window_s: float = 0.1, batch_gap_s: float = 0.02
+        self,
+        model: Any,
+        *,
+        max_queue: int,
+        max_batch: int = 8,
+        batch_window_s: float = 0.1,
+        batch_gap_s: float = 0.02,
+        assistant: Any = None,
     ):
+        if assistant is not None:
+            check_assistant(model, assistant)
         self.model = model
+        self.assistant = assistant  # a draft model for assisted generation, or None
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
@@ -285,7 +303,10 @@ class Engine:
             positions=args.positions,  # type: ignore[arg-type]  # checked: a mode or token indices
             batch_size=self.max_batch,
             on_token=on_token,
+            assistant=self.assistant,
         )
+        if self.assistant is not None:
+            _log_acceptance(completions)
         for job, stream, completion in zip(batch, streams, completions):
             if job.cancelled.is_set():  # gone, or already told of its deadline
                 continue
@@ -298,6 +319,7 @@ class Engine:
                     finish_reason=completion.finish_reason,
                     prompt_tokens=completion.prompt_length,
                     completion_tokens=len(completion.tokens),
+                    assisted=completion.assisted,
                 )
             )
 
@@ -315,6 +337,13 @@ class Engine:
             job.sink(Event("error", error=err))
             with self._pending_lock:
                 self._pending -= 1
+
+
+def _log_acceptance(completions: list[Any]) -> None:
+    proposed = sum(c.assisted.proposed for c in completions if c.assisted is not None)
+    accepted = sum(c.assisted.accepted for c in completions if c.assisted is not None)
+    rate = f"{accepted / proposed:.0%}" if proposed else "n/a"
+    log.info("assisted batch of %d: %d of %d draft tokens accepted (%s)", len(completions), accepted, proposed, rate)
 
 
 def _batch_key(args: GenerationArgs) -> tuple:

@@ -110,7 +110,7 @@ class _Reply:
             choice = {"index": 0, "text": text}
         choice |= {"logprobs": None, "finish_reason": done.finish_reason}
         warning = {"warning": self.warning} if self.warning else {}
-        return self._head(self.kind) | {"choices": [choice], "usage": usage(done)} | warning
+        return self._head(self.kind) | {"choices": [choice], "usage": usage(done)} | warning | assisted(done)
 
     def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
         if self.chat:
@@ -126,7 +126,7 @@ class _Reply:
 
     def usage_chunk(self, done: Event) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
-        return self._head(kind) | {"choices": [], "usage": usage(done)}
+        return self._head(kind) | {"choices": [], "usage": usage(done)} | assisted(done)
 
 
 def usage(done: Event) -> dict[str, int]:
@@ -135,6 +135,20 @@ def usage(done: Event) -> dict[str, int]:
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
     }
+
+
+def assisted(done: Event) -> dict[str, Any]:
+    """``{"scope": {"assisted": ...}}``: the draft's acceptance for this request (nothing without an assistant)."""
+    stats = done.assisted
+    if stats is None:
+        return {}
+    acceptance = {
+        "proposed": stats.proposed,
+        "accepted": stats.accepted,
+        "acceptance_rate": stats.acceptance_rate,
+        "target_passes": stats.target_passes,
+    }
+    return {"scope": {"assisted": acceptance}}
 
 
 def _submit(engine: Engine, args: GenerationArgs, timeout_s: float) -> tuple[Job, asyncio.Queue[Event]]:

@@ -23,7 +23,7 @@ from scope.hooks import model_lock
 from scope.inputs import check_length, pad, pad_id
 from scope.logits import final_logits
 from scope.shield.policies import Policies
-from scope.shield.prompts import build_prompts
+from scope.shield.prompts import build_prompt_tokens
 from scope.subjects import subject_of
 
 
@@ -185,8 +185,7 @@ def score(
     Any hooks on the model apply, so steering or ablations change the verdicts.
     """
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    prompts = build_prompts(texts, policies, responses)
+    # Exactly one BOS, as the model card's tokenizer call adds; the inputs tokenized as text.
+    sequences = build_prompt_tokens(model.tokenizer, texts, policies, responses)
     warn_if_not_shieldgemma(model)
-    # Exactly one BOS, as the model card's tokenizer call adds; no silent truncation at n_ctx.
-    sequences = [model.to_tokens(p, prepend_bos=True, truncate=False)[0].cpu() for p in prompts]
     return score_tokens(model, sequences, batch_size=batch_size, progress=progress, share_prefix=share_prefix)
