@@ -382,6 +382,24 @@ API_CASES = [
         r"lists a feature twice",
     ),
     (
+        "two SAE names that write one folder",
+        lambda m, s, t: scope.mine(m, {1: s, "1": s}, [TEXT], out=t / "mined", progress=False),
+        ValueError,
+        r"SAE names 1 and '1' would both write the folder sae=1",
+    ),
+    (
+        "SAE name a folder cannot hold",
+        lambda m, s, t: scope.mine(m, {"a/b": s}, [TEXT], out=t / "mined", progress=False),
+        ValueError,
+        r"SAE name 'a/b' cannot name a folder",
+    ),
+    (
+        "features for a name that is no SAE",
+        lambda m, s, t: scope.mine(m, {"a": s, "b": s}, [TEXT], features={"c": [1]}, progress=False),
+        ValueError,
+        r"features has an entry for 'c', which names no SAE here; the SAEs are",
+    ),
+    (
         "resume on another corpus",
         lambda m, s, t: _resume(m, s, t, [x[::-1] for x in CORPUS]),
         ValueError,
@@ -674,6 +692,33 @@ CLI_CASES = [
         ["dashboard", "--corpus", "{corpus}", "--features", "1", "--out", "{corpus}"],
         1,
         r"scope: error: --out='.*' is a file",
+    ),
+    (
+        "--unit with --mode add",
+        [
+            "steer",
+            TEXT,
+            "--feature",
+            "1",
+            "--value",
+            "1",
+            "--mode",
+            "add",
+            "--unit",
+            "max",
+            "--sae",
+            "{sae}",
+            "--hook",
+            HOOK,
+        ],
+        2,
+        r"scope: error: .*--unit max applies to --mode clamp only",
+    ),
+    (
+        "serve on a port out of range",
+        ["serve", "--sae", "{sae}", "--hook", HOOK, "--port", "99999"],
+        2,
+        r"scope: error: argument --port: must be a port number in 1\.\.65535, got '99999'",
     ),
     # found once the model is loaded
     (
