@@ -524,40 +524,37 @@ def _npz_converter(path: str | Path, device: str, cfg_overrides: dict[str, Any] 
 # ----------------------------------------------------------------------------- every layer
 
 
-class LazySAEs(Mapping):
-    """layer -> SAE, each loaded (and checked against the model) on first access, then kept.
+class LazyLayers(Mapping):
+    """layer -> a model part (SAE or transcoder) loaded on first access, then kept.
 
     Iterating keys costs nothing; touching values loads them. ``loaded`` says which layers are
-    in memory; ``unload(layer)`` frees one.
+    in memory; ``unload(layer)`` frees one. Subclasses say how one layer loads (:meth:`_load`).
     """
 
-    def __init__(self, model, specs: dict[int, str], device: str, dtype: torch.dtype | str):
+    _what = "SAE"
+
+    def __init__(self, sources: dict[int, str], model: Any, device: str, dtype: torch.dtype | str):
+        self._sources = sources
         self._model = model
-        self._specs = specs
         self._device = device
         self._dtype = dtype
         self._cache: dict[int, Any] = {}
 
-    def __getitem__(self, layer: int):
-        if layer not in self._specs:
-            raise KeyError(f"No SAE for layer {layer}; layers here: {describe_layers(sorted(self._specs))}.")
+    def _load(self, layer: int) -> SAE:
+        raise NotImplementedError
+
+    def __getitem__(self, layer: int) -> SAE:
+        if layer not in self._sources:
+            raise KeyError(f"No {self._what} for layer {layer}; layers here: {describe_layers(sorted(self._sources))}.")
         if layer not in self._cache:
-            sae = load_sae(self._specs[layer], device=self._device, dtype=self._dtype)
-            if not isinstance(self._model, str):
-                check_compatible(self._model, sae)
-            self._cache[layer] = sae
+            self._cache[layer] = self._load(layer)
         return self._cache[layer]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._specs)
+        return iter(self._sources)
 
     def __len__(self) -> int:
-        return len(self._specs)
-
-    @property
-    def specs(self) -> dict[int, str]:
-        """layer -> the ``"RELEASE/SAE_ID"`` spec it loads."""
-        return dict(self._specs)
+        return len(self._sources)
 
     @property
     def loaded(self) -> list[int]:
@@ -567,7 +564,25 @@ class LazySAEs(Mapping):
         self._cache.pop(layer, None)
 
     def __repr__(self) -> str:
-        return f"LazySAEs(layers={describe_layers(sorted(self._specs))}, loaded={self.loaded})"
+        return f"{type(self).__name__}(layers={describe_layers(sorted(self._sources))}, loaded={self.loaded})"
+
+
+class LazySAEs(LazyLayers):
+    """layer -> SAE, each loaded (and checked against the model) on first access, then kept."""
+
+    def __init__(self, model, specs: dict[int, str], device: str, dtype: torch.dtype | str):
+        super().__init__(specs, model, device, dtype)
+
+    def _load(self, layer: int) -> SAE:
+        sae = load_sae(self._sources[layer], device=self._device, dtype=self._dtype)
+        if not isinstance(self._model, str):
+            check_compatible(self._model, sae)
+        return sae
+
+    @property
+    def specs(self) -> dict[int, str]:
+        """layer -> the ``"RELEASE/SAE_ID"`` spec it loads."""
+        return dict(self._sources)
 
 
 def load_saes(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,53 +30,28 @@ from scope.sae_formats import (
     read_config,
     tl_hook,
 )
-from scope.saes import load_sae
+from scope.saes import LazyLayers, load_sae
 from scope.subjects import SUBJECTS, model_name, subject_of
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-class Transcoders(Mapping):
+class Transcoders(LazyLayers):
     """layer -> transcoder, each loaded on first access (then kept); iterating keys loads nothing.
 
     ``sources`` says where each layer's transcoder comes from (a registry spec or a folder);
     ``loaded`` which layers are in memory; ``unload(layer)`` frees one.
     """
 
-    def __init__(self, sources: dict[int, str], model: Any, device: str, dtype: torch.dtype | str):
-        self._sources = sources
-        self._model = model
-        self._device = device
-        self._dtype = dtype
-        self._cache: dict[int, Any] = {}
+    _what = "transcoder"
 
-    def __getitem__(self, layer: int) -> SAE:
-        if layer not in self._sources:
-            raise KeyError(f"No transcoder for layer {layer}; layers here: {describe_layers(sorted(self._sources))}.")
-        if layer not in self._cache:
-            self._cache[layer] = _load_one(self._sources[layer], self._model, self._device, self._dtype)
-        return self._cache[layer]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._sources)
-
-    def __len__(self) -> int:
-        return len(self._sources)
+    def _load(self, layer: int) -> SAE:
+        return _load_one(self._sources[layer], self._model, self._device, self._dtype)
 
     @property
     def sources(self) -> dict[int, str]:
         return dict(self._sources)
-
-    @property
-    def loaded(self) -> list[int]:
-        return sorted(self._cache)
-
-    def unload(self, layer: int) -> None:
-        self._cache.pop(layer, None)
-
-    def __repr__(self) -> str:
-        return f"Transcoders(layers={describe_layers(sorted(self._sources))}, loaded={self.loaded})"
 
 
 def load_transcoders(
