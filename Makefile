@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 # installing it first stops pip from fetching a multi-GB CUDA build. Override on a GPU box:
 #   make setup TORCH="torch"
 TORCH ?= torch==2.13.0
-# pytest-xdist workers for `make test` (0: one process, what CI runs today). `TEST_WORKERS=2` runs
-# one worker per core; each loads its own bundled model (~2 GB with the test fixtures), and
-# `--dist loadgroup` keeps tests that share Ray or Chromium on one worker (tests/conftest.py).
-# Not yet timed against serial on an idle 2-core machine, so not the default.
-TEST_WORKERS ?= 0
+# pytest-xdist workers for `make test` (CI runs this). One worker per core, each with one torch
+# thread (tests/conftest.py): most tests run tiny models, where a second thread only adds overhead,
+# so two workers finish far sooner than one process with two threads. Each worker loads its own
+# bundled model (~2 GB with the test fixtures); `--dist loadgroup` keeps tests that share Ray or
+# Chromium on one worker. `TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench clean
 
