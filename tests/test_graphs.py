@@ -29,10 +29,20 @@ def random_transcoders(model, d_sae=16, seed=0, skip=(), missing=()):
         if layer in missing:
             continue
         kind = JumpReLUSkipTranscoder if layer in skip else JumpReLUTranscoder
-        transcoder = kind.from_dict({
-            "d_in": d, "d_sae": d_sae, "d_out": d, "dtype": "float64", "device": "cpu", "apply_b_dec_to_input": False,
-            "metadata": {"hook_name": f"blocks.{layer}.ln2.hook_normalized", "hook_name_out": f"blocks.{layer}.hook_mlp_out"},
-        })  # fmt: skip
+        transcoder = kind.from_dict(
+            {
+                "d_in": d,
+                "d_sae": d_sae,
+                "d_out": d,
+                "dtype": "float64",
+                "device": "cpu",
+                "apply_b_dec_to_input": False,
+                "metadata": {
+                    "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+                    "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+                },
+            }
+        )
         with torch.no_grad():
             transcoder.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) * 2 / d**0.5)
             transcoder.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
@@ -105,9 +115,13 @@ def _frozen_forward(model, transcoders, tokens, cache, embed, acts, errors):
     def logits(act, hook):
         seen["logits"] = act[0, -1]
 
-    hooks = [(lambda n: n.endswith(("hook_pattern", "hook_scale")), frozen), ("hook_embed", lambda a, hook: embed.unsqueeze(0)),
-             (lambda n: n.endswith("ln2.hook_normalized"), mlp_in), (lambda n: n.endswith("hook_mlp_out"), mlp_out),
-             ("unembed.hook_out", logits)]  # fmt: skip
+    hooks = [
+        (lambda n: n.endswith(("hook_pattern", "hook_scale")), frozen),
+        ("hook_embed", lambda a, hook: embed.unsqueeze(0)),
+        (lambda n: n.endswith("ln2.hook_normalized"), mlp_in),
+        (lambda n: n.endswith("hook_mlp_out"), mlp_out),
+        ("unembed.hook_out", logits),
+    ]
     model.run_with_hooks(tokens, fwd_hooks=hooks)
     return seen
 
@@ -152,10 +166,14 @@ def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
     def outputs(embed, stacked, errors):
         seen = _frozen_forward(model, transcoders, tokens, cache, embed, dict(zip(layers, stacked)), errors)
         logits = seen["logits"] - seen["logits"].mean()
-        return torch.stack([
-            logits[t.feature] if t.kind == "logit" else seen[t.layer][t.position] @ transcoders[t.layer].W_enc[:, t.feature]
-            for t in targets
-        ])  # fmt: skip
+        return torch.stack(
+            [
+                logits[t.feature]
+                if t.kind == "logit"
+                else seen[t.layer][t.position] @ transcoders[t.layer].W_enc[:, t.feature]
+                for t in targets
+            ]
+        )
 
     stacked = torch.stack([acts[layer] for layer in layers])
     J_embed, J_acts, J_errors = torch.autograd.functional.jacobian(outputs, (embed, stacked, errors))

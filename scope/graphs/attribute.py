@@ -77,13 +77,30 @@ def attribution_graph(
         logit_ids, probs = _logit_targets(snapshot, target_ids, desired_logit_prob, max_n_logits)
         features = _active(snapshot)
         run = linear_pass(model, transcoders, tokens, min(batch_size, max(len(features), len(logit_ids))))
-        rows, order = _rows(model, transcoders, snapshot, run, features, logit_ids, batch_size,
-                            max_feature_nodes, probs, progress)  # fmt: skip
+        rows, order = _rows(
+            model, transcoders, snapshot, run, features, logit_ids, batch_size, max_feature_nodes, probs, progress
+        )
         del run
-    return _graph(model, transcoders, snapshot, features, logit_ids, probs, rows, order,
-                  dict(prompt=prompt, max_feature_nodes=max_feature_nodes, batch_size=batch_size,
-                       desired_logit_prob=desired_logit_prob, max_n_logits=max_n_logits),
-                  sources, node_threshold, edge_threshold)  # fmt: skip
+    return _graph(
+        model,
+        transcoders,
+        snapshot,
+        features,
+        logit_ids,
+        probs,
+        rows,
+        order,
+        dict(
+            prompt=prompt,
+            max_feature_nodes=max_feature_nodes,
+            batch_size=batch_size,
+            desired_logit_prob=desired_logit_prob,
+            max_n_logits=max_n_logits,
+        ),
+        sources,
+        node_threshold,
+        edge_threshold,
+    )
 
 
 def _target_ids(model: Any, targets: Sequence[int | str]) -> list[int]:
@@ -103,7 +120,9 @@ def _target_ids(model: Any, targets: Sequence[int | str]) -> list[int]:
     return ids
 
 
-def _logit_targets(snapshot: Snapshot, ids: list[int] | None, desired: float, most: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _logit_targets(
+    snapshot: Snapshot, ids: list[int] | None, desired: float, most: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     probs = torch.softmax(snapshot.logits.double(), -1)
     if ids is not None:
         chosen = torch.tensor(ids)
@@ -118,15 +137,32 @@ def _active(snapshot: Snapshot) -> pd.DataFrame:
     parts = []
     for layer, acts in snapshot.acts.items():
         position, feature = acts.nonzero(as_tuple=True)
-        parts.append(pd.DataFrame({"layer": layer, "position": position.cpu().numpy(), "feature": feature.cpu().numpy(),
-                                   "activation": acts[position, feature].double().cpu().numpy()}))  # fmt: skip
+        parts.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "position": position.cpu().numpy(),
+                    "feature": feature.cpu().numpy(),
+                    "activation": acts[position, feature].double().cpu().numpy(),
+                }
+            )
+        )
     columns = ["layer", "position", "feature", "activation"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
-def _rows(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, run: LinearPass, features: pd.DataFrame,
-          logit_ids: torch.Tensor, batch_size: int, max_features: int | None, probs: torch.Tensor,
-          progress: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _rows(
+    model: Any,
+    transcoders: dict[int, Any],
+    snapshot: Snapshot,
+    run: LinearPass,
+    features: pd.DataFrame,
+    logit_ids: torch.Tensor,
+    batch_size: int,
+    max_features: int | None,
+    probs: torch.Tensor,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Incoming edges of the logits, then of the features in influence order: returns the rows
     ``[n_logits + n_visited, n_sources]`` and the visited features' indices in order."""
     n_layers, n_pos = model.cfg.n_layers, len(snapshot.tokens)
@@ -134,8 +170,15 @@ def _rows(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, run: Line
     W_U = model.W_U.detach()
     logit_vectors = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
     last = torch.full((len(logit_ids),), n_pos - 1)
-    rows = [sources.edges(run, torch.full_like(last, n_layers)[i : i + batch_size], last[i : i + batch_size],
-                          logit_vectors[i : i + batch_size]) for i in range(0, len(logit_ids), batch_size)]  # fmt: skip
+    rows = [
+        sources.edges(
+            run,
+            torch.full_like(last, n_layers)[i : i + batch_size],
+            last[i : i + batch_size],
+            logit_vectors[i : i + batch_size],
+        )
+        for i in range(0, len(logit_ids), batch_size)
+    ]
     n_features = len(features)
     wanted = n_features if max_features is None else min(max_features, n_features)
     layers = torch.tensor(features["layer"].to_numpy(), dtype=torch.long)
@@ -155,8 +198,16 @@ def _rows(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, run: Line
     return torch.cat(rows), torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
 
 
-def _next_features(rows: list[torch.Tensor], order: list[torch.Tensor], visited: torch.Tensor, wanted: int,
-                   batch_size: int, n_sources: int, probs: torch.Tensor, logit_nodes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def _next_features(
+    rows: list[torch.Tensor],
+    order: list[torch.Tensor],
+    visited: torch.Tensor,
+    wanted: int,
+    batch_size: int,
+    n_sources: int,
+    probs: torch.Tensor,
+    logit_nodes: torch.Tensor,
+) -> torch.Tensor:
     """All features when all are wanted; else the most influential unvisited ones by the rows so far
     (a few batches at a time, then re-ranked, as circuit-tracer does)."""
     n_visited = sum(len(o) for o in order)
@@ -189,12 +240,16 @@ class _Sources:
         self.count = len(features) + (self.n_layers + 1) * self.n_pos  # sources, in node order
 
     def encoder_rows(self) -> torch.Tensor:
-        rows = [self.transcoders[int(layer)].W_enc.detach()[:, int(feature)] for layer, feature
-                in zip(self.features["layer"], self.features["feature"])]  # fmt: skip
+        rows = [
+            self.transcoders[int(layer)].W_enc.detach()[:, int(feature)]
+            for layer, feature in zip(self.features["layer"], self.features["feature"])
+        ]
         dtype = self.snapshot.embed.dtype
         return torch.stack(rows).to(dtype) if rows else torch.zeros(0, self.snapshot.embed.shape[-1], dtype=dtype)
 
-    def edges(self, run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def edges(
+        self, run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         """``[len(layers), count]``: every source's direct effect on each target."""
         n = len(layers)
         embed_grad, out_grads = gradients(run, layers, positions, vectors, self.n_layers)
@@ -209,11 +264,22 @@ class _Sources:
         return row
 
 
-def _graph(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, features: pd.DataFrame, logit_ids: torch.Tensor,
-           probs: torch.Tensor, rows: torch.Tensor, order: torch.Tensor, settings: dict[str, Any],
-           sources: dict[int, str], node_threshold: float, edge_threshold: float) -> Graph:  # fmt: skip
+def _graph(
+    model: Any,
+    transcoders: dict[int, Any],
+    snapshot: Snapshot,
+    features: pd.DataFrame,
+    logit_ids: torch.Tensor,
+    probs: torch.Tensor,
+    rows: torch.Tensor,
+    order: torch.Tensor,
+    settings: dict[str, Any],
+    sources: dict[int, str],
+    node_threshold: float,
+    edge_threshold: float,
+) -> Graph:
     """Assemble the square adjacency over the visited features, errors, embeddings and logits."""
-    n_layers, n_pos, n_logits = model.cfg.n_layers, len(snapshot.tokens), len(logit_ids)
+    n_layers, n_logits = model.cfg.n_layers, len(logit_ids)
     kept = torch.sort(order).values
     columns = torch.cat([kept, torch.arange(len(features), rows.shape[1])])
     n_nodes = len(columns) + n_logits
@@ -224,47 +290,105 @@ def _graph(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, features
     tokens = str_tokens(model, snapshot.tokens)
     nodes = _nodes(model, transcoders, snapshot, features.iloc[kept.numpy()], logit_ids, probs, tokens)
     metadata = {
-        "model": getattr(model.cfg, "model_name", ""), "prompt": settings.pop("prompt"), "tokens": tokens,
-        "token_ids": snapshot.tokens.tolist(), "n_layers": n_layers,
-        "transcoders": sources, "settings": settings,
-    }  # fmt: skip
-    return Graph(nodes, adjacency.to(model.cfg.dtype if model.cfg.dtype == torch.float64 else torch.float32),
-                 metadata, node_threshold, edge_threshold)  # fmt: skip
+        "model": getattr(model.cfg, "model_name", ""),
+        "prompt": settings.pop("prompt"),
+        "tokens": tokens,
+        "token_ids": snapshot.tokens.tolist(),
+        "n_layers": n_layers,
+        "transcoders": sources,
+        "settings": settings,
+    }
+    return Graph(
+        nodes,
+        adjacency.to(model.cfg.dtype if model.cfg.dtype == torch.float64 else torch.float32),
+        metadata,
+        node_threshold,
+        edge_threshold,
+    )
 
 
-def _nodes(model: Any, transcoders: dict[int, Any], snapshot: Snapshot, features: pd.DataFrame,
-           logit_ids: torch.Tensor, probs: torch.Tensor, tokens: list[str]) -> pd.DataFrame:  # fmt: skip
+def _nodes(
+    model: Any,
+    transcoders: dict[int, Any],
+    snapshot: Snapshot,
+    features: pd.DataFrame,
+    logit_ids: torch.Tensor,
+    probs: torch.Tensor,
+    tokens: list[str],
+) -> pd.DataFrame:
     n_layers, n_pos = model.cfg.n_layers, len(tokens)
-    feature_inputs = [float(snapshot.pre[int(layer)][int(pos), int(f)] - transcoders[int(layer)].b_enc.detach()[int(f)])
-                      for layer, pos, f in zip(features["layer"], features["position"], features["feature"])]  # fmt: skip
-    frames = [pd.DataFrame({
-        "node_id": [f"{layer}_{f}_{pos}" for layer, f, pos in zip(features["layer"], features["feature"], features["position"])],
-        "kind": "feature", "layer": features["layer"].to_numpy(), "position": features["position"].to_numpy(),
-        "feature": features["feature"].to_numpy(), "token": [tokens[p] for p in features["position"]],
-        "activation": features["activation"].to_numpy(), "input": feature_inputs, "probability": float("nan"),
-    })]  # fmt: skip
+    feature_inputs = [
+        float(snapshot.pre[int(layer)][int(pos), int(f)] - transcoders[int(layer)].b_enc.detach()[int(f)])
+        for layer, pos, f in zip(features["layer"], features["position"], features["feature"])
+    ]
+    frames = [
+        pd.DataFrame(
+            {
+                "node_id": [
+                    f"{layer}_{f}_{pos}"
+                    for layer, f, pos in zip(features["layer"], features["feature"], features["position"])
+                ],
+                "kind": "feature",
+                "layer": features["layer"].to_numpy(),
+                "position": features["position"].to_numpy(),
+                "feature": features["feature"].to_numpy(),
+                "token": [tokens[p] for p in features["position"]],
+                "activation": features["activation"].to_numpy(),
+                "input": feature_inputs,
+                "probability": float("nan"),
+            }
+        )
+    ]
     layer_pos = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
-    frames.append(pd.DataFrame({
-        "node_id": [f"err_{layer}_{pos}" for layer, pos in layer_pos], "kind": "error",
-        "layer": [layer for layer, _ in layer_pos], "position": [pos for _, pos in layer_pos], "feature": -1,
-        "token": [tokens[pos] for _, pos in layer_pos], "activation": float("nan"), "input": float("nan"),
-        "probability": float("nan"),
-    }))  # fmt: skip
+    frames.append(
+        pd.DataFrame(
+            {
+                "node_id": [f"err_{layer}_{pos}" for layer, pos in layer_pos],
+                "kind": "error",
+                "layer": [layer for layer, _ in layer_pos],
+                "position": [pos for _, pos in layer_pos],
+                "feature": -1,
+                "token": [tokens[pos] for _, pos in layer_pos],
+                "activation": float("nan"),
+                "input": float("nan"),
+                "probability": float("nan"),
+            }
+        )
+    )
     ids = snapshot.tokens.tolist()
-    frames.append(pd.DataFrame({
-        "node_id": [f"E_{ids[pos]}_{pos}" for pos in range(n_pos)], "kind": "embedding", "layer": -1,
-        "position": range(n_pos), "feature": -1, "token": tokens, "activation": float("nan"), "input": float("nan"),
-        "probability": float("nan"),
-    }))  # fmt: skip
+    frames.append(
+        pd.DataFrame(
+            {
+                "node_id": [f"E_{ids[pos]}_{pos}" for pos in range(n_pos)],
+                "kind": "embedding",
+                "layer": -1,
+                "position": range(n_pos),
+                "feature": -1,
+                "token": tokens,
+                "activation": float("nan"),
+                "input": float("nan"),
+                "probability": float("nan"),
+            }
+        )
+    )
     raw = snapshot.raw_logits.double()
     bias = model.b_U.detach().double()
     logit_inputs = (raw - raw.mean() - (bias - bias.mean()))[logit_ids].cpu()
-    frames.append(pd.DataFrame({
-        "node_id": [f"{n_layers + 1}_{t}_{n_pos - 1}" for t in logit_ids.tolist()], "kind": "logit",
-        "layer": n_layers, "position": n_pos - 1, "feature": logit_ids.numpy(),
-        "token": list(model.to_str_tokens(logit_ids)), "activation": float("nan"),
-        "input": logit_inputs.numpy(), "probability": probs.double().numpy(),
-    }))  # fmt: skip
+    frames.append(
+        pd.DataFrame(
+            {
+                "node_id": [f"{n_layers + 1}_{t}_{n_pos - 1}" for t in logit_ids.tolist()],
+                "kind": "logit",
+                "layer": n_layers,
+                "position": n_pos - 1,
+                "feature": logit_ids.numpy(),
+                "token": list(model.to_str_tokens(logit_ids)),
+                "activation": float("nan"),
+                "input": logit_inputs.numpy(),
+                "probability": probs.double().numpy(),
+            }
+        )
+    )
     return pd.concat(frames, ignore_index=True).astype({"layer": int, "position": int, "feature": int})
 
 

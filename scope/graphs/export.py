@@ -14,14 +14,27 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
+import torch
 
 from scope._io import check_writable_file, write_atomically
 
-if TYPE_CHECKING:
-    from scope.graphs.graph import Graph
+
+class Graph(Protocol):
+    """What export reads of a :class:`scope.graphs.graph.Graph` (which imports this module)."""
+
+    nodes: pd.DataFrame
+    metadata: dict[str, Any]
+    node_threshold: float
+    edge_threshold: float
+
+    @property
+    def links(self) -> pd.DataFrame: ...
+
+    @property
+    def cumulative_influence(self) -> torch.Tensor: ...
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",  # what circuit-tracer writes for per-layer transcoders too
@@ -55,13 +68,17 @@ def graph_json(graph: Graph, *, slug: str | None = None, labels: Any = None) -> 
             "node_threshold": graph.node_threshold,
             "generation_settings": {k: v for k, v in meta.get("settings", {}).items() if v is not None},
             "pruning_settings": {"node_threshold": graph.node_threshold, "edge_threshold": graph.edge_threshold},
-            "info": {"generator": {"name": "scope", "url": "https://github.com/safety-research/circuit-tracer"},
-                     "create_time_ms": int(time.time() * 1000)},  # fmt: skip
+            "info": {
+                "generator": {"name": "scope", "url": "https://github.com/safety-research/circuit-tracer"},
+                "create_time_ms": int(time.time() * 1000),
+            },
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
-        "links": [{"source": s, "target": t, "weight": float(w)}
-                  for s, t, w in zip(links["source"], links["target"], links["weight"])],  # fmt: skip
+        "links": [
+            {"source": s, "target": t, "weight": float(w)}
+            for s, t, w in zip(links["source"], links["target"], links["weight"])
+        ],
     }
 
 
@@ -93,8 +110,13 @@ def _node(row: pd.Series, n_layers: int, influence: float, names: dict[tuple[int
         node.update(feature=position, layer="E", jsNodeId=f"E_{row['node_id'].split('_')[1]}-{position}")
     else:
         probability = float(row["probability"])
-        node.update(layer=str(n_layers + 1), jsNodeId=f"L_{feature}-{position}", token_prob=probability,
-                    is_target_logit=False, clerp=f'Output "{row["token"]}" (p={probability:.3f})')  # fmt: skip
+        node.update(
+            layer=str(n_layers + 1),
+            jsNodeId=f"L_{feature}-{position}",
+            token_prob=probability,
+            is_target_logit=False,
+            clerp=f'Output "{row["token"]}" (p={probability:.3f})',
+        )
     return node
 
 

@@ -56,8 +56,14 @@ class Graph:
         kinds = self.nodes["kind"]
         logits = self.nodes.loc[kinds == "logit", "probability"].to_numpy(dtype=float)
         n_always = int((kinds == "embedding").sum() + (kinds == "logit").sum())
-        self._pruned = prune(self.adjacency, torch.tensor(logits), int((kinds == "feature").sum()), n_always,
-                             self.node_threshold, self.edge_threshold)  # fmt: skip
+        self._pruned = prune(
+            self.adjacency,
+            torch.tensor(logits),
+            int((kinds == "feature").sum()),
+            n_always,
+            self.node_threshold,
+            self.edge_threshold,
+        )
         self.nodes = self.nodes[NODE_COLUMNS].assign(
             influence=self._pruned.influence.numpy(), kept=self._pruned.node_mask.numpy()
         )
@@ -70,11 +76,15 @@ class Graph:
         indices ``source_index``, ``target_index``."""
         targets, sources = self._pruned.edge_mask.nonzero(as_tuple=True)
         ids = self.nodes["node_id"].to_numpy()
-        return pd.DataFrame({
-            "source": ids[sources.numpy()], "target": ids[targets.numpy()],
-            "weight": self.adjacency[targets, sources].double().numpy(),
-            "source_index": sources.numpy(), "target_index": targets.numpy(),
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "source": ids[sources.numpy()],
+                "target": ids[targets.numpy()],
+                "weight": self.adjacency[targets, sources].double().numpy(),
+                "source_index": sources.numpy(),
+                "target_index": targets.numpy(),
+            }
+        )
 
     @property
     def cumulative_influence(self) -> torch.Tensor:
@@ -97,9 +107,15 @@ class Graph:
         for kind in KINDS:
             of_kind = self.nodes[self.nodes["kind"] == kind]
             kept = of_kind[of_kind["kept"]]
-            rows.append({"kind": kind, "nodes": len(of_kind), "kept": len(kept),
-                         "influence": of_kind["influence"].sum() / total,
-                         "influence_kept": kept["influence"].sum() / total})  # fmt: skip
+            rows.append(
+                {
+                    "kind": kind,
+                    "nodes": len(of_kind),
+                    "kept": len(kept),
+                    "influence": of_kind["influence"].sum() / total,
+                    "influence_kept": kept["influence"].sum() / total,
+                }
+            )
         return pd.DataFrame(rows)
 
     def influence_kept(self) -> float:
@@ -109,7 +125,9 @@ class Graph:
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
         """The same graph pruned with other thresholds."""
-        return Graph(self.nodes[NODE_COLUMNS].copy(), self.adjacency, dict(self.metadata), node_threshold, edge_threshold)
+        return Graph(
+            self.nodes[NODE_COLUMNS].copy(), self.adjacency, dict(self.metadata), node_threshold, edge_threshold
+        )
 
     # --------------------------------------------------------------------- files
 
@@ -128,8 +146,13 @@ class Graph:
     def load(cls, path: str | os.PathLike) -> Graph:
         """A graph written by :meth:`save`."""
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        return cls(pd.DataFrame(state["nodes"]), state["adjacency"], state["metadata"],
-                   state["node_threshold"], state["edge_threshold"])  # fmt: skip
+        return cls(
+            pd.DataFrame(state["nodes"]),
+            state["adjacency"],
+            state["metadata"],
+            state["node_threshold"],
+            state["edge_threshold"],
+        )
 
     def to_json(self, path: str | os.PathLike, *, slug: str | None = None, labels: Any = None) -> Path:
         """Write the pruned graph in the JSON schema Neuronpedia and circuit-tracer's server read.
@@ -140,6 +163,8 @@ class Graph:
 
     def __repr__(self) -> str:
         counts = self.nodes["kind"].value_counts()
-        return (f"Graph({self.metadata.get('prompt', '')!r}: {counts.get('feature', 0)} features, "
-                f"{counts.get('error', 0)} errors, {counts.get('embedding', 0)} embeddings, {counts.get('logit', 0)} "
-                f"logits; kept {int(self.nodes['kept'].sum())} nodes, {int(self._pruned.edge_mask.sum())} edges)")  # fmt: skip
+        return (
+            f"Graph({self.metadata.get('prompt', '')!r}: {counts.get('feature', 0)} features, "
+            f"{counts.get('error', 0)} errors, {counts.get('embedding', 0)} embeddings, {counts.get('logit', 0)} "
+            f"logits; kept {int(self.nodes['kept'].sum())} nodes, {int(self._pruned.edge_mask.sum())} edges)"
+        )

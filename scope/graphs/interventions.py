@@ -66,13 +66,22 @@ def intervene(model: Any, transcoders: Mapping[int, Any], graph: Graph, changes:
     logits = nodes[nodes["kind"] == "logit"]
     token_ids = torch.tensor(logits["feature"].to_numpy())
     direct, carried = _predicted(graph, {index[node]: value for node, value in values.items()})
-    frame = pd.DataFrame({"token": logits["token"].to_numpy(), "token_id": token_ids.numpy(),
-                          "probability": logits["probability"].to_numpy(), "graph_direct": direct,
-                          "replacement_direct": 0.0, "graph": carried})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "token": logits["token"].to_numpy(),
+            "token_id": token_ids.numpy(),
+            "probability": logits["probability"].to_numpy(),
+            "graph_direct": direct,
+            "replacement_direct": 0.0,
+            "graph": carried,
+        }
+    )
     clean = _centred(snapshot.raw_logits)[token_ids.to(snapshot.raw_logits.device)]
     for name, new in measured.items():
         frame[name] = (_centred(new)[token_ids.to(new.device)] - clean).cpu().numpy()
-    return frame[["token", "token_id", "probability", "graph_direct", "replacement_direct", "graph", "replacement", "model"]]
+    return frame[
+        ["token", "token_id", "probability", "graph_direct", "replacement_direct", "graph", "replacement", "model"]
+    ]
 
 
 def _centred(logits: torch.Tensor) -> torch.Tensor:

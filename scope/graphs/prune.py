@@ -33,8 +33,9 @@ def influence(normalized_adjacency: torch.Tensor, weights: torch.Tensor, max_ite
     raise RuntimeError(f"Influence did not converge in {max_iter} steps: the graph has a cycle.")
 
 
-def partial_influence(rows: torch.Tensor, row_nodes: torch.Tensor, n_nodes: int, logit_weights: torch.Tensor,
-                      logit_nodes: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def partial_influence(
+    rows: torch.Tensor, row_nodes: torch.Tensor, n_nodes: int, logit_weights: torch.Tensor, logit_nodes: torch.Tensor
+) -> torch.Tensor:
     """Influence from the rows computed so far (``rows[i]`` the incoming edges of node
     ``row_nodes[i]``): ranks the features still to visit when only some will be."""
     matrix = torch.zeros(n_nodes, n_nodes, dtype=rows.dtype)
@@ -58,8 +59,14 @@ class Pruned(NamedTuple):
     cumulative: torch.Tensor  # [n_nodes] cumulative share of influence, by rank (what Neuronpedia shows)
 
 
-def prune(adjacency: torch.Tensor, logit_weights: torch.Tensor, n_features: int, n_kept_always: int,
-          node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:  # fmt: skip
+def prune(
+    adjacency: torch.Tensor,
+    logit_weights: torch.Tensor,
+    n_features: int,
+    n_kept_always: int,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+) -> Pruned:
     """Prune a graph whose nodes are ordered features, errors, then ``n_kept_always`` embeddings and
     logits (the last ``len(logit_weights)`` nodes)."""
     adjacency = adjacency.to(torch.float64)

@@ -50,14 +50,20 @@ def check_transcoders(model: Any, transcoders: Mapping[int, Any]) -> dict[int, A
         wanted = (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")
         found = (meta.hook_name, getattr(meta, "hook_name_out", None))
         if found != wanted:
-            raise ValueError(f"The transcoder for layer {layer} reads {found[0]} and writes {found[1]}; "
-                             f"an attribution graph needs {wanted[0]} -> {wanted[1]} (scope.load_transcoders).")  # fmt: skip
+            raise ValueError(
+                f"The transcoder for layer {layer} reads {found[0]} and writes {found[1]}; "
+                f"an attribution graph needs {wanted[0]} -> {wanted[1]} (scope.load_transcoders)."
+            )
         if transcoder.W_enc.shape[0] != model.cfg.d_model or transcoder.W_dec.shape[1] != model.cfg.d_model:
-            raise ValueError(f"The transcoder for layer {layer} has d_in x d_out {transcoder.W_enc.shape[0]} x "
-                             f"{transcoder.W_dec.shape[1]}; this model's d_model is {model.cfg.d_model}.")  # fmt: skip
+            raise ValueError(
+                f"The transcoder for layer {layer} has d_in x d_out {transcoder.W_enc.shape[0]} x "
+                f"{transcoder.W_dec.shape[1]}; this model's d_model is {model.cfg.d_model}."
+            )
         if getattr(transcoder.cfg, "normalize_activations", "none") != "none":
-            raise ValueError(f"The transcoder for layer {layer} normalises its input "
-                             f"({transcoder.cfg.normalize_activations!r}); only 'none' is linear.")  # fmt: skip
+            raise ValueError(
+                f"The transcoder for layer {layer} normalises its input "
+                f"({transcoder.cfg.normalize_activations!r}); only 'none' is linear."
+            )
         checked[layer] = transcoder
     return checked
 
@@ -112,7 +118,11 @@ def record(model: Any, transcoders: Mapping[int, Any], tokens: torch.Tensor, *, 
         seen[hook.name] = act[0]
 
     names = ["hook_embed", "unembed.hook_out"]
-    names += [f"blocks.{layer}.{site}" for layer in range(model.cfg.n_layers) for site in ("ln2.hook_normalized", "hook_mlp_out")]  # fmt: skip
+    names += [
+        f"blocks.{layer}.{site}"
+        for layer in range(model.cfg.n_layers)
+        for site in ("ln2.hook_normalized", "hook_mlp_out")
+    ]
     hooks: list[tuple[Any, Callable]] = [(name, keep) for name in names]
     if keep_frozen:
         hooks.append((lambda name: name.endswith(FROZEN), keep))
@@ -134,8 +144,17 @@ def record(model: Any, transcoders: Mapping[int, Any], tokens: torch.Tensor, *, 
                     error -= skipped
         errors.append(error)
     frozen = {name: value for name, value in seen.items() if name.endswith(FROZEN)}
-    return Snapshot(tokens[0], seen["hook_embed"], mlp_in, pre, acts, torch.stack(errors), logits,
-                    seen["unembed.hook_out"][-1], frozen)  # fmt: skip
+    return Snapshot(
+        tokens[0],
+        seen["hook_embed"],
+        mlp_in,
+        pre,
+        acts,
+        torch.stack(errors),
+        logits,
+        seen["unembed.hook_out"][-1],
+        frozen,
+    )
 
 
 # ----------------------------------------------------------------------------- the linear pass
@@ -193,8 +212,9 @@ def _bound(fn: Callable, layer: int) -> Callable:
     return hook
 
 
-def gradients(run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor,
-              n_layers: int) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+def gradients(
+    run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor, n_layers: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """d(target_b)/d(embed) and d(target_b)/d(mlp_out[l]) for every layer, one target per batch row b:
     target b is ``<x[b, positions[b]], vectors[b]>`` with x the point of ``layers[b]``
     (``n_layers`` = the final residual, the logits' point)."""
@@ -205,17 +225,24 @@ def gradients(run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, ve
         total = total + (point[rows, positions[rows]] * vectors[rows].to(point.dtype)).sum()
     last = int(layers.max())
     inputs = [run.embed] + [run.mlp_out[layer] for layer in range(min(last, n_layers))]
-    grads = torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
-    grads += [torch.zeros_like(run.embed)] * (n_layers - len(grads) + 1)
-    return grads[0].detach(), [g.detach() for g in grads[1:]]
+    found = torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(found, inputs)]
+    grads += [torch.zeros_like(run.embed)] * (n_layers - len(grads) + 1)  # layers past every target
+    return grads[0], grads[1:]
 
 
 # ----------------------------------------------------------------------------- interventions
 
 
-def steered_run(model: Any, transcoders: Mapping[int, Any], snapshot: Snapshot,
-                changes: dict[int, list[tuple[int, int, float]]], *, direct: bool, frozen: bool) -> torch.Tensor:  # fmt: skip
+def steered_run(
+    model: Any,
+    transcoders: Mapping[int, Any],
+    snapshot: Snapshot,
+    changes: dict[int, list[tuple[int, int, float]]],
+    *,
+    direct: bool,
+    frozen: bool,
+) -> torch.Tensor:
     """Pre-cap logits at the last position with feature activations set: ``changes`` is layer ->
     [(position, feature, value)]. ``frozen``: attention patterns and norm scales as in the clean
     pass (the replacement model), else live (the model itself, its MLPs live downstream).
