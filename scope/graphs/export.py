@@ -36,6 +36,7 @@ class Graph(Protocol):
     @property
     def cumulative_influence(self) -> torch.Tensor: ...
 
+
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",  # what circuit-tracer writes for per-layer transcoders too
     "error": "mlp reconstruction error",
@@ -51,7 +52,11 @@ def graph_json(graph: Graph, *, slug: str | None = None, labels: Any = None) -> 
     names = _labels(labels)
     influence = graph.cumulative_influence.numpy()
     kept = graph.nodes[graph.nodes["kept"]]
-    nodes = [_node(row, n_layers, float(influence[index]), names) for index, row in kept.iterrows()]
+    raw = graph.nodes["influence"].to_numpy()
+    nodes = [
+        _node(row, n_layers, float(influence[i]), names) | {"influence_raw": float(raw[i])}  # raw: for sizing
+        for i, row in kept.iterrows()
+    ]
     links = graph.links
     used = set(links["source"]) | set(links["target"])
     nodes = [node for node in nodes if node["node_id"] in used or node["feature_type"] in ("embedding", "logit")]
