@@ -38,7 +38,7 @@ def attribution_graph(
     max_n_logits: int = 10,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Graph:
     """The attribution graph of ``prompt``'s next token through ``transcoders``.
 
