@@ -159,8 +159,8 @@ def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
     tokens, cache, acts, errors = _clean(model, transcoders)
     nodes = graph.nodes
     embed = cache["hook_embed"][0].detach()
-    targets = nodes[nodes["kind"] == "feature"].sample(6, random_state=1)
-    targets = [*targets.itertuples(), *nodes[nodes["kind"] == "logit"].head(3).itertuples()]
+    targets = nodes[nodes["kind"] == "feature"].sample(4, random_state=1)
+    targets = [*targets.itertuples(), *nodes[nodes["kind"] == "logit"].head(2).itertuples()]
     layers = sorted(acts)
 
     def outputs(embed, stacked, errors):
@@ -252,12 +252,11 @@ def test_interventions_match_the_graph_where_the_graph_is_exact(case):
     model, transcoders, graph = case
     features = graph.nodes[graph.nodes["kind"] == "feature"].sort_values("influence", ascending=False)
     node, activation = features.iloc[0]["node_id"], features.iloc[0]["activation"]
-    ablated = intervene(model, transcoders, graph, {node: 0.0})
-    assert list(ablated["token_id"]) == list(graph.nodes.loc[graph.nodes["kind"] == "logit", "feature"])
-    assert ablated["graph_direct"].abs().max() > 1e-3
-    assert torch.allclose(torch.tensor(ablated["graph_direct"]), torch.tensor(ablated["replacement_direct"]), atol=1e-9)
-    nudged = intervene(model, transcoders, graph, {node: activation * 1.001})  # too small to cross a threshold
-    assert torch.allclose(torch.tensor(nudged["graph"]), torch.tensor(nudged["replacement"]), rtol=1e-6, atol=1e-12)
+    nudged = intervene(model, transcoders, graph, {node: activation * 0.999})  # too small to cross a threshold
+    assert list(nudged["token_id"]) == list(graph.nodes.loc[graph.nodes["kind"] == "logit", "feature"])
+    assert nudged["graph_direct"].abs().max() > 1e-6
+    for predicted, measured in (("graph_direct", "replacement_direct"), ("graph", "replacement")):
+        assert torch.allclose(torch.tensor(nudged[predicted]), torch.tensor(nudged[measured]), rtol=1e-6, atol=1e-12)
     assert _no_hooks(model)
 
 

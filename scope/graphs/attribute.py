@@ -76,7 +76,8 @@ def attribution_graph(
         snapshot = record(model, transcoders, tokens)
         logit_ids, probs = _logit_targets(snapshot, target_ids, desired_logit_prob, max_n_logits)
         features = _active(snapshot)
-        run = linear_pass(model, transcoders, tokens, min(batch_size, max(len(features), len(logit_ids))))
+        rows_wanted = len(features) if max_feature_nodes is None else min(max_feature_nodes, len(features))
+        run = linear_pass(model, transcoders, tokens, min(batch_size, max(rows_wanted, len(logit_ids))))
         rows, order = _rows(
             model, transcoders, snapshot, run, features, logit_ids, batch_size, max_feature_nodes, probs, progress
         )
