@@ -68,6 +68,7 @@ NON_NEGATIVE_INT = _checked(int, lambda v: v >= 0, "a non-negative integer")
 FINITE = _checked(float, math.isfinite, "a finite number")
 TEMPERATURE = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+FRACTION = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
 
 
@@ -259,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default=None, help="local checkpoint folder for --model (default: the Hugging Face Hub's)"
     )
     shield.set_defaults(run="shield:shield")
+
+    graph = commands.add_parser("graph", help="attribution graph of a prompt's next token, as Neuronpedia's JSON")
+    graph.add_argument("prompt", help="the text whose next token is traced")
+    graph.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
+    graph.add_argument(
+        "--transcoders", default="demo", help="any scope.load_transcoders spec: 'demo', a model name, a folder"
+    )
+    graph.add_argument("--out", required=True, help="the graph JSON to write")
+    graph.add_argument("--pt", default=None, help="also save the whole graph (Graph.save) here (default: no)")
+    graph.add_argument("--max-feature-nodes", type=POSITIVE_INT, default=None, help="feature nodes (default: all)")
+    graph.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="targets per backward pass")
+    graph.add_argument("--node-threshold", type=FRACTION, default=0.8, help="influence share of the nodes kept")
+    graph.add_argument("--edge-threshold", type=FRACTION, default=0.98, help="influence share of the edges kept")
+    graph.set_defaults(run="graph:graph")
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
     demo.add_argument("--max-new-tokens", type=POSITIVE_INT, default=24, help="tokens to generate")

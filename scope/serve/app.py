@@ -33,6 +33,8 @@ from scope.serve.engine import Engine, QueueFullError
 from scope.serve.errors import BodyTooLargeError, error_body, error_status
 from scope.serve.explorer import api as explorer_api
 from scope.serve.explorer import pages as explorer_pages
+from scope.serve.graph_page import api as graph_api
+from scope.serve.graph_page import pages as graph_pages
 from scope.serve.openai_api import router as openai_router
 from scope.serve.state import LimitError, Limits, Served
 
@@ -100,6 +102,8 @@ def create_app(
     app.include_router(openai_router, dependencies=guard)
     app.include_router(explorer_api, dependencies=guard)
     app.include_router(explorer_pages)
+    app.include_router(graph_api, dependencies=guard)
+    app.include_router(graph_pages)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]

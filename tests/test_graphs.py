@@ -1,0 +1,289 @@
+"""Attribution graphs (scope/graphs/): exact edges on tiny Gemma 2 and Gemma 3 models with random
+transcoders, checked against hand computations and a brute-force Jacobian of an independently
+written frozen replacement model; pruning against a matrix inverse; Neuronpedia's JSON schema;
+interventions against the replacement model."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+import scope
+from scope.graphs import Graph, attribution_graph, intervene
+from tests.tiny import save_tiny_gemma2, save_tiny_gemma3
+
+PROMPT = "Paris is the capital"
+SCHEMA = json.loads((Path(__file__).parent / "neuronpedia_graph_schema.json").read_text())
+
+
+def random_transcoders(model, d_sae=16, seed=0, skip=(), missing=()):
+    """Random JumpReLU (skip-)transcoders in sae-lens' classes, float64, with thresholds inside the
+    pre-activations' range so that about a third of the features fire."""
+    from sae_lens import JumpReLUSkipTranscoder, JumpReLUTranscoder
+
+    g = torch.Generator().manual_seed(seed)
+    d, out = model.cfg.d_model, {}
+    for layer in range(model.cfg.n_layers):
+        if layer in missing:
+            continue
+        kind = JumpReLUSkipTranscoder if layer in skip else JumpReLUTranscoder
+        transcoder = kind.from_dict(
+            {
+                "d_in": d,
+                "d_sae": d_sae,
+                "d_out": d,
+                "dtype": "float64",
+                "device": "cpu",
+                "apply_b_dec_to_input": False,
+                "metadata": {
+                    "hook_name": f"blocks.{layer}.ln2.hook_normalized",
+                    "hook_name_out": f"blocks.{layer}.hook_mlp_out",
+                },
+            }
+        )
+        with torch.no_grad():
+            transcoder.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) * 2 / d**0.5)
+            transcoder.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
+            transcoder.W_dec.copy_(torch.randn(d_sae, d, generator=g, dtype=torch.float64) * 0.3)
+            transcoder.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64) * 0.1)
+            transcoder.threshold.copy_(torch.rand(d_sae, generator=g, dtype=torch.float64))
+            if layer in skip:
+                transcoder.W_skip.copy_(torch.randn(d, d, generator=g, dtype=torch.float64) * 0.05)
+        out[layer] = transcoder
+    return out
+
+
+@pytest.fixture(scope="module", params=["gemma2", "gemma3"])
+def case(request, tmp_path_factory):
+    """(model, transcoders, graph): Gemma 2 (soft-capped logits) with one layer left without a
+    transcoder; Gemma 3 (q/k norms, local/global layers) with two skip-transcoders."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "gemma2":
+        model = scope.load_model("shieldgemma-2b", weights=save_tiny_gemma2(folder), device="cpu", dtype=torch.float64)
+        transcoders = random_transcoders(model, missing=(2,))
+    else:
+        model = scope.load_model("gemma-3-270m", weights=save_tiny_gemma3(folder), device="cpu", dtype=torch.float64)
+        transcoders = random_transcoders(model, skip=(1, 4))
+    return model, transcoders, attribution_graph(model, transcoders, PROMPT, batch_size=32)
+
+
+def _no_hooks(model) -> bool:
+    return not any(point.fwd_hooks or point.bwd_hooks for point in model.hook_dict.values())
+
+
+# ----------------------------------------------------------------------------- an independent frozen model
+
+
+def _clean(model, transcoders):
+    """The clean pass: frozen patterns and scales, embeddings, activations, errors (all by hand)."""
+    tokens = model.to_tokens(PROMPT)
+    _, cache = model.run_with_cache(tokens)
+    acts, errors = {}, []
+    for layer in range(model.cfg.n_layers):
+        x, t = cache[f"blocks.{layer}.ln2.hook_normalized"][0], transcoders.get(layer)
+        error = cache[f"blocks.{layer}.hook_mlp_out"][0]
+        if t is not None:
+            pre = x @ t.W_enc + t.b_enc
+            acts[layer] = torch.relu(pre) * (pre > t.threshold)
+            error = error - acts[layer] @ t.W_dec - (x @ t.W_skip.T if hasattr(t, "W_skip") else 0)
+        errors.append(error.detach())
+    return tokens, cache, {k: v.detach() for k, v in acts.items()}, torch.stack(errors)
+
+
+def _frozen_forward(model, transcoders, tokens, cache, embed, acts, errors):
+    """The replacement model as a function of its sources: patterns and norm scales replaced by
+    their clean values, each MLP output replaced by ``acts @ W_dec + skip(x) + error``. Returns each
+    layer's MLP input and the pre-cap logits at the last position."""
+    seen = {}
+
+    def frozen(act, hook):
+        return cache[hook.name]
+
+    def mlp_in(act, hook):
+        seen[hook.layer()] = act[0]
+
+    def mlp_out(act, hook):
+        layer = hook.layer()
+        t, x = transcoders.get(layer), seen[layer]
+        if t is None:
+            return errors[layer].unsqueeze(0)
+        out = acts[layer] @ t.W_dec + errors[layer] + (x @ t.W_skip.T if hasattr(t, "W_skip") else 0)
+        return out.unsqueeze(0)
+
+    def logits(act, hook):
+        seen["logits"] = act[0, -1]
+
+    hooks = [
+        (lambda n: n.endswith(("hook_pattern", "hook_scale")), frozen),
+        ("hook_embed", lambda a, hook: embed.unsqueeze(0)),
+        (lambda n: n.endswith("ln2.hook_normalized"), mlp_in),
+        (lambda n: n.endswith("hook_mlp_out"), mlp_out),
+        ("unembed.hook_out", logits),
+    ]
+    model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return seen
+
+
+def test_the_replacement_forward_with_errors_reproduces_the_models_logits(case):
+    model, transcoders, _ = case
+    tokens, cache, acts, errors = _clean(model, transcoders)
+    seen = _frozen_forward(model, transcoders, tokens, cache, cache["hook_embed"][0], acts, errors)
+    assert torch.allclose(seen["logits"], cache["unembed.hook_out"][0, -1], rtol=0, atol=1e-10)
+    cap = model.cfg.output_logits_soft_cap
+    capped = cap * torch.tanh(seen["logits"] / cap) if cap > 0 else seen["logits"]
+    assert torch.allclose(capped, model(tokens)[0, -1], rtol=0, atol=1e-10)
+
+
+def test_incoming_edges_sum_to_each_nodes_input(case):
+    model, transcoders, graph = case
+    assert graph.completeness_error() < 1e-9
+    tokens, cache, acts, _ = _clean(model, transcoders)
+    nodes = graph.nodes
+    features = nodes[nodes["kind"] == "feature"]
+    assert len(features) == sum(int((a > 0).sum()) for a in acts.values())  # every active feature is a node
+    for index, row in features.sample(20, random_state=0).iterrows():
+        layer, pos, f = int(row["layer"]), int(row["position"]), int(row["feature"])
+        expected = cache[f"blocks.{layer}.ln2.hook_normalized"][0, pos] @ transcoders[layer].W_enc[:, f]
+        assert graph.adjacency[index].sum().item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-9)
+    raw = cache["ln_final.hook_normalized"][0, -1] * model.ln_final.w @ model.W_U
+    for index, row in nodes[nodes["kind"] == "logit"].iterrows():
+        expected = raw[int(row["feature"])] - raw.mean()
+        assert graph.adjacency[index].sum().item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-9)
+    assert _no_hooks(model)
+
+
+def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
+    model, transcoders, graph = case
+    tokens, cache, acts, errors = _clean(model, transcoders)
+    nodes = graph.nodes
+    embed = cache["hook_embed"][0].detach()
+    targets = nodes[nodes["kind"] == "feature"].sample(4, random_state=1)
+    targets = [*targets.itertuples(), *nodes[nodes["kind"] == "logit"].head(2).itertuples()]
+    layers = sorted(acts)
+
+    def outputs(embed, stacked, errors):
+        seen = _frozen_forward(model, transcoders, tokens, cache, embed, dict(zip(layers, stacked)), errors)
+        logits = seen["logits"] - seen["logits"].mean()
+        return torch.stack(
+            [
+                logits[t.feature]
+                if t.kind == "logit"
+                else seen[t.layer][t.position] @ transcoders[t.layer].W_enc[:, t.feature]
+                for t in targets
+            ]
+        )
+
+    stacked = torch.stack([acts[layer] for layer in layers])
+    J_embed, J_acts, J_errors = torch.autograd.functional.jacobian(outputs, (embed, stacked, errors))
+    for i, t in enumerate(targets):
+        row = graph.adjacency[t.Index]
+        for j, source in enumerate(nodes.itertuples()):
+            if source.kind == "feature":
+                expected = J_acts[i, layers.index(source.layer), source.position, source.feature] * source.activation
+            elif source.kind == "error":
+                expected = J_errors[i, source.layer, source.position] @ errors[source.layer, source.position]
+            elif source.kind == "embedding":
+                expected = J_embed[i, source.position] @ embed[source.position]
+            else:
+                expected = torch.tensor(0.0)
+            assert row[j].item() == pytest.approx(expected.item(), rel=1e-8, abs=1e-10), (t, source)
+
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def test_influence_matches_the_matrix_inverse_and_pruning_keeps_what_it_reports(case):
+    _, _, graph = case
+    A = graph.adjacency.double().abs()
+    A = A / A.sum(1, keepdim=True).clamp(min=1e-10)
+    nodes = graph.nodes
+    weights = torch.tensor(nodes["probability"].fillna(0.0).to_numpy())
+    expected = weights @ (torch.linalg.inv(torch.eye(len(A), dtype=A.dtype) - A) - torch.eye(len(A), dtype=A.dtype))
+    assert torch.allclose(torch.tensor(nodes["influence"].to_numpy()), expected, atol=1e-12)
+    assert nodes.loc[nodes["kind"].isin(["embedding", "logit"]), "kept"].all()
+    report = graph.pruning_report()
+    assert report["nodes"].sum() == len(nodes) and report["kept"].sum() == nodes["kept"].sum()
+    assert report["influence"].sum() == pytest.approx(1.0)
+    looser = graph.prune(node_threshold=0.95, edge_threshold=0.99)
+    assert looser.nodes["kept"].sum() >= nodes["kept"].sum() and looser.influence_kept() >= graph.influence_kept()
+    kept = set(nodes.loc[nodes["kept"], "node_id"])
+    links = graph.links
+    assert set(links["source"]) | set(links["target"]) <= kept
+    assert (links["weight"].to_numpy() == graph.adjacency[links["target_index"], links["source_index"]].numpy()).all()
+
+
+def test_max_feature_nodes_keeps_exact_edges_among_the_nodes_it_keeps(case):
+    model, transcoders, full = case
+    small = attribution_graph(model, transcoders, PROMPT, max_feature_nodes=12, batch_size=8)
+    features = small.nodes[small.nodes["kind"] == "feature"]
+    assert len(features) == 12 and small.completeness_error() > 1e-6  # the dropped features' share
+    assert small.nodes["node_id"].is_unique and full.nodes["node_id"].is_unique
+    index = {node: i for i, node in enumerate(full.nodes["node_id"])}
+    mapped = torch.tensor([index[node] for node in small.nodes["node_id"]])
+    assert torch.allclose(small.adjacency, full.adjacency[mapped][:, mapped], rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_json_follows_neuronpedias_schema_and_save_load_round_trips(case, tmp_path):
+    model, _, graph = case
+    written = graph.to_json(tmp_path / "g.json", labels={(0, 1): "label of feature 1"})
+    data = json.loads(written.read_text())
+    jsonschema.validate(data, SCHEMA)
+    kept = graph.nodes[graph.nodes["kept"]]
+    assert {node["node_id"] for node in data["nodes"]} <= set(kept["node_id"])
+    assert len(data["links"]) == len(graph.links)
+    top = kept[kept["kind"] == "logit"].iloc[0]
+    logit = next(node for node in data["nodes"] if node["node_id"] == top["node_id"])
+    assert logit["is_target_logit"] and logit["layer"] == str(model.cfg.n_layers + 1)
+    assert data["metadata"]["prompt_tokens"] == list(model.to_str_tokens(model.to_tokens(PROMPT)[0]))
+    again = Graph.load(graph.save(tmp_path / "g.pt"))
+    assert torch.equal(again.adjacency, graph.adjacency) and again.metadata == graph.metadata
+    assert again.nodes.equals(graph.nodes)
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+def test_interventions_match_the_graph_where_the_graph_is_exact(case):
+    model, transcoders, graph = case
+    features = graph.nodes[graph.nodes["kind"] == "feature"].sort_values("influence", ascending=False)
+    node, activation = features.iloc[0]["node_id"], features.iloc[0]["activation"]
+    nudged = intervene(model, transcoders, graph, {node: activation * 0.999})  # too small to cross a threshold
+    assert list(nudged["token_id"]) == list(graph.nodes.loc[graph.nodes["kind"] == "logit", "feature"])
+    assert nudged["graph_direct"].abs().max() > 1e-6
+    for predicted, measured in (("graph_direct", "replacement_direct"), ("graph", "replacement")):
+        assert torch.allclose(torch.tensor(nudged[predicted]), torch.tensor(nudged[measured]), rtol=1e-6, atol=1e-12)
+    assert _no_hooks(model)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_fails_before_any_hook_with_what_would_be_valid(case):
+    model, transcoders, graph = case
+    with pytest.raises(ValueError, match=r"batch_size"):
+        attribution_graph(model, transcoders, PROMPT, batch_size=0)
+    with pytest.raises(ValueError, match=r"desired_logit_prob must be in \(0, 1\], got 1.5"):
+        attribution_graph(model, transcoders, PROMPT, desired_logit_prob=1.5)
+    with pytest.raises(ValueError, match=r"target 'Paris is' is \d+ tokens .*one token"):
+        attribution_graph(model, transcoders, PROMPT, targets=["Paris is"])
+    with pytest.raises(ValueError, match=r"layer\(s\) \[99\] are not layers of this model \(0-"):
+        attribution_graph(model, {99: transcoders[0]}, PROMPT)
+    with pytest.raises(ValueError, match=r"layer 1 reads blocks.0.ln2.hook_normalized .* needs blocks.1.ln2"):
+        attribution_graph(model, {1: transcoders[0]}, PROMPT)
+    with pytest.raises(ValueError, match=r"\['7_7_7'\] are not feature nodes .* look like \['"):
+        intervene(model, transcoders, graph, {"7_7_7": 0.0})
+    assert _no_hooks(model)
+
+
+def test_targets_choose_the_logit_nodes(case):
+    model, transcoders, _ = case
+    graph = attribution_graph(model, transcoders, PROMPT, targets=[5, " is"][:1] + [7], max_feature_nodes=4)
+    logits = graph.nodes[graph.nodes["kind"] == "logit"]
+    assert list(logits["feature"]) == [5, 7]
+    probs = torch.softmax(model(model.to_tokens(PROMPT))[0, -1], -1)
+    assert logits["probability"].tolist() == pytest.approx([probs[5].item(), probs[7].item()])
