@@ -21,6 +21,7 @@ XDIST_GROUPS = {
     "test_distributed.py": "ray",
     "test_dashboard.py": "chromium",
     "test_serve_browser.py": "chromium",
+    "test_graphs_page.py": "chromium",
 }
 
 
