@@ -125,9 +125,6 @@ def test_per_row_transcoder_steering_in_batches_fast_and_plain_decode_agree(tmp_
     assert [run([row], [p], "plain")[0] for row, p in zip(steering, prompts)] == plain  # each row alone
     unsteered = [c.tokens for c in generate_batch(model, prompts, max_new_tokens=5, stop_at_eos=False)]
     assert unsteered != plain
-    assert scope.generate(model, "knock knock", sae=transcoder, steering=steering[1], max_new_tokens=5) == (
-        model.tokenizer.decode(plain[1])
-    )
     assert no_hooks_left(model)
 
 

@@ -132,7 +132,4 @@ def test_transcoder_features_are_ranked_mined_labelled_paged_and_served_like_sae
     assert data["examples"][0]["activation"] == pytest.approx(float(best[feature]), abs=1e-4)
     options = dict(max_new_tokens=6, stop_at_eos=False)
     expected = scope.generate(model, TEXT, sae=transcoder, steering=scope.Add(feature, 9.0), **options)
-    assert reply["choices"][0]["text"] == expected
-    (steered,) = scope.generate_completions(model, [TEXT], sae=transcoder, steering=scope.Add(feature, 9.0), **options)
-    (plain,) = scope.generate_completions(model, [TEXT], **options)
-    assert steered.tokens != plain.tokens  # (the tiny tokenizer decodes many tokens to the same bytes)
+    assert reply["choices"][0]["text"] == expected  # that this steers at all: tests/test_splicing.py
