@@ -29,6 +29,8 @@ _EXPORTS = {
     "LazySAEs": "scope.saes",
     "load_transcoders": "scope.transcoders",
     "Transcoders": "scope.transcoders",
+    "splice": "scope.splicing",
+    "Splice": "scope.splicing",
     "check_compatible": "scope.hooks",
     "to_tokens": "scope.inputs",
     "generate_tokens": "scope.generation",
@@ -118,6 +120,7 @@ __all__ = [
     "ModelUnavailableError",
     "NeuronpediaUnavailableError",
     "Scale",
+    "Splice",
     "Transcoders",
     "as_llm",
     "attribute",
@@ -165,6 +168,7 @@ __all__ = [
     "search",
     "search_features",
     "shield",
+    "splice",
     "steer",
     "steering",
     "sweep",
@@ -235,6 +239,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.pages import dashboard
     from scope.saes import LazySAEs, load_sae, load_saes
     from scope.search import search_features
+    from scope.splicing import Splice, splice
     from scope.steering import (
         Ablate,
         Add,

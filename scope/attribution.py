@@ -40,6 +40,7 @@ from scope import _checks
 from scope.features import with_urls
 from scope.hooks import check_compatible, check_hook_free, model_lock, sae_hook, sae_splice
 from scope.inputs import str_tokens, to_tokens
+from scope.splicing import is_transcoder
 
 BY = ("feature", "position")
 Metric = Callable[[torch.Tensor], torch.Tensor]  # residual after the last block [1, pos, d_model] -> scalar
@@ -118,6 +119,11 @@ def attribute(
     """
     k = _checks.positive_int(k, "k")
     by = _checks.choice(by, BY, "by")
+    if is_transcoder(sae):  # its features write another hook than they read: not this method's splice
+        raise ValueError(
+            f"attribute() takes an SAE; this is a transcoder ({sae_hook(sae)} -> {sae.cfg.metadata.hook_name_out}). "
+            "Attribute transcoder features with scope.splice (gradients through the transcoder)."
+        )
     check_compatible(model, sae)
     check_hook_free(model, sae_hook(sae))
     tokens = to_tokens(model, _checks.text(text))

@@ -321,14 +321,36 @@ def sae_splice(
     a JumpReLU threshold of 1.1 is 1.1016 in bf16); the delta returns in the activation's dtype.
     ``coefficients`` runs outside ``no_grad``, so it can hand gradients to its caller.
     """
-    W_dec = sae.W_dec.detach()
-    index = features.to(W_dec.device) if features is not None else None
-    directions = W_dec[index] if index is not None else W_dec  # [n, d_in]
+    delta = feature_delta(sae, features, coefficients, needs_acts=needs_acts, mask=mask)
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        change = delta(act)
+        if change is None:
+            return act
+        return act + change.reshape(act.shape).to(act.dtype)  # hook_z SAEs: d_in = heads x d_head
+
+    return hook
+
+
+def feature_delta(
+    sae: Any,
+    features: torch.Tensor | None,
+    coefficients: Callable[[torch.Tensor | None], torch.Tensor],
+    *,
+    needs_acts: bool,
+    mask: Callable[[torch.Tensor], torch.Tensor | None] = lambda act: None,
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """What :func:`sae_splice` adds, as a function of the activation the SAE reads: ``(c * m) @
+    W_dec[features]`` ``[batch, pos, d_out]`` in the SAE's dtype (None when the mask is empty).
+    A transcoder reads one hook and writes another: its delta goes to its output hook."""
+    W_dec = sae.W_dec.detach()
+    index = features.to(W_dec.device) if features is not None else None
+    directions = W_dec[index] if index is not None else W_dec  # [n, d_out]
+
+    def delta(act: torch.Tensor) -> torch.Tensor | None:
         m = mask(act)
         if m is not None and not m.any():
-            return act
+            return None
         acts = None
         if needs_acts:
             with torch.no_grad():
@@ -338,7 +360,6 @@ def sae_splice(
         c = c.expand(*act.shape[:2], -1) if c.dim() == 1 else c
         if m is not None:
             c = c * m[..., None].to(c.device, c.dtype)
-        delta = c @ directions  # [batch, pos, d_in]
-        return act + delta.reshape(act.shape).to(act.dtype)  # hook_z SAEs: d_in = heads x d_head
+        return c @ directions
 
-    return hook
+    return delta

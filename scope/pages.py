@@ -51,6 +51,7 @@ from scope.hooks import run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
 from scope.labels import as_labels, feature_labels
 from scope.mining import Mined, iter_windows, mine
+from scope.splicing import is_transcoder, output_hook
 
 SHADE = (255, 127, 14)  # plotly's orange
 PAGE_CONTEXT = 12  # tokens either side of a peak on a page: long enough to read a phrase
@@ -389,7 +390,7 @@ def _page(model, sae, feature: int, mined: Mined, sampled: list[Group], known: _
     body = f"""
 <h1>Feature {feature}</h1>
 {_meaning_html(feature, known)}
-<p class="meta">SAE at <code>{html.escape(sae_hook(sae))}</code>, width {int(sae.cfg.d_sae)}{link}<br>
+<p class="meta">{_site_html(sae)}, width {int(sae.cfg.d_sae)}{link}<br>
 density <b>{float(mined.density[i]):.3e}</b> (fires on {int(round(float(mined.density[i]) * mined.n_tokens)):,}
 of {mined.n_tokens:,} tokens) · max activation <b>{max_act:.3f}</b></p>
 <p class="unit">Activations are the SAE's feature activations (its encoder's output).
@@ -404,6 +405,15 @@ This feature's decoder row has norm <b>{norm:.3g}</b>: an activation <i>a</i> ad
 {_logit_lens_html(model, sae, feature)}
 """
     return _html(f"Feature {feature}", body, plotly=True)
+
+
+def _site_html(sae: Any) -> str:
+    """Where the features read (and, for a transcoder, write)."""
+    if is_transcoder(sae):
+        return (
+            f"Transcoder <code>{html.escape(sae_hook(sae))}</code> &rarr; <code>{html.escape(output_hook(sae))}</code>"
+        )
+    return f"SAE at <code>{html.escape(sae_hook(sae))}</code>"
 
 
 def _meaning_html(feature: int, known: _Known) -> str:

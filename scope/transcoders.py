@@ -134,6 +134,7 @@ def _folder_sources(folder: Path, layers: Any, width: Any, l0: Any, affine: bool
                          + (f" named like {pattern.pattern}" if pattern else "") + ".")  # fmt: skip
     if model is None:
         raise ValueError(f"Gemma Scope 2 transcoders in {folder} load for a model: pass model= (the loaded model).")
+    _check_layers_exist(folder, sorted(found), model)
     chosen = sorted(found) if layers is None else _layers(layers)
     missing = [layer for layer in chosen if layer not in found]
     if missing:
@@ -144,6 +145,17 @@ def _folder_sources(folder: Path, layers: Any, width: Any, l0: Any, affine: bool
             f"{folder} has several transcoders for a layer ({doubles}); pick one with width=, l0=, affine=."
         )
     return {layer: str(found[layer][0]) for layer in chosen}
+
+
+def _check_layers_exist(folder: Path, layers: list[int], model: Any) -> None:
+    """ValueError, before anything loads, for transcoders of layers the model does not have."""
+    n_layers = int(model.cfg.n_layers)
+    beyond = [layer for layer in layers if layer >= n_layers]
+    if beyond:
+        raise ValueError(
+            f"{folder} holds transcoders for layer(s) {beyond}, but the model has layers 0-{n_layers - 1}: "
+            "they were made for a deeper model."
+        )
 
 
 def _name_filter(width: Any, l0: Any, affine: bool) -> re.Pattern[str]:

@@ -775,3 +775,75 @@ def test_cli_bad_invocation(case, tiny_model, monkeypatch, tmp_path, capsys):
     assert captured.err.count("\n") == 1 and re.match(pattern, captured.err), captured.err
     assert sorted(work.rglob("*")) == before, "a file was left behind"
     assert not any(hp._forward_hooks or hp._backward_hooks for hp in tiny_model.hook_dict.values())
+
+
+# ---- transcoders (issue 27 item 4): each case writes its Gemma Scope 2 folder under work/folder
+
+
+def _transcoder(model, work: Path, layer: int = 1, d_in: int = 64, d_out: int = 64):
+    from tests.test_sae_formats import random_tensors, sae_config, write_folder
+
+    config = sae_config(
+        f"model.layers.{layer}.pre_feedforward_layernorm.output",
+        32,
+        f"model.layers.{layer}.post_feedforward_layernorm.output",
+        model="google/gemma-2-2b",
+    )
+    write_folder(work / "folder", random_tensors(d_in, 32, d_out=d_out), config)
+    return scope.load_transcoders(work / "folder", model=model)
+
+
+def _enter(context) -> None:
+    with context:
+        pass
+
+
+TRANSCODER_CASES = [
+    (
+        "transcoder feature past its width",
+        lambda m, s, w: scope.generate(m, TEXT, sae=_transcoder(m, w)[1], steering=scope.Add(32, 1.0)),
+        ValueError,
+        r"Add feature.*32",
+    ),
+    (
+        "transcoder reading another model's width",
+        lambda m, s, w: _enter(scope.steer(m, _transcoder(m, w, d_in=32)[1], scope.Add(1, 1.0))),
+        ValueError,
+        r"folder reads 32 dimensions; the model's layer 1 has 64",
+    ),
+    (
+        "transcoder writing another model's width",
+        lambda m, s, w: _enter(scope.splice(m, _transcoder(m, w, d_out=48)[1])),
+        ValueError,
+        r"writes 48 dimensions to blocks.1.hook_mlp_out.*width 64",
+    ),
+    (
+        "transcoder for a layer the model lacks",
+        lambda m, s, w: _transcoder(m, w, layer=7),
+        ValueError,
+        r"layer\(s\) \[7\], but the model has layers 0-3",
+    ),
+    (
+        "an SAE where a transcoder is needed",
+        lambda m, s, w: _enter(scope.splice(m, s)),
+        ValueError,
+        r"splice takes transcoders .*got an SAE at",
+    ),
+    (
+        "a transcoder where an SAE is needed",
+        lambda m, s, w: scope.attribute(m, _transcoder(m, w)[1], TEXT, metric=lambda r: r.sum()),
+        ValueError,
+        r"attribute\(\) takes an SAE; this is a transcoder.*scope.splice",
+    ),
+    (
+        "all the transcoders as the steered one",
+        lambda m, s, w: _enter(scope.steer(m, _transcoder(m, w), scope.Add(1, 1.0))),
+        TypeError,
+        r"one SAE or transcoder to act on, got a Transcoders",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", TRANSCODER_CASES, ids=[c[0] for c in TRANSCODER_CASES])
+def test_transcoder_bad_input(case, tiny_model, sae, tmp_path):
+    test_api_bad_input(case, tiny_model, sae, tmp_path)

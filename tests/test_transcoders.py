@@ -87,3 +87,49 @@ def test_bad_requests_fail_before_loading_with_what_would_be_valid(tmp_path, tin
     assert list(scope.load_transcoders(root, model=model, l0="big")) == [2]
     with pytest.raises(ValueError, match=r"No Gemma Scope 2 transcoder SAE for gemma-3-270m at layer 30; layers: 0-17"):
         scope.load_transcoders(model, layers=[30])
+
+
+# ----------------------------------------------------------------------------- transcoder features downstream
+
+TEXTS = [TEXT, "The quick brown fox jumps over the lazy dog.", "Golden Gate Bridge spans the strait."]
+
+
+def test_transcoder_features_are_ranked_mined_labelled_paged_and_served_like_sae_features(tmp_path, tiny3):
+    import httpx
+
+    from scope.serve import create_app, serving
+
+    model, hf_model = tiny3
+    _, tensors = _transcoder_folder(tmp_path / "tc", 2, model.cfg.d_model, affine=True, seed=5)
+    transcoder = scope.load_transcoders(tmp_path / "tc", model=model, affine=True)[2]
+    hand = [jumprelu(_hf_activations(hf_model, model.to_tokens(t), 2)["pre_ff"], tensors) for t in TEXTS]
+
+    top = scope.top_features(model, transcoder, TEXTS[0], k=1)  # rank 1 at each token but BOS
+    fired = hand[0][1:].max(-1)
+    assert top.feature.tolist() == (hand[0][1:].argmax(-1)[fired.values > 0]).tolist()
+    assert torch.allclose(torch.tensor(top.activation.tolist()).double(), fired.values[fired.values > 0], atol=1e-4)
+
+    mined = scope.mine(model, transcoder, TEXTS, k=3)
+    best = torch.stack([h[1:].max(0).values for h in hand]).max(0).values  # per feature, BOS left out
+    firing = [f for f in range(len(best)) if best[f] > 0]
+    first = mined.examples[mined.examples["rank"] == 1].set_index("feature").activation
+    assert sorted(first.index) == firing
+    assert torch.allclose(torch.tensor(first[firing].tolist()).double(), best[firing], atol=1e-4)
+    labels = scope.label_features(mined).set_index("feature")
+    assert torch.allclose(torch.tensor(labels.max_activation[firing].tolist()).double(), best[firing], atol=1e-4)
+
+    feature = firing[0]
+    page = scope.dashboard(model, transcoder, feature, TEXTS, tmp_path / "pages" / "f.html", mined=mined).read_text()
+    assert "Transcoder <code>blocks.2.ln2.hook_normalized</code> &rarr; <code>blocks.2.hook_mlp_out</code>" in page
+
+    steering = {"positions": "all", "interventions": [{"sae": "tc", "feature": feature, "mode": "add", "value": 9.0}]}
+    with serving(create_app(model, {"tc": transcoder}, mined={"tc": mined})) as url:
+        data = httpx.get(f"{url}/api/feature/tc/{feature}", timeout=60).json()
+        body = {"model": "gemma-3-270m", "prompt": TEXT, "max_tokens": 6, "temperature": 0, "steering": steering}
+        reply = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+    lens = tensors["w_dec"][feature] @ model.W_U.detach()  # the feature writes the MLP output, i.e. the stream
+    assert data["logit_lens"]["promoted"][0]["token"] == model.tokenizer.decode([int(lens.argmax())])
+    assert data["examples"][0]["activation"] == pytest.approx(float(best[feature]), abs=1e-4)
+    options = dict(max_new_tokens=6, stop_at_eos=False)
+    expected = scope.generate(model, TEXT, sae=transcoder, steering=scope.Add(feature, 9.0), **options)
+    assert reply["choices"][0]["text"] == expected  # that this steers at all: tests/test_splicing.py

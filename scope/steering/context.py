@@ -8,9 +8,10 @@
 3. A pre-forward hook records which tokens each forward pass sees (and the KV cache offset), so
    the mask of steerable positions is known: never BOS, never padding, and only the positions
    asked for.
-4. One :func:`scope.hooks.sae_splice` per SAE edits its hook point; a result that is no longer
-   finite, or too large for the next norm to square (a strength of 1e30), raises instead of
-   generating ``<pad>``.
+4. One :func:`scope.hooks.sae_splice` per SAE edits its hook point; a transcoder's features are
+   read at its input hook and edit its output hook, error term kept (:func:`scope.splicing.edit_hooks`).
+   A result that is no longer finite, or too large for the next norm to square (a strength of
+   1e30), raises instead of generating ``<pad>``.
 5. The hooks are removed on exit, also when the block raises; nested ``steer`` blocks add up.
 6. Every intervention given is applied, duplicates too: two ``Add(f, 40)`` are ``Add(f, 80)``.
    At most one Clamp or Scale (Ablate is a Clamp) per feature and row: a second one would have
@@ -35,16 +36,9 @@ import torch
 
 from scope import _checks
 from scope.features import check_feature
-from scope.hooks import (
-    HookFn,
-    check_compatible,
-    check_hook_free,
-    check_steerable,
-    model_lock,
-    sae_hook,
-    sae_splice,
-)
+from scope.hooks import HookFn, model_lock
 from scope.saes import max_activation
+from scope.splicing import check_editable, check_fits, describe_site, edit_hooks
 from scope.steering.directions import Direction
 from scope.steering.interventions import Intervention, as_list, is_pair
 
@@ -107,7 +101,7 @@ def _check_one_setter(
     earlier = setters.get(key)
     setters[key] = intervention
     if earlier is not None:
-        where = f"the direction {target.label!r}" if isinstance(target, Direction) else f"the SAE at {sae_hook(target)}"
+        where = f"the direction {target.label!r}" if isinstance(target, Direction) else describe_site(target)
         shown = item[1] if isinstance(item, tuple) else item
         raise ValueError(
             f"{earlier!r} and {shown!r} both set feature {key[1]} of {where}: give at most one Clamp, "
@@ -121,6 +115,11 @@ def _target(sae: Any, item: Any) -> tuple[Any, Intervention]:
         return intervention.feature, intervention.on_feature(0)
     if target_sae is None:
         raise ValueError(f"{intervention!r} has no SAE: pass sae=..., or (sae, intervention) pairs.")
+    if not hasattr(target_sae, "cfg"):  # e.g. a {layer: SAE} mapping
+        raise TypeError(
+            f"{intervention!r} needs one SAE or transcoder to act on, got a {type(target_sae).__name__}: "
+            "pick one (saes[layer]), or give (saes[layer], intervention) pairs."
+        )
     check_feature(target_sae, intervention.feature, f"{type(intervention).__name__} feature")
     if intervention.needs_max:
         max_activation(target_sae, intervention.feature)
@@ -246,8 +245,9 @@ def steering_hook(
     n_rows: int = 1,
     *,
     per_row: bool = False,
-) -> HookFn:
-    """The hook for one SAE's interventions: their coefficients through the one SAE splice.
+) -> list[tuple[str, HookFn]]:
+    """The hooks for one SAE's (or transcoder's) interventions: their coefficients through
+    :func:`scope.splicing.edit_hooks` (for a transcoder, read at its input, written at its output).
 
     ``owners``: for each intervention, how many times each of the ``n_rows`` batch rows applies
     it. Without ``per_row`` every row of a pass applies row 0's interventions.
@@ -275,7 +275,9 @@ def steering_hook(
         rows = owns[state.row_index(state.steerable.shape[0])].to(c.device, c.dtype)  # [batch, n]
         return c * rows[:, None, :]
 
-    splice = sae_splice(sae, features, base if owns is None else by_row, needs_acts=needs_acts, mask=state.mask)
+    *reads, (written, splice) = edit_hooks(
+        sae, features, base if owns is None else by_row, needs_acts=needs_acts, mask=state.mask
+    )
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         out = splice(act, hook)
@@ -287,7 +289,7 @@ def steering_hook(
             )
         return out
 
-    return hook
+    return [*reads, (written, hook)]
 
 
 def _feature_index(intervention: Intervention) -> int:
@@ -342,7 +344,8 @@ def steer(model: Any, sae: Any, *interventions: Any, positions: Positions = "all
 
     Args:
         model: a loaded subject.
-        sae: the SAE that bare interventions refer to (its hook point is where they act).
+        sae: the SAE that bare interventions refer to (its hook point is where they act), or a
+            transcoder (its features are read from the MLP input, the edit lands in the MLP output).
             Interventions on other SAEs (other layers) are given as ``(sae, intervention)`` pairs;
             interventions on a :class:`~scope.steering.directions.Direction` act at its hook.
         interventions: :class:`Add`, :class:`Clamp`, :func:`Ablate`, :class:`Scale`.
@@ -364,14 +367,13 @@ def _installed(
     checked = check_positions(positions)
     groups = plan(sae, rows)
     for group_sae, _, _ in groups:
-        check_compatible(model, group_sae)
-        check_steerable(model, group_sae)
-        check_hook_free(model, sae_hook(group_sae))
+        check_editable(model, group_sae)
     with model_lock(model):
         state = SteeringState(positions=checked, special_ids=_special_ids(model))
         fwd_hooks = [
-            (sae_hook(s), steering_hook(s, items, state, owners, len(rows), per_row=per_row))
+            pair
             for s, items, owners in groups
+            for pair in steering_hook(s, items, state, owners, len(rows), per_row=per_row)
         ]
         # A model(...) call records its input (tokens, attention mask, KV cache) in a pre-hook on
         # the model. transformer-lens' run_with_hooks calls forward() directly and skips that hook
@@ -446,7 +448,7 @@ def steered(
     with model_lock(model):
         if not any(rows):
             if sae is not None:
-                check_compatible(model, sae)
+                check_fits(model, sae)
             check_positions(positions)
             with _generating(model, generation):
                 yield generation

@@ -11,6 +11,9 @@ the *clean* feature activation ``a = f(h)`` (the SAE encoder on ``h``), always a
 - ``Ablate(f)``:       ``Clamp(f, 0)``.
 - ``Scale(f, value)``: ``c = (value - 1) * a`` (the feature multiplied by ``value``).
 
+For a transcoder, ``a`` is read from its input (the MLP input) and the edit lands in its output
+(the MLP output): ``W_dec[feature]`` is what the feature writes there.
+
 The feature may also be a :class:`~scope.steering.directions.Direction` ``u`` at a hook: then
 ``a = h . u`` and ``W_dec[feature] = u`` (see that module); ``unit="max"`` needs an SAE feature.
 
