@@ -10,7 +10,7 @@ import scope
 from scope.cli import main
 from scope.density import dense_filter, feature_densities, set_densities
 from scope.saes import set_feature_stats, set_max_activations
-from scope.serve.explorer import token_features
+from scope.serve.explorer import feature_data, token_features
 from scope.serve.state import Served
 from tests.sae_util import jumprelu
 
@@ -146,7 +146,9 @@ def test_cli_and_explorer_state_the_hidden_dense_features(
         expected_hidden = sorted(
             {f for _, f, _ in _hand_top(text_acts, 2)} & set(np.flatnonzero(hand_density > 0.1).tolist())
         )
-        data = token_features(Served(tiny_model, {"s": sae}), "s", sae, TEXT, 2)
+        served = Served(tiny_model, {"s": sae})
+        data = token_features(served, "s", sae, TEXT, 2)
+        pages = [feature_data(served, "s", sae, f)["dense"] for f in (expected_hidden[0], 0)]
         monkeypatch.setattr(scope, "load_model", lambda name, **kwargs: tiny_model)
         monkeypatch.setattr(scope, "load_sae", lambda *a, **kw: sae)
         command = ["features", TEXT, "--model", "shieldgemma-2b", "--sae", sae.cfg.metadata["test_path"], "--hook", "h"]
@@ -161,3 +163,7 @@ def test_cli_and_explorer_state_the_hidden_dense_features(
     assert not listed & set(expected_hidden) and not set(data["activations"]) & set(map(str, expected_hidden))
     assert f"{len(expected_hidden)} dense feature(s)" in printed and "--show-dense" in printed
     assert "Dense features are shown" in shown
+    assert pages == [  # the feature page says whether the feature is dense
+        {"threshold": 0.1, "known": True, "is_dense": True},
+        {"threshold": 0.1, "known": True, "is_dense": bool(hand_density[0] > 0.1)},
+    ]

@@ -30,8 +30,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
+from scope.density import dense_filter
 from scope.features import TopView, check_feature, encode, feature_logits, neuronpedia_url
 from scope.hooks import sae_hook
+from scope.labels import CONCEPT
 from scope.mining import HISTOGRAM_EDGES, Mined
 from scope.saes import STATS_TOKENS, feature_stats
 from scope.serve.schemas import FeaturesRequest, SearchRequest
@@ -94,11 +96,26 @@ def token_features(
 
 def feature_notes(served: Served, name: str, sae: Any, features: list[int]) -> dict[int, dict[str, Any]]:
     """Per feature: its label (when the server has labels), else the tokens it promotes most (logit lens)."""
-    notes: dict[int, dict[str, Any]] = {f: served.label(name, f) for f in features}
+    notes: dict[int, dict[str, Any]] = {f: served.label(name, f) | _concept(served, name, f) for f in features}
     unlabelled = [f for f in features if "label" not in notes[f]]
     for feature, hint in zip(unlabelled, _promoted_tokens(served.model, sae, unlabelled)):
         notes[feature]["promotes"] = hint
     return notes
+
+
+def _concept(served: Served, name: str, feature: int) -> dict[str, str]:
+    """``{"concept": ...}`` when the SAE's labels derive one for ``feature`` (scope.labels), else ``{}``."""
+    table = served.label_tables.get(name)
+    if table is None or CONCEPT not in table.columns:
+        return {}
+    found = table.loc[table["feature"] == feature, CONCEPT]
+    return {"concept": str(found.iloc[0])} if len(found) and isinstance(found.iloc[0], str) else {}
+
+
+def _dense(sae: Any, feature: int) -> dict[str, Any]:
+    """Whether ``feature`` is dense (hidden from token views by default), by the SAE's known densities."""
+    view = dense_filter(sae)
+    return {"threshold": view.threshold, "known": view.known, "is_dense": feature in view.dense}
 
 
 def _promoted_tokens(model: Any, sae: Any, features: list[int]) -> list[list[str]]:
@@ -130,6 +147,8 @@ def feature_data(served: Served, name: str, sae: Any, feature: int) -> dict[str,
         "hook": sae_hook(sae),
         "d_sae": int(sae.cfg.d_sae),
         **served.label(name, feature),
+        **_concept(served, name, feature),
+        "dense": _dense(sae, feature),
         "stats": stats,
         "stats_tokens": sae.cfg.metadata.get(STATS_TOKENS),
         "neuronpedia": neuronpedia_url(sae, feature),
