@@ -102,7 +102,7 @@ class WordNet:
             return None
         if word in self.senses:
             return word
-        if word in self.exceptions:
+        if self.exceptions.get(word) in self.senses:  # noun.exc also lists forms of verbs' lemmas
             return self.exceptions[word]
         for suffix, ending in _MORPHY:
             if word.endswith(suffix) and word[: -len(suffix)] + ending in self.senses:

@@ -22,6 +22,7 @@ def test_the_files_are_read_into_senses_hypernyms_and_depths(wordnet):
 
 
 def test_plurals_and_exceptions_reach_the_lemma(wordnet):
+    assert wordnet.under("is") == frozenset()  # an exception to a lemma WordNet lacks
     assert [wordnet.lemma(w) for w in ("Dogs", "foxes", "wolves", "Paris", "the", "3d")] == [
         "dog",
         "fox",

@@ -60,4 +60,4 @@ MINI = {
     213: (["LaMDA"], [112], "@"),
     214: (["dog", "andiron"], [209], "@"),  # dog's third sense: beyond the two senses that count
 }
-EXCEPTIONS = {"wolves": "wolf"}
+EXCEPTIONS = {"wolves": "wolf", "is": "i"}  # "i" is no noun of this WordNet
