@@ -38,6 +38,7 @@ MIN_WORDS = 3
 MIN_DEPTH = 3  # hypernym steps below "entity": "physical entity", "abstraction" (1), "object" (2) say nothing
 MAX_BELOW = 2000  # synsets under a concept: "structure" 1528, "food" 1526 pass; "animal" 4016, "person" 10296 do not
 SENSES = 2  # a word's most frequent senses that count (WordNet lists senses by frequency)
+MIN_CHARS = 3  # shorter tokens are letters and abbreviations to WordNet ("c": speed of light, "in": indium)
 HYPERNYMS = ("@", "@i")
 _MORPHY = [
     ("ses", "s"),
@@ -96,9 +97,11 @@ class WordNet:
         self._below: dict[int, int] = {}
 
     def lemma(self, word: str) -> str | None:
-        """The WordNet noun lemma of ``word`` (lower-cased; plurals reduced), or None."""
+        """The WordNet noun lemma of ``word`` (lower-cased; plurals reduced), or None (also for
+        words under ``MIN_CHARS``: measured on the demo SAE, single letters and "in", "be", "as"
+        made concepts such as "unit of measurement (c, m, r, k)" and "chemical element")."""
         word = word.strip().lower().replace(" ", "_")
-        if not _WORD.match(word):
+        if len(word) < MIN_CHARS or not _WORD.match(word):
             return None
         if word in self.senses:
             return word

@@ -167,3 +167,22 @@ def test_cli_and_explorer_state_the_hidden_dense_features(
         {"threshold": 0.1, "known": True, "is_dense": True},
         {"threshold": 0.1, "known": True, "is_dense": bool(hand_density[0] > 0.1)},
     ]
+
+
+@pytest.mark.slow
+def test_the_demo_view_hides_the_demo_sae_s_dense_features(bundled_model):
+    from safetensors.torch import load_file
+
+    from scope.cli.demo import DEMO_SENTENCE
+    from scope.saes import DEMO_SAES
+
+    sae = scope.load_sae("demo")
+    shipped = load_file(str(DEMO_SAES["demo"].folder / "feature_stats.safetensors"))["density"]
+    dense = set(torch.nonzero(shipped > 0.1).flatten().tolist())
+    assert dense == {200, 3959, 5750, 7267}  # the four of issue 26, from the shipped statistics
+    shown = scope.top_features(bundled_model, sae, DEMO_SENTENCE, k=2)
+    everything = scope.top_features(bundled_model, sae, DEMO_SENTENCE, k=2, dense=True)
+    assert not set(shown["feature"]) & dense
+    assert shown.attrs["dense_hidden"] == sorted(set(everything["feature"]) & dense) != []
+    rank1 = everything[everything["rank"] == 1]
+    assert rank1["feature"].isin(dense).mean() > 0.5  # what the default now keeps out of view

@@ -17,12 +17,13 @@ def test_the_files_are_read_into_senses_hypernyms_and_depths(wordnet):
     assert wordnet.hypernyms[205] == [107]  # an instance hypernym (@i) leads up too
     assert wordnet.ancestors(201) == {201, 104, 103, 102, 101, 100}
     assert [wordnet.depth(s) for s in (100, 102, 104, 201, 112)] == [0, 2, 4, 5, 3]
-    assert wordnet.below(103) == 6 and wordnet.below(201) == 0  # canine, feline and their 4 words
+    assert wordnet.below(103) == 7 and wordnet.below(201) == 0  # canine, feline, their 4 words and ox
     assert wordnet.name(101) == "physical entity"
 
 
 def test_plurals_and_exceptions_reach_the_lemma(wordnet):
     assert wordnet.under("is") == frozenset()  # an exception to a lemma WordNet lacks
+    assert wordnet.lemma("ox") is None  # letters and abbreviations are no words to a concept
     assert [wordnet.lemma(w) for w in ("Dogs", "foxes", "wolves", "Paris", "the", "3d")] == [
         "dog",
         "fox",
@@ -47,7 +48,7 @@ def test_the_lowest_common_hypernym_of_enough_words(wordnet):
     # dog, Paris and France share only "object", 2 steps below entity: too generic
     assert wordnet.concept(["dog", "Paris", "France"]) is None
     assert wordnet.concept(["dog", "Paris", "France"], min_depth=2).name == "object"
-    assert wordnet.concept(["dog", "fox", "cat"], max_below=5) is None  # animal has 6 synsets under it
+    assert wordnet.concept(["dog", "fox", "cat"], max_below=5) is None  # animal has 7 synsets under it
     # dog's second sense (frump) is under utterance with capital and knock; its third sense does not count
     assert wordnet.concept(["dog", "capital", "knock"]).name == "utterance"
     assert wordnet.concept(["dog", "bridge", "bridge", "Bridge"], min_words=2, min_depth=2).name == "object"

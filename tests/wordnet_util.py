@@ -59,5 +59,6 @@ MINI = {
     212: (["knock"], [112], "@"),
     213: (["LaMDA"], [112], "@"),
     214: (["dog", "andiron"], [209], "@"),  # dog's third sense: beyond the two senses that count
+    215: (["ox"], [103], "@"),  # too short to count
 }
 EXCEPTIONS = {"wolves": "wolf", "is": "i"}  # "i" is no noun of this WordNet
