@@ -110,7 +110,7 @@ def _scored(
     tokens = {token for token, _ in peak_tokens(peaks)}
     rows = [_row(feature, "tokens", ", ".join(sorted(tokens)), [bool(k & tokens) for k in keys], truth)]
     concept = wordnet.concept(token_key(p) for p in peaks) if wordnet is not None else None
-    if concept is not None:
+    if wordnet is not None and concept is not None:
         predicted = [_under(wordnet, concept, k) for k in keys]
         rows.append(_row(feature, "concept", concept.text, predicted, truth))
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import scope
 from scope._io import iter_texts
@@ -17,7 +18,7 @@ def features(args: argparse.Namespace) -> None:
     print(found.attrs["dense_note"])
 
 
-def view_options(args: argparse.Namespace) -> dict[str, object]:
+def view_options(args: argparse.Namespace) -> dict[str, Any]:
     """top_features' keyword arguments from --show-dense, --dense-threshold and --rank-by."""
     return {"dense": args.show_dense, "dense_threshold": args.dense_threshold, "rank_by": args.rank_by}
 
