@@ -327,7 +327,7 @@ def explain(
     max_tokens = _checks.positive_int(max_tokens, "max_tokens")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     examples = mined_examples(mined)
-    chosen = _chosen(examples, features)
+    chosen = chosen_features(examples, features)
     done = _resume(out, EXPLAIN_COLUMNS, "explainer", llm.name, overwrite)
     rows = [r for r in done.to_dict("records") if r["feature"] in set(chosen)]
     todo = [f for f in chosen if f not in set(done.feature)]
@@ -394,11 +394,11 @@ def score_explanations(
     check_compatible(model, sae)
     examples = mined_examples(mined)
     explained = _explanations(explanations)
-    chosen = _chosen(examples, list(explained))
+    chosen = chosen_features(examples, list(explained))
     done = _resume(out, SCORE_COLUMNS, "scorer", llm.name, overwrite)
     rows = [r for r in done.to_dict("records") if r["feature"] in set(chosen)]
     todo = [f for f in chosen if f not in set(done.feature)]
-    silent = _silent_contexts(model, sae, examples, todo, n_non_activating, seed) if todo else {}
+    silent = silent_contexts(model, sae, examples, todo, n_non_activating, seed) if todo else {}
     for batch in _progress(todo, batch_size, progress, "score"):
         trials = [
             _trial(f, explained[f], examples[f], silent[f], n_activating, examples_per_prompt, seed) for f in batch
@@ -474,7 +474,7 @@ def _trial(
     return _Trial(feature, explanation, prompts)
 
 
-def _silent_contexts(
+def silent_contexts(
     model: Any, sae: Any, examples: dict[int, list[Example]], features: list[int], n: int, seed: int
 ) -> dict[int, list[str]]:
     """For each feature, ``n`` contexts (other features' examples) on which it is silent on every
@@ -522,7 +522,7 @@ def _fraction(value: Any, name: str) -> float:
     return value
 
 
-def _chosen(examples: dict[int, list[Example]], features: Sequence[int] | None) -> list[int]:
+def chosen_features(examples: dict[int, list[Example]], features: Sequence[int] | None) -> list[int]:
     if features is None:
         return sorted(examples)
     if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):

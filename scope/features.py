@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 
 from scope import _checks
+from scope.density import DENSE_THRESHOLD, DenseFilter, dense_filter
 from scope.hooks import (
     activation_shape,
     check_compatible,
@@ -26,13 +27,15 @@ from scope.hooks import (
     sae_hook,
 )
 from scope.inputs import str_tokens, to_tokens
-from scope.labels import as_labels, with_labels
+from scope.labels import as_labels, feature_labels, with_labels
+from scope.saes import feature_stats
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 TOP_COLUMNS = ["position", "token", "rank", "feature", "activation"]
+RANK_BY = ("activation", "relative")
 
 
 @dataclass
@@ -87,37 +90,142 @@ def top_features(
     k: int = 5,
     include_bos: bool = False,
     labels: Any = None,
+    dense: bool = False,
+    dense_threshold: float = DENSE_THRESHOLD,
+    densities: Any = None,
+    rank_by: str = "activation",
 ) -> pd.DataFrame:
     """The ``k`` strongest features at each token of ``text``.
 
-    Columns: position, token, rank (1 = strongest), feature, activation; plus label when labels
-    are passed (``labels=``: a label table or ``{feature: label}``) or attached to the SAE (the
-    demo SAE's, :func:`scope.labels.set_labels`), and url when the SAE has a Neuronpedia id.
+    Columns: position, token, rank (1 = strongest), feature, activation; plus relative
+    (activation / the feature's recorded max activation) with ``rank_by="relative"``, label when
+    labels are passed (``labels=``: a label table or ``{feature: label}``) or attached to the SAE
+    (the demo SAE's, :func:`scope.labels.set_labels`), and url when the SAE has a Neuronpedia id.
     Only active features are listed (fewer than k rows for a token where fewer fire). BOS is
     left out by default: Gemma Scope was not trained on it and its activations there are huge
     and meaningless.
+
+    Dense features (density above ``dense_threshold``, see :mod:`scope.density`; ``densities=``
+    overrides the SAE's own) are left out unless ``dense=True``: the ``k`` shown are the
+    strongest of the others. ``frame.attrs["dense_hidden"]`` lists the dense features that
+    would have been shown, ``frame.attrs["dense_note"]`` says so in words (or that no density
+    is known, and nothing was hidden).
+
+    ``rank_by="relative"`` ranks by activation / max activation (features without a positive
+    recorded max are left out), so a feature at its peak outranks a loud feature at a tenth of
+    its range.
     """
     k = _checks.positive_int(k, "k")
     table = as_labels(labels) if labels is not None else None  # checked before the model runs
+    view = TopView.of(sae, dense=dense, dense_threshold=dense_threshold, densities=densities, rank_by=rank_by)
     acts = encode(model, sae, text)
     skip = _bos_positions(model, acts.tokens) if not include_bos else set()
-    return with_urls(with_labels(_top_table(acts, k, skip), sae, table), sae)
+    return with_urls(with_labels(view.table(acts, k, skip), sae, table), sae)
 
 
-def _top_table(acts: FeatureActs, k: int, skip: set[int]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class TopView:
+    """How a top-features view ranks and what it hides (checked before any model runs)."""
+
+    dense_filter: DenseFilter
+    show_dense: bool
+    maxima: torch.Tensor | None  # per-feature max activation, for rank_by="relative"
+
+    @classmethod
+    def of(
+        cls,
+        sae: SAE,
+        *,
+        dense: bool = False,
+        dense_threshold: float = DENSE_THRESHOLD,
+        densities: Any = None,
+        rank_by: str = "activation",
+    ) -> TopView:
+        maxima = _relative_to(sae, rank_by)
+        return cls(dense_filter(sae, threshold=dense_threshold, densities=densities), bool(dense), maxima)
+
+    @property
+    def hidden(self) -> frozenset[int]:
+        return frozenset() if self.show_dense else self.dense_filter.dense
+
+    def table(self, acts: FeatureActs, k: int, skip: set[int]) -> pd.DataFrame:
+        """The top-``k`` table of ``acts``; ``attrs`` say which dense features it hid."""
+        frame = _top_table(acts, k, skip, hidden=self.hidden, maxima=self.maxima)
+        hidden = _would_show(acts, k, skip, self.hidden, self.maxima)
+        frame.attrs["dense_hidden"] = hidden
+        frame.attrs["dense_note"] = (
+            "Dense features are shown (dense=True)." if self.show_dense else self.dense_filter.note(hidden)
+        )
+        return frame
+
+
+def _relative_to(sae: SAE, rank_by: str) -> torch.Tensor | None:
+    """Each feature's max activation ``[d_sae]`` for ``rank_by="relative"`` (None for "activation")."""
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {', '.join(map(repr, RANK_BY))}, got {rank_by!r}.")
+    if rank_by == "activation":
+        return None
+    stats = feature_stats(sae)
+    if "max_activation" in stats:
+        return stats["max_activation"]
+    labels = feature_labels(sae)
+    if labels is not None and labels["max_activation"].notna().any():
+        maxima = torch.full((int(sae.cfg.d_sae),), float("nan"))
+        maxima[torch.as_tensor(labels["feature"].to_numpy())] = torch.as_tensor(
+            labels["max_activation"].to_numpy(dtype="float32")
+        )
+        return maxima
+    raise ValueError(
+        "rank_by='relative' needs each feature's max activation, which this SAE does not carry. Record them "
+        "with scope.saes.set_max_activations(sae, values) (e.g. from scope.mine over a corpus), or use "
+        "rank_by='activation'."
+    )
+
+
+def _would_show(
+    acts: FeatureActs, k: int, skip: set[int], hidden: frozenset[int], maxima: torch.Tensor | None
+) -> list[int]:
+    """The hidden features that the unfiltered view would have listed."""
+    if not hidden:
+        return []
+    unfiltered = _top_table(acts, k, skip, maxima=maxima)
+    return sorted({int(f) for f in unfiltered["feature"]} & hidden)
+
+
+def _top_table(
+    acts: FeatureActs,
+    k: int,
+    skip: set[int],
+    *,
+    hidden: frozenset[int] = frozenset(),
+    maxima: torch.Tensor | None = None,
+) -> pd.DataFrame:
     types = {"position": int, "token": str, "rank": int, "feature": int, "activation": float}
-    return pd.DataFrame(_top_rows(acts, k, skip), columns=TOP_COLUMNS).astype(types)
+    columns = TOP_COLUMNS if maxima is None else [*TOP_COLUMNS, "relative"]
+    rows = _top_rows(acts, k, skip, hidden, maxima)
+    return pd.DataFrame(rows, columns=columns).astype(types | ({} if maxima is None else {"relative": float}))
 
 
-def _top_rows(acts: FeatureActs, k: int, skip: set[int]) -> list[tuple]:
-    values, features = torch.topk(acts.values.float(), min(k, acts.values.shape[-1]), dim=-1)
+def _top_rows(
+    acts: FeatureActs, k: int, skip: set[int], hidden: frozenset[int], maxima: torch.Tensor | None
+) -> list[tuple]:
+    values = acts.values.float()
+    scores = values.clone()
+    if maxima is not None:  # a feature without a positive recorded max cannot be ranked relative to it
+        scale = maxima.to(values.device).float()
+        usable = torch.nan_to_num(scale, nan=0.0) > 0
+        scores = torch.where(usable, values / torch.where(usable, scale, torch.ones_like(scale)), 0.0)
+    if hidden:
+        scores[:, sorted(hidden)] = 0.0
+    top_scores, features = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)
     rows = []
     for position, token in enumerate(acts.tokens):
         if position in skip:
             continue
-        for rank, (value, feature) in enumerate(zip(values[position].tolist(), features[position].tolist()), 1):
-            if value > 0:
-                rows.append((position, token, rank, feature, value))
+        for rank, (score, feature) in enumerate(zip(top_scores[position].tolist(), features[position].tolist()), 1):
+            if score > 0:
+                value = float(values[position, feature])
+                rows.append((position, token, rank, feature, value) + (() if maxima is None else (score,)))
     return rows
 
 

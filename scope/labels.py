@@ -15,6 +15,10 @@ as a feature's "top tokens", computed from :func:`scope.mine`'s top examples.
    ``dense (N% of tokens)`` when the feature fires on more than 10% of the tokens (such a
    feature peaks wherever activations are largest: its top tokens say little about it).
    Features that never fire get ``never active`` and the number of tokens read.
+5. Concept (derived, kept apart from the label): when WordNet is at hand (:mod:`scope.wordnet`)
+   and at least 60% (and 3) of the distinct peak tokens are nouns under one synset that is not
+   too generic, that synset and the words under it: ``body of water (ocean, sea, lake)``.
+   :func:`scope.label_scores.score_labels` checks both kinds against held-out contexts.
 
 **The label table** (one shape for scope's labels, Neuronpedia's, LLM explanations and labels a
 user passes; :func:`as_labels` brings any of them to it). One row per feature:
@@ -33,6 +37,8 @@ user passes; :func:`as_labels` brings any of them to it). One row per feature:
 ``explanation``    str or None, a one-sentence explanation (Neuronpedia's, an LLM's)
 ``source``         str, where the row comes from: ``"mined"``, ``"neuronpedia"``, ``"user"``...
 =================  ========================================================================
+
+:func:`label_features` adds ``concept`` (str or None: the derived WordNet concept of step 5).
 
 **Where an SAE's labels live**: in ``sae.cfg.metadata["scope_labels"]`` (column -> list), beside
 the per-feature statistics :mod:`scope.saes` keeps there, so they travel and save with the SAE.
@@ -56,6 +62,7 @@ import pandas as pd
 
 from scope import _checks
 from scope._io import write_parquet
+from scope.wordnet import WordNet, load
 
 LABELS = "scope_labels"  # the sae.cfg.metadata key
 LABEL_COLUMNS = [
@@ -71,6 +78,7 @@ LABEL_COLUMNS = [
     "explanation",
     "source",
 ]
+CONCEPT = "concept"  # scope's labels add it after the columns above (other sources have none)
 _DEFAULTS: dict[str, Any] = {
     "top_tokens": None,  # filled per row with []
     "token_share": math.nan,
@@ -96,7 +104,7 @@ _WHITESPACE = {"\n": "↵", "\t": "⇥", " ": "␣"}
 # ----------------------------------------------------------------------------- labelling
 
 
-def label_features(mined: Any, *, source: str = "mined") -> pd.DataFrame:
+def label_features(mined: Any, *, source: str = "mined", wordnet: Any = "auto") -> pd.DataFrame:
     """Every feature's label from a mining result, deterministic and without a model call.
 
     Args:
@@ -104,20 +112,35 @@ def label_features(mined: Any, *, source: str = "mined") -> pd.DataFrame:
             included, with densities), or the examples table of :func:`scope.top_examples` as
             a DataFrame or a Parquet path (then only features with examples, density NaN).
         source: the ``source`` column's value.
+        wordnet: for the derived ``concept`` column: ``"auto"`` (WordNet where
+            :func:`scope.wordnet.wordnet_dir` finds it, else no concepts), a WordNet folder, a
+            :class:`scope.wordnet.WordNet`, or None (no concepts).
 
     Returns:
         The label table (columns in the module docstring), one row per feature, by feature.
     """
+    lexicon = as_wordnet(wordnet)
     examples, features, density, n_tokens = _mined_parts(mined)
     groups = _groups(examples)
     rows = []
     for feature in features:
         feature_density = math.nan if density is None else float(density[feature])
         if feature in groups:
-            rows.append(_label_row(feature, groups[feature], feature_density, source))
+            rows.append(_label_row(feature, groups[feature], feature_density, source, lexicon))
         else:
             rows.append(_silent_row(feature, feature_density, n_tokens, source))
-    return as_labels(pd.DataFrame(rows, columns=LABEL_COLUMNS))
+    return as_labels(pd.DataFrame(rows, columns=[*LABEL_COLUMNS, CONCEPT]))
+
+
+def as_wordnet(wordnet: Any) -> WordNet | None:
+    """A WordNet from ``"auto"`` (found or None), a folder, a WordNet, or None."""
+    if wordnet is None or isinstance(wordnet, WordNet):
+        return wordnet
+    if isinstance(wordnet, str) and wordnet == "auto":
+        return load()
+    if isinstance(wordnet, (str, os.PathLike)):
+        return load(Path(wordnet))
+    raise TypeError(f"wordnet must be 'auto', a WordNet folder, a scope.wordnet.WordNet or None, got {wordnet!r}.")
 
 
 def _mined_parts(mined: Any) -> tuple[pd.DataFrame, list[int], dict[int, float] | None, int | None]:
@@ -161,6 +184,7 @@ def _silent_row(feature: int, density: float, n_tokens: int | None, source: str)
         "documents": 0,
         "explanation": None,
         "source": source,
+        CONCEPT: None,
     }
 
 
@@ -177,13 +201,27 @@ def _groups(examples: pd.DataFrame) -> dict[int, dict[str, list]]:
     return {int(features[a]): {name: values[a:b] for name, values in columns.items()} for a, b in zip(starts, ends)}
 
 
-def _label_row(feature: int, group: dict[str, list], density: float, source: str) -> dict[str, Any]:
-    n = len(group["token"])
-    counts = Counter(_token_key(t) for t in group["token"])
+def peak_tokens(tokens: list[str]) -> list[tuple[str, int]]:
+    """The peak tokens a label lists, with their counts: the commonest (as a reader sees it,
+    :func:`token_key`), then up to two more that reach ``MIN_SHARE`` of the examples."""
+    counts = Counter(token_key(t) for t in tokens)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))  # ties: alphabetical, deterministic
-    listed = [ranked[0]] + [(t, c) for t, c in ranked[1:TOP_TOKENS] if c / n >= MIN_SHARE]
-    share = ranked[0][1] / n
-    pattern = _pattern(group["context"], ranked[0][0])
+    return [ranked[0]] + [(t, c) for t, c in ranked[1:TOP_TOKENS] if c / len(tokens) >= MIN_SHARE]
+
+
+def concept_of(tokens: list[str], wordnet: WordNet | None) -> str | None:
+    """The derived concept of a feature's peak tokens (:meth:`scope.wordnet.WordNet.concept`)."""
+    found = wordnet.concept(token_key(t) for t in tokens) if wordnet is not None else None
+    return found.text if found is not None else None
+
+
+def _label_row(
+    feature: int, group: dict[str, list], density: float, source: str, wordnet: WordNet | None = None
+) -> dict[str, Any]:
+    n = len(group["token"])
+    listed = peak_tokens(group["token"])
+    share = listed[0][1] / n
+    pattern = _pattern(group["context"], listed[0][0])
     tokens = ", ".join(f"{_quoted(t)} {c / n:.0%}" for t, c in listed)
     return {
         "feature": feature,
@@ -197,6 +235,7 @@ def _label_row(feature: int, group: dict[str, list], density: float, source: str
         "documents": len(set(group["text_id"])),
         "explanation": None,
         "source": source,
+        CONCEPT: concept_of(group["token"], wordnet),
     }
 
 
@@ -208,7 +247,7 @@ def _caveats(share: float, density: float) -> str:
     return f"{dense}{mixed}" if not dense or mixed else f"{dense}peaks: "
 
 
-def _token_key(token: str) -> str:
+def token_key(token: str) -> str:
     """A peak token as a reader sees it: surrounding whitespace stripped; a token that is only
     whitespace shown with visible marks (``↵``, ``␣``)."""
     stripped = token.strip()
@@ -374,9 +413,13 @@ def label_of(labels: pd.DataFrame | None, features: Any) -> list[str | None]:
 
 def with_labels(frame: pd.DataFrame, sae: Any, labels: Any = None) -> pd.DataFrame:
     """``frame`` (with a ``feature`` column) plus a ``label`` column when labels are passed or
-    attached to ``sae``; unchanged otherwise. Passed labels win over attached ones."""
+    attached to ``sae``, and a ``concept`` column when they carry derived concepts; unchanged
+    otherwise. Passed labels win over attached ones."""
     table = as_labels(labels) if labels is not None else feature_labels(sae)
     if table is None:
         return frame
     frame["label"] = label_of(table, frame["feature"])
+    if CONCEPT in table.columns and table[CONCEPT].notna().any():
+        concepts = dict(zip(table["feature"].tolist(), table[CONCEPT].tolist()))
+        frame[CONCEPT] = [concepts.get(int(f)) for f in frame["feature"]]
     return frame

@@ -46,10 +46,11 @@ from plotly.offline import get_plotlyjs
 
 from scope import _checks
 from scope._io import batched, check_writable_dir, check_writable_file, iter_texts, write_atomically
+from scope.density import DENSE_THRESHOLD
 from scope.features import check_feature, feature_logits, neuronpedia_url
 from scope.hooks import run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id
-from scope.labels import as_labels, feature_labels
+from scope.labels import CONCEPT, as_labels, feature_labels
 from scope.mining import Mined, iter_windows, mine
 from scope.splicing import is_transcoder, output_hook
 
@@ -184,6 +185,7 @@ class _Known:
     labels: dict[int, str] = field(default_factory=dict)
     explanations: dict[int, tuple[str, str]] = field(default_factory=dict)  # text, source
     scores: dict[int, dict[str, Any]] = field(default_factory=dict)
+    concepts: dict[int, str] = field(default_factory=dict)  # derived (scope.labels' concept column)
 
     @classmethod
     def of(cls, sae: Any, labels: Any, explanations: Any, scores: Any) -> _Known:
@@ -192,6 +194,8 @@ class _Known:
         if table is not None:
             for row in table.to_dict("records"):
                 known.labels[int(row["feature"])] = str(row["label"])
+                if isinstance(row.get(CONCEPT), str):
+                    known.concepts[int(row["feature"])] = row[CONCEPT]
                 if isinstance(row.get("explanation"), str) and row["explanation"]:
                     known.explanations[int(row["feature"])] = (row["explanation"], str(row.get("source", "")))
         for name, frame, needed in (
@@ -392,7 +396,7 @@ def _page(model, sae, feature: int, mined: Mined, sampled: list[Group], known: _
 {_meaning_html(feature, known)}
 <p class="meta">{_site_html(sae)}, width {int(sae.cfg.d_sae)}{link}<br>
 density <b>{float(mined.density[i]):.3e}</b> (fires on {int(round(float(mined.density[i]) * mined.n_tokens)):,}
-of {mined.n_tokens:,} tokens) · max activation <b>{max_act:.3f}</b></p>
+of {mined.n_tokens:,} tokens) · max activation <b>{max_act:.3f}</b>{_dense_note(float(mined.density[i]))}</p>
 <p class="unit">Activations are the SAE's feature activations (its encoder's output).
 This feature's decoder row has norm <b>{norm:.3g}</b>: an activation <i>a</i> adds
 <i>a</i> &times; {norm:.3g} to the residual stream's norm along its direction.</p>
@@ -416,10 +420,20 @@ def _site_html(sae: Any) -> str:
     return f"SAE at <code>{html.escape(sae_hook(sae))}</code>"
 
 
+def _dense_note(density: float) -> str:
+    if density <= DENSE_THRESHOLD:
+        return ""
+    return f" · <b class='dense'>dense</b> (over {DENSE_THRESHOLD:.0%} of tokens): token views hide it by default"
+
+
 def _meaning_html(feature: int, known: _Known) -> str:
     parts = []
     if feature in known.labels:
         parts.append(f"<p class='label'>Label: <b>{html.escape(known.labels[feature])}</b></p>")
+    if feature in known.concepts:
+        parts.append(
+            f"<p class='concept'>Concept (derived from WordNet): <b>{html.escape(known.concepts[feature])}</b></p>"
+        )
     if feature in known.explanations:
         text, source = known.explanations[feature]
         by = f" <span class='by'>({html.escape(source)})</span>" if source else ""

@@ -2,8 +2,9 @@
 
 Three ways in, one result shape (``feature, score, label, ...``, best first):
 
-- ``query="if statement"``: TF-IDF (scikit-learn) over each feature's label, explanation and
-  peak tokens; the score is the cosine similarity. No embedding model: nothing to download.
+- ``query="if statement"``: TF-IDF (scikit-learn) over each feature's label, explanation,
+  peak tokens and derived concept (``body of water (ocean, sea, lake)``); the score is the
+  cosine similarity. No embedding model: nothing to download.
 - ``positive=[...]``, ``negative=[...]``: contrastive search, as Goodfire's contrast and
   AxBench's concept detection do it.
 
@@ -143,12 +144,13 @@ def _query_search(query: str, table: pd.DataFrame | None, k: int) -> pd.DataFram
 
 
 def _document(row: Any) -> str:
-    """What a query is matched against: explanation, peak tokens and context pattern (the label
-    text itself repeats them with shares and marks that are no words)."""
+    """What a query is matched against: explanation, peak tokens, context pattern and derived
+    concept (the label text itself repeats them with shares and marks that are no words)."""
     pattern = str(row.pattern or "")
     for mark in (PEAK_OPEN, PEAK_CLOSE, "…", "↵", "␣"):  # marks, not words
         pattern = pattern.replace(mark, " ")
-    parts = [row.explanation or "", " ".join(row.top_tokens), pattern]
+    concept = getattr(row, "concept", None)  # scope's derived WordNet concept, when labels carry one
+    parts = [row.explanation or "", " ".join(row.top_tokens), pattern, concept if isinstance(concept, str) else ""]
     if not row.top_tokens and not row.explanation:
         parts.append(str(row.label))  # labels from elsewhere: the text is all there is
     return " ".join(parts)

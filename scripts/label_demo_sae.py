@@ -11,8 +11,15 @@
    documentation sample together.
    The densities of the same pass go beside it (``<examples>.density.json``), so that
    ``--reuse`` can label again without mining.
-2. Label every feature with :func:`scope.label_features` (no model call) and write the table.
-3. Print how long labelling took, how many features got a label, and the features
+2. Label every feature with :func:`scope.label_features` (no model call), with its derived
+   WordNet concept where the peak words share one (:mod:`scope.wordnet`; Debian's
+   ``wordnet-base`` is fetched into ``$SCOPE_CACHE/wordnet`` with ``apt-get download`` +
+   ``dpkg-deb -x`` when no WordNet is found), and write the table.
+3. With ``--score``: score every label by detection (:func:`scope.label_scores.score_labels`:
+   labels read off the odd-rank examples, held-out even ranks vs verified silent contexts),
+   add ``label_score`` and ``concept_score`` (balanced accuracy) to the table, and print the
+   score distribution for all features and for the features ``scope demo`` shows.
+4. Print how long labelling took, how many features got a label, and the features
    ``data/README.md`` documents (the first ones, for an SAE it documents none) for a look.
 
 Usage::
@@ -20,6 +27,7 @@ Usage::
     PYTHONPATH=. python scripts/label_demo_sae.py                    # the general demo SAE
     PYTHONPATH=. python scripts/label_demo_sae.py --sae demo-docs    # mine (~3 min on 2 cores) + label
     PYTHONPATH=. python scripts/label_demo_sae.py --sae demo-docs --reuse    # label the last mining again
+    PYTHONPATH=. python scripts/label_demo_sae.py --corpus data/corpus_sample/english/heldout.jsonl --score
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -71,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="the label table (default: labels.parquet next to the SAE)")
     p.add_argument("--k", type=int, default=20, help="top examples per feature")
     p.add_argument("--reuse", action="store_true", help="label the examples and densities already mined")
+    p.add_argument("--score", action="store_true", help="score every label by detection (loads the model)")
+    p.add_argument("--no-wordnet", action="store_true", help="token labels only: no derived concepts")
     args = p.parse_args(argv)
     args.corpus = args.corpus or ([DOCS_SAMPLE] if args.sae == "demo-docs" else [ENGLISH_SAMPLE, DOCS_SAMPLE])
     args.examples = args.examples or default_examples(args.sae)
@@ -110,20 +123,74 @@ def reuse(args: argparse.Namespace):
     )
 
 
+def ensure_wordnet() -> Path:
+    """A WordNet folder: the one scope finds, else Debian's wordnet-base unpacked into the cache."""
+    from scope.bundled import cache_root
+    from scope.wordnet import wordnet_dir
+
+    found = wordnet_dir()
+    if found is not None:
+        return found
+    target = cache_root() / "wordnet"
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(["apt-get", "download", "wordnet-base"], cwd=tmp, capture_output=True, text=True)
+        debs = sorted(Path(tmp).glob("wordnet-base_*.deb"))
+        if result.returncode != 0 or not debs:
+            raise RuntimeError(f"apt-get download wordnet-base failed: {result.stderr.strip()[-400:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(Path(tmp) / "x")], check=True)
+        staging = Path(tempfile.mkdtemp(dir=cache_root()))
+        for name in ("index.noun", "data.noun", "noun.exc"):
+            shutil.copy(Path(tmp) / "x" / "usr" / "share" / "wordnet" / name, staging / name)
+        staging.chmod(0o755)  # mkdtemp made it private
+        os.replace(staging, target)
+    print(f"WordNet 3.0 (Debian's wordnet-base, BSD-style licence) -> {target}")
+    return target
+
+
+def score(args: argparse.Namespace, mined, labels: pd.DataFrame, wordnet) -> pd.DataFrame:
+    """``labels`` with each label's detection score; prints the distributions."""
+    import scope
+    from scope.cli.demo import DEMO_SENTENCE
+    from scope.label_scores import score_labels
+
+    model = scope.load_model("gemma-3-270m")
+    sae = scope.load_sae(args.sae)
+    start = time.perf_counter()
+    scores = score_labels(mined.examples, model=model, sae=sae, wordnet=wordnet)
+    print(f"scored {len(scores):,} labels in {time.perf_counter() - start:.0f} s")
+    for kind in ("tokens", "concept"):
+        column = "label_score" if kind == "tokens" else "concept_score"
+        found = scores[scores["kind"] == kind].set_index("feature")["balanced_accuracy"]
+        labels[column] = labels["feature"].map(found)
+    demo = scope.top_features(model, sae, DEMO_SENTENCE, k=2)["feature"].unique().tolist()
+    print(f"features scope demo shows (dense hidden): {sorted(demo)}")
+    for name, rows in (("all features", labels), ("scope demo's features", labels[labels["feature"].isin(demo)])):
+        print(f"\n{name}: {len(rows)} labels, {int(rows['concept'].notna().sum())} with a concept")
+        print(rows[["label_score", "concept_score"]].describe(percentiles=[0.1, 0.25, 0.5, 0.75, 0.9]).round(3))
+    return labels
+
+
 def main(argv: list[str] | None = None) -> None:
     from scope.labels import label_features, save_labels
 
     args = parse_args(argv)
+    wordnet = None if args.no_wordnet else ensure_wordnet()
     mined = reuse(args) if args.reuse else mine(args)
     start = time.perf_counter()
-    labels = label_features(mined)
+    labels = label_features(mined, wordnet=wordnet)
     seconds = time.perf_counter() - start
-    save_labels(labels, args.out)
     silent = int(labels["label"].str.startswith("never active").sum())
-    print(f"labelled {len(labels):,} features in {seconds:.2f} s ({silent} never active on this sample) -> {args.out}")
+    concepts = int(labels["concept"].notna().sum())
+    print(f"labelled {len(labels):,} features in {seconds:.2f} s ({silent} never active on this sample, ", end="")
+    print(f"{concepts} with a concept)")
+    if args.score:
+        labels = score(args, mined, labels, wordnet)
+    save_labels(labels, args.out)
+    print(f"-> {args.out}")
     shown = DOCUMENTED.get(args.sae, labels["feature"].head(15).tolist())
     with pd.option_context("display.width", 200, "display.max_colwidth", 70):
         print(labels.set_index("feature").loc[shown, ["label", "density", "documents"]])
+        print(labels.loc[labels["concept"].notna(), ["feature", "label", "concept"]].head(40))
 
 
 if __name__ == "__main__":

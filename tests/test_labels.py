@@ -61,7 +61,7 @@ HAND = _examples(
 
 def test_labels_match_hand_counts():
     labels = label_features(_mined(HAND, 3, [0.0, 0.01, 0.002]))
-    assert list(labels.columns) == LABEL_COLUMNS
+    assert list(labels.columns) == [*LABEL_COLUMNS, "concept"]
     assert labels["feature"].tolist() == [0, 1, 2]
     silent, if_feature, apostrophe = (labels.iloc[i] for i in range(3))
     # feature 0 never fired: still a row, labelled as such, with the tokens read
@@ -212,3 +212,39 @@ def test_label_features_must_be_integers(feature, error, message):
         set_labels(sae, {feature: "b"})
     set_labels(sae, pd.DataFrame({"feature": [3.0, 141.0], "label": ["a", "b"]}))  # a widened int column
     assert feature_labels(sae)["feature"].tolist() == [3, 141]
+
+
+def test_a_concept_is_derived_where_the_peak_words_share_a_synset_and_search_finds_it(tmp_path, tiny_model, make_sae):
+    from scope.wordnet import WordNet
+    from tests.wordnet_util import EXCEPTIONS, MINI, write_wordnet
+
+    wordnet = WordNet(write_wordnet(tmp_path / "wordnet", MINI, EXCEPTIONS))
+    rows = [  # feature 4: dogs, foxes, wolves and "the" (3 of 4 distinct words canine); feature 5: dog, Paris, France
+        (4, 1, 3.0, 0, 1, " dogs", "the⟦ dogs⟧ ran"),
+        (4, 2, 2.0, 1, 1, " fox", "a⟦ fox⟧ ran"),
+        (4, 3, 1.5, 2, 1, " wolves", "two⟦ wolves⟧ ran"),
+        (4, 4, 1.0, 3, 1, " the", "to⟦ the⟧ den"),
+        (5, 1, 3.0, 0, 1, " dog", "a⟦ dog⟧ in"),
+        (5, 2, 2.0, 1, 1, " Paris", "in⟦ Paris⟧ and"),
+        (5, 3, 1.0, 2, 1, " France", "in⟦ France⟧ ."),
+    ]
+    labels = label_features(_examples(rows), wordnet=wordnet)
+    assert _texts(labels["concept"]) == ["canine (dogs, fox, wolves)", None]  # 5: only "object" is common
+    assert label_features(_examples(rows), wordnet=None)["concept"].isna().all()
+    assert labels["label"].tolist() == label_features(_examples(rows), wordnet=None)["label"].tolist()  # unchanged
+
+    found = scope.search_features(None, _sae_of_width(make_sae, 8), query="canine", labels=labels)
+    assert found["feature"].tolist() == [4]
+    sae = _sae_of_width(make_sae, 8)
+    set_labels(sae, labels)
+    top = scope.top_features(tiny_model, sae, TEXTS[0], k=8)
+    concepts = dict(zip(labels["feature"], _texts(labels["concept"])))
+    assert 4 in set(top["feature"]) and _texts(top["concept"]) == [concepts.get(f) for f in top["feature"]]
+
+
+def _texts(column):
+    return [value if isinstance(value, str) else None for value in column]
+
+
+def _sae_of_width(make_sae, d_sae):
+    return make_sae(d_sae=d_sae)[0]

@@ -12,6 +12,7 @@ import pandas as pd
 
 import scope
 from scope.cli.common import table
+from scope.cli.features import view_options
 from scope.labels import feature_labels
 from scope.residuals import residual_norms
 from scope.saes import DEMO_SAES
@@ -38,10 +39,12 @@ def demo(args: argparse.Namespace) -> None:
         _print_residual_norms(model)
         return
     sae = scope.load_sae("demo", device=model.cfg.device, dtype=model.cfg.dtype)
-    features = scope.top_features(model, sae, DEMO_SENTENCE, k=2)
+    features = scope.top_features(model, sae, DEMO_SENTENCE, k=2, **view_options(args))
     print(f"Top demo-SAE features per token ({sae.cfg.metadata.hook_name}) of: {DEMO_SENTENCE!r}")
-    shown = [c for c in ("position", "token", "feature", "activation", "label") if c in features]
-    print(table(features[shown].round({"activation": 1})))
+    columns = ("position", "token", "feature", "activation", "relative", "label", "concept")
+    shown = [c for c in columns if c in features]
+    print(table(features[shown].round({"activation": 1, "relative": 2})))
+    print(features.attrs["dense_note"])
     _print_golden_gate(model, sae, folder / "golden_gate.json", args.max_new_tokens)
 
 

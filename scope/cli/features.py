@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import scope
 from scope._io import iter_texts
@@ -12,7 +13,14 @@ from scope.labels import read_labels
 
 def features(args: argparse.Namespace) -> None:
     model, sae = model_and_sae(args)
-    print(table(scope.top_features(model, sae, args.text, k=args.k)))
+    found = scope.top_features(model, sae, args.text, k=args.k, **view_options(args))
+    print(table(found))
+    print(found.attrs["dense_note"])
+
+
+def view_options(args: argparse.Namespace) -> dict[str, Any]:
+    """top_features' keyword arguments from --show-dense, --dense-threshold and --rank-by."""
+    return {"dense": args.show_dense, "dense_threshold": args.dense_threshold, "rank_by": args.rank_by}
 
 
 def search(args: argparse.Namespace) -> None:

@@ -70,6 +70,26 @@ TEMPERATURE = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite n
 TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 FRACTION = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
+FRACTION = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.1")
+
+
+def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which features a top-features view shows: dense ones or not, ranked how."""
+    parser.add_argument(
+        "--show-dense", action="store_true", help="also show dense features (hidden by default: they fire everywhere)"
+    )
+    parser.add_argument(
+        "--dense-threshold",
+        type=FRACTION,
+        default=0.1,
+        help="a feature firing on more than this share of tokens is dense",
+    )
+    parser.add_argument(
+        "--rank-by",
+        choices=("activation", "relative"),
+        default="activation",
+        help="rank by activation, or by activation / the feature's max activation",
+    )
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
@@ -132,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
     )
     features.add_argument("--k", type=POSITIVE_INT, default=5, help="features shown per token")
+    _add_view_arguments(features)
     features.set_defaults(run="features:features")
 
     search = commands.add_parser(
@@ -277,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
     demo.add_argument("--max-new-tokens", type=POSITIVE_INT, default=24, help="tokens to generate")
+    _add_view_arguments(demo)
     demo.set_defaults(run="demo:demo")
 
     commands.add_parser("doctor", help="check the bundled model's cache and the hub").set_defaults(run="info:doctor")

@@ -1,7 +1,9 @@
 """The explorer: HTML pages (``/``, ``/feature/{sae}/{feature}``) and the JSON endpoints behind them.
 
 - ``POST /api/features``: a text's tokens, the top features at each with their labels, and every
-  listed feature's activation at every token (the page shades tokens by any of them).
+  listed feature's activation at every token (the page shades tokens by any of them). Dense
+  features are left out unless ``"dense": true``; ``"dense"`` in the answer says which were.
+  ``"rank_by": "relative"`` ranks by activation / max activation.
 - ``GET /api/feature/{sae}/{feature}``: a feature page's data: label and explanation, density,
   max activation and quantiles (the SAE's recorded statistics), activation histogram and top
   examples (from mined data, when the server has it), logit lens, Neuronpedia link.
@@ -28,8 +30,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
-from scope.features import check_feature, encode, feature_logits, neuronpedia_url
+from scope.density import dense_filter
+from scope.features import TopView, check_feature, encode, feature_logits, neuronpedia_url
 from scope.hooks import sae_hook
+from scope.labels import CONCEPT
 from scope.mining import HISTOGRAM_EDGES, Mined
 from scope.saes import STATS_TOKENS, feature_stats
 from scope.serve.schemas import FeaturesRequest, SearchRequest
@@ -58,44 +62,60 @@ def _served(request: Request) -> Served:
 async def features(body: FeaturesRequest, request: Request) -> dict[str, Any]:
     served = _served(request)
     name, sae = served.sae(body.sae)
-    return await run_in_threadpool(token_features, served, name, sae, body.text, body.k)
+    view = TopView.of(sae, dense=body.dense, rank_by=body.rank_by)
+    return await run_in_threadpool(token_features, served, name, sae, body.text, body.k, view)
 
 
-def token_features(served: Served, name: str, sae: Any, text: str, k: int) -> dict[str, Any]:
-    """Tokens, their top ``k`` active features (BOS left out: its activations mean nothing), and
-    each listed feature's activation at every token."""
+def token_features(
+    served: Served, name: str, sae: Any, text: str, k: int, view: TopView | None = None
+) -> dict[str, Any]:
+    """Tokens, their top ``k`` active features (BOS left out: its activations mean nothing; dense
+    features left out unless the view shows them), and each listed feature's activation at every
+    token."""
+    view = view or TopView.of(sae)
     acts = encode(served.model, sae, text)
-    values = acts.values.float()
-    top_values, top_features = torch.topk(values, min(k, values.shape[-1]), dim=-1)
     bos = served.model.tokenizer.bos_token
-    tokens: list[dict[str, Any]] = []
-    listed: set[int] = set()
-    for position, token in enumerate(acts.tokens):
-        row: list[dict[str, Any]] = []
-        if token != bos:
-            for value, feature in zip(top_values[position].tolist(), top_features[position].tolist()):
-                if value > 0:
-                    row.append({"feature": feature, "activation": value})
-                    listed.add(feature)
-        tokens.append({"position": position, "token": token, "features": row})
-    ordered = sorted(listed)
+    skip = {i for i, token in enumerate(acts.tokens) if token == bos}
+    top = view.table(acts, k, skip)
+    tokens: list[dict[str, Any]] = [{"position": p, "token": t, "features": []} for p, t in enumerate(acts.tokens)]
+    relative = "relative" in top.columns
+    for row in top.itertuples(index=False):
+        item = {"feature": int(row.feature), "activation": float(row.activation)}
+        tokens[int(row.position)]["features"].append(item | ({"relative": float(row.relative)} if relative else {}))
+    ordered = sorted({int(f) for f in top["feature"]})
     notes = feature_notes(served, name, sae, ordered)
     for entry in tokens:
         for item in entry["features"]:
             item.update(notes[item["feature"]])
-    shaded = values.clone()
-    shaded[[i for i, t in enumerate(acts.tokens) if t == bos]] = 0.0
+    shaded = acts.values.float().clone()
+    shaded[sorted(skip)] = 0.0
     activations = {str(f): [round(v, 5) for v in shaded[:, f].tolist()] for f in ordered}
-    return {"sae": name, "tokens": tokens, "activations": activations}
+    dense = {"hidden": top.attrs["dense_hidden"], "note": top.attrs["dense_note"], "shown": view.show_dense}
+    return {"sae": name, "tokens": tokens, "activations": activations, "dense": dense}
 
 
 def feature_notes(served: Served, name: str, sae: Any, features: list[int]) -> dict[int, dict[str, Any]]:
     """Per feature: its label (when the server has labels), else the tokens it promotes most (logit lens)."""
-    notes: dict[int, dict[str, Any]] = {f: served.label(name, f) for f in features}
+    notes: dict[int, dict[str, Any]] = {f: served.label(name, f) | _concept(served, name, f) for f in features}
     unlabelled = [f for f in features if "label" not in notes[f]]
     for feature, hint in zip(unlabelled, _promoted_tokens(served.model, sae, unlabelled)):
         notes[feature]["promotes"] = hint
     return notes
+
+
+def _concept(served: Served, name: str, feature: int) -> dict[str, str]:
+    """``{"concept": ...}`` when the SAE's labels derive one for ``feature`` (scope.labels), else ``{}``."""
+    table = served.label_tables.get(name)
+    if table is None or CONCEPT not in table.columns:
+        return {}
+    found = table.loc[table["feature"] == feature, CONCEPT]
+    return {"concept": str(found.iloc[0])} if len(found) and isinstance(found.iloc[0], str) else {}
+
+
+def _dense(sae: Any, feature: int) -> dict[str, Any]:
+    """Whether ``feature`` is dense (hidden from token views by default), by the SAE's known densities."""
+    view = dense_filter(sae)
+    return {"threshold": view.threshold, "known": view.known, "is_dense": feature in view.dense}
 
 
 def _promoted_tokens(model: Any, sae: Any, features: list[int]) -> list[list[str]]:
@@ -127,6 +147,8 @@ def feature_data(served: Served, name: str, sae: Any, feature: int) -> dict[str,
         "hook": sae_hook(sae),
         "d_sae": int(sae.cfg.d_sae),
         **served.label(name, feature),
+        **_concept(served, name, feature),
+        "dense": _dense(sae, feature),
         "stats": stats,
         "stats_tokens": sae.cfg.metadata.get(STATS_TOKENS),
         "neuronpedia": neuronpedia_url(sae, feature),

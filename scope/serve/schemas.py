@@ -225,6 +225,8 @@ class FeaturesRequest(BaseModel):
     text: str = Field(min_length=1)
     sae: str | None = None  # default: the first served SAE
     k: int = Field(default=5, ge=1, le=64)
+    dense: bool = False  # show dense features (hidden by default, scope.density)
+    rank_by: Literal["activation", "relative"] = "activation"
 
 
 class SearchRequest(BaseModel):

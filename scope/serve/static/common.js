@@ -31,7 +31,8 @@ function shade(value, max) {
 function shownToken(token) { return token.replace(/\n/g, "↵\n") || "\u200b"; }
 
 function noteHtml(item) {
-  if (item.label) return `<span class="label">${esc(item.label)}</span>`;
+  const concept = item.concept ? ` <span class="concept" title="derived from WordNet: what the peak words share">≈ ${esc(item.concept)}</span>` : "";
+  if (item.label) return `<span class="label">${esc(item.label)}</span>${concept}`;
   if (item.promotes && item.promotes.length)
     return `<span class="hint">promotes ${item.promotes.map((t) => esc(JSON.stringify(t))).join(", ")}</span>`;
   return "";

@@ -29,8 +29,12 @@ async function showFeatures() {
   const text = $("prompt").value;
   if (!text.trim()) { $("features-error").textContent = "Type a prompt first."; return; }
   try {
-    state.data = await api("/api/features", { text, sae: $("sae").value || null, k: Number($("k").value) || 5 });
+    state.data = await api("/api/features", {
+      text, sae: $("sae").value || null, k: Number($("k").value) || 5,
+      dense: $("show-dense").checked, rank_by: $("rank-by").value,
+    });
   } catch (err) { $("features-error").textContent = err.message; return; }
+  $("dense-note").textContent = state.data.dense.note;
   state.shadedBy = null;
   renderTokens();
   renderSummary();

@@ -50,8 +50,11 @@ async function load() {
   if (density !== undefined) parts.push(`density <b>${density.toExponential(3)}</b>`);
   if (s.max_activation !== undefined) parts.push(`max activation <b>${s.max_activation.toFixed(3)}</b>`);
   if (data.neuronpedia) parts.push(`<a href="${esc(data.neuronpedia)}">Neuronpedia</a>`);
+  if (data.dense && data.dense.is_dense)
+    parts.push(`<b class="dense">dense</b>: fires on over ${(100 * data.dense.threshold).toFixed(0)}% of tokens, so token views hide it unless asked`);
   document.getElementById("meta").innerHTML = parts.join(" · ");
   document.getElementById("label").innerHTML = (data.label ? `<b>Label:</b> ${esc(data.label)}` : `<span class="muted">No label on this server.</span>`) +
+    (data.concept ? `<br><b>Concept</b> (derived from WordNet): ${esc(data.concept)}` : "") +
     (data.explanation ? `<br><b>Explanation:</b> ${esc(data.explanation)}` : "");
   document.getElementById("examples").innerHTML = examplesHtml(data.examples);
   document.getElementById("lens").innerHTML = lensHtml(data.logit_lens);
