@@ -31,6 +31,8 @@ _EXPORTS = {
     "Transcoders": "scope.transcoders",
     "splice": "scope.splicing",
     "Splice": "scope.splicing",
+    "set_densities": "scope.density",
+    "score_labels": "scope.label_scores",
     "check_compatible": "scope.hooks",
     "to_tokens": "scope.inputs",
     "generate_tokens": "scope.generation",
@@ -169,6 +171,8 @@ __all__ = [
     "search_features",
     "shield",
     "splice",
+    "set_densities",
+    "score_labels",
     "steer",
     "steering",
     "sweep",
@@ -226,11 +230,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.attribution import Attribution, attribute
     from scope.autointerp import explain, score_explanations
     from scope.bundled import CacheError
+    from scope.density import set_densities
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
     from scope.generation import Completion, generate_tokens
     from scope.hooks import check_compatible
     from scope.inputs import to_tokens
+    from scope.label_scores import score_labels
     from scope.labels import label_features
     from scope.llm import LLM, Endpoint, LocalLLM, as_llm
     from scope.mining import Mined, mine, top_examples
