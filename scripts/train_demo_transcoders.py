@@ -30,9 +30,14 @@ Resumable: a checkpoint (weights, Adam, position in the corpus) is written atomi
 ``--checkpoint-every`` buffers to ``--checkpoint``; rerunning the same command continues from it.
 The shipped weights are float16 (computed in float32 after loading).
 
-Usage (from the repository root; ~1 h on 2 shared cores)::
+Throughput on the shared 2-core machine (load average 10-14, ``nice -n 10``): ~10 tokens/s, the
+model's forward about half of it; the shipped set saw 23,712 tokens in 37 minutes (180 steps) and is
+undertrained (data/README.md). ``--max-minutes`` bounds a run; a rerun continues from the checkpoint.
 
-    nohup nice -n 10 env PYTHONPATH=. python scripts/train_demo_transcoders.py > train_tc.log 2>&1 &
+Usage (from the repository root)::
+
+    nohup nice -n 10 env PYTHONPATH=. python scripts/train_demo_transcoders.py --max-minutes 52 > train_tc.log 2>&1 &
+    PYTHONPATH=. python scripts/train_demo_transcoders.py --export-only   # from the checkpoint
     PYTHONPATH=. python scripts/eval_demo_transcoders.py          # the quality table
 """
 
