@@ -30,11 +30,15 @@ from scope.sae_formats import (
     read_config,
     tl_hook,
 )
-from scope.saes import LazyLayers, load_sae
+from scope.saes import DATA_DIR, LazyLayers, load_sae
 from scope.subjects import SUBJECTS, model_name, subject_of
 
 if TYPE_CHECKING:
     from sae_lens import SAE
+
+# "demo": the bundled set for gemma-3-270m (scripts/train_demo_transcoders.py), folders named
+# layer_{L}_width_512_l0_medium_affine
+DEMO_FOLDER, DEMO_WIDTH, DEMO_AFFINE = DATA_DIR / "demo_transcoders", "512", True
 
 
 class Transcoders(LazyLayers):
@@ -72,6 +76,8 @@ def load_transcoders(
             - a model from :func:`scope.load_model` (its own Gemma Scope / Gemma Scope 2 transcoders),
             - a model name (``"gemma-2-2b"``, ``"gemma-3-1b-it"`` ...): the same ids; Gemma 3 ones
               need ``model=`` (the loaded model they are for),
+            - ``"demo"``: the bundled skip-transcoders for gemma-3-270m (``data/demo_transcoders``,
+              512 features per layer, all 18 layers; needs ``model=``),
             - a local folder holding Gemma Scope 2 transcoder folders (e.g. a downloaded
               ``transcoder_all/``), or one such folder.
         layers: the layers to keep (default: every layer there is).
@@ -87,6 +93,8 @@ def load_transcoders(
         model = spec_or_name if model is None else model
         spec_or_name = model_name(spec_or_name)
     text = os.fspath(spec_or_name)
+    if text == "demo":
+        text, width, affine = str(DEMO_FOLDER), DEMO_WIDTH, DEMO_AFFINE
     if text in SUBJECTS:
         sources = _registry_sources(text, layers, width, l0, affine, model)
     else:
