@@ -70,7 +70,7 @@ TEMPERATURE = _checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite n
 TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 FRACTION = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
-FRACTION = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.1")
+POSITIVE_FRACTION = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.1")
 
 
 def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dense-threshold",
-        type=FRACTION,
+        type=POSITIVE_FRACTION,
         default=0.1,
         help="a feature firing on more than this share of tokens is dense",
     )
