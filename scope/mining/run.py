@@ -19,10 +19,12 @@ from scope.mining.windows import Window, batch_tokens
 @dataclass
 class Batch:
     """A batch of windows on the device the SAEs encode on: ``tokens`` [batch, pos] (BOS first,
-    right padding), each window's ``lengths`` (text tokens), ``starts`` and ``text_id``."""
+    right padding), each window's ``lengths`` (text tokens), ``context_only`` leading tokens (read,
+    not scored), ``starts`` and ``text_id``."""
 
     tokens: torch.Tensor
     lengths: list[int]
+    context_only: list[int]
     starts: torch.Tensor
     text_id: torch.Tensor
 
@@ -32,9 +34,15 @@ class Batch:
         return cls(
             tokens=tokens.to(device),
             lengths=mask.sum(1).tolist(),
+            context_only=[w.context_only for w in windows],
             starts=torch.tensor([w.start for w in windows], device=device),
             text_id=torch.tensor([w.text_id for w in windows], device=device),
         )
+
+    @property
+    def n_scored(self) -> int:
+        """Text tokens scored in this batch (not BOS, padding or context-only tokens)."""
+        return sum(self.lengths) - sum(self.context_only)
 
 
 def encode_batch(model, sae, act: torch.Tensor, batch: Batch, selected: torch.Tensor | None) -> torch.Tensor:
@@ -70,6 +78,19 @@ def _contexts(
     return ids, torch.where(text, values, 0.0)
 
 
+def _set_aside_context_only(acts: torch.Tensor, batch: Batch) -> torch.Tensor | None:
+    """Zero the context-only tokens of ``acts`` [batch, pos, features] in place, so that they are
+    never scored, and return what they held (positions 1 .. the batch's longest context-only
+    run, every row); None when the batch has none."""
+    longest = max(batch.context_only)
+    if not longest:
+        return None
+    kept = acts[:, 1 : 1 + longest].clone()
+    for row, n in enumerate(batch.context_only):
+        acts[row, 1 : 1 + n] = 0
+    return kept
+
+
 @dataclass
 class SAERun:
     """One SAE's part of a pass: its features and its running buffers. ``name`` is its
@@ -99,10 +120,13 @@ class SAERun:
         """Take in a batch, given the activation at this SAE's hook: all on the SAE's device."""
         selected = self.selected.to(act.device) if self.subset else None
         acts = encode_batch(model, self.sae, act, batch, selected)
-        self.stats.update(acts.reshape(-1, acts.shape[-1]), sum(batch.lengths))
+        context_only = _set_aside_context_only(acts, batch)
+        self.stats.update(acts.reshape(-1, acts.shape[-1]), batch.n_scored)
         maxima, peaks = acts.max(dim=1)  # [batch, features]: the first position of each maximum
         maxima = maxima.float().masked_fill_(maxima <= 0, float("-inf"))
         rank, feature, row = self.top.update(maxima, batch.text_id)
+        if context_only is not None:  # shown around a peak: the activations the window really had
+            acts[:, 1 : 1 + context_only.shape[1]] = context_only
         peak = peaks[row, feature]
         position = batch.starts[row] + peak - 1
         self.top.fill(rank, feature, position, *_contexts(acts, batch, row, feature, peak, self.top.context))
