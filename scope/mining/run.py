@@ -15,6 +15,8 @@ from scope.mining.buffers import HISTOGRAM_EDGES, ActivityStats, RunningTopK
 from scope.mining.results import Mined, frame_of
 from scope.mining.windows import Window, batch_tokens
 
+_PEAK_CHUNK = 1 << 24  # activations gathered at a time to find where kept entries peak
+
 
 @dataclass
 class Batch:
@@ -78,6 +80,19 @@ def _contexts(
     return ids, torch.where(text, values, 0.0)
 
 
+def _first_peaks(acts: torch.Tensor, row: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """The first position of the maximum of each entry (window ``row``, ``feature``) of ``acts``
+    [batch, pos, features], read a few million activations at a time."""
+    pos = acts.shape[1]
+    where = torch.arange(pos, device=acts.device)
+    step = max(1, _PEAK_CHUNK // pos)
+    peaks = [
+        acts[r[:, None], where, f[:, None]].argmax(dim=1)  # argmax: the first of equal maxima
+        for r, f in zip(row.split(step), feature.split(step))
+    ]
+    return torch.cat(peaks) if peaks else row.new_empty(0)
+
+
 def _set_aside_context_only(acts: torch.Tensor, batch: Batch) -> torch.Tensor | None:
     """Zero the context-only tokens of ``acts`` [batch, pos, features] in place, so that they are
     never scored, and return what they held (positions 1 .. the batch's longest context-only
@@ -122,12 +137,12 @@ class SAERun:
         acts = encode_batch(model, self.sae, act, batch, selected)
         context_only = _set_aside_context_only(acts, batch)
         self.stats.update(acts.reshape(-1, acts.shape[-1]), batch.n_scored)
-        maxima, peaks = acts.max(dim=1)  # [batch, features]: the first position of each maximum
+        maxima = acts.amax(dim=1)  # [batch, features]; no argmax over every entry, only those kept
         maxima = maxima.float().masked_fill_(maxima <= 0, float("-inf"))
         rank, feature, row = self.top.update(maxima, batch.text_id)
+        peak = _first_peaks(acts, row, feature)  # among scored tokens: before the context is put back
         if context_only is not None:  # shown around a peak: the activations the window really had
             acts[:, 1 : 1 + context_only.shape[1]] = context_only
-        peak = peaks[row, feature]
         position = batch.starts[row] + peak - 1
         self.top.fill(rank, feature, position, *_contexts(acts, batch, row, feature, peak, self.top.context))
 
