@@ -333,6 +333,8 @@ def interval_examples(
             values = sae.encode(act.to(sae.W_dec.dtype))[..., selected.to(act.device)].float().cpu()
         real = mask.bool()
         real[:, 0] = False  # BOS never counts
+        for row, w in enumerate(batch):
+            real[row, 1 : 1 + w.context_only] = False  # read as context only, scored in the window before
         values = values.masked_fill(~real[..., None], 0.0)  # [batch, pos, features]
         maxima, peaks = values.max(dim=1)
         for b, j in zip(*torch.nonzero(maxima > 0, as_tuple=True)):

@@ -19,7 +19,7 @@ checks that both codes give the same table.
 Usage::
 
     PYTHONPATH=. python scripts/bench_mine_device.py                  # 131,072 and 16,384 features
-    PYTHONPATH=. python scripts/bench_mine_device.py --widths 16384 --batches 4 --repeats 3
+    PYTHONPATH=. python scripts/bench_mine_device.py --widths 16384 --batches 2 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ WINDOW = 128
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", type=int, nargs="+", default=[16384, 131072])
-    p.add_argument("--batches", type=int, default=6, help="batches of full windows mined per run")
+    p.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[2, 8, 32],
+        help="batches of full windows mined per run, one measurement each (the table is a fixed cost per run)",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
@@ -177,22 +183,28 @@ def main(argv=None) -> None:
     before = None if args.no_before else before_module()
     with tempfile.TemporaryDirectory() as tmp:
         model = proxy_model(Path(tmp) / "model")
-        texts = corpus(model, args.batches * args.batch)
+        texts = corpus(model, max(args.batches) * args.batch)
         print(
-            f"proxy: 26-layer width-64 tiny Gemma 2, SAE at layer {LAYER}, {len(texts)} windows of {WINDOW} "
+            f"proxy: 26-layer width-64 tiny Gemma 2, SAE at layer {LAYER}, windows of {WINDOW} "
             f"tokens in batches of {args.batch}, k={args.k}, {torch.get_num_threads()} torch thread(s); "
             f"load {os.getloadavg()[0]:.2f}"
         )
         for width in args.widths:
             sae = proxy_sae(model, width, texts, Path(tmp))
-            if before is not None:
-                check_equal(model, sae, texts, args, before)
-            median = measure(model, sae, texts, args, before)
-            line = f"width {width:>7,}: forward+encode {median['baseline']:.2f} s; mine now {median['now']:.2f} s "
-            line += f"= {median['baseline'] / median['now']:.2f}x"
-            if before is not None:
-                line += f"; before ({BEFORE}) {median['before']:.2f} s = {median['baseline'] / median['before']:.2f}x"
-            print(line + (" (same table)" if before is not None else ""), flush=True)
+            for batches in args.batches:
+                part = texts[: batches * args.batch]
+                if before is not None:
+                    check_equal(model, sae, part, args, before)
+                median = measure(model, sae, part, args, before)
+                line = (
+                    f"width {width:>7,}, {batches:>3} batches: forward+encode {median['baseline']:.2f} s; "
+                    f"mine now {median['now']:.2f} s = {median['baseline'] / median['now']:.2f}x"
+                )
+                if before is not None:
+                    line += (
+                        f"; before ({BEFORE}) {median['before']:.2f} s = {median['baseline'] / median['before']:.2f}x"
+                    )
+                print(line + (" (same table)" if before is not None else ""), flush=True)
     print(f"(CPU seconds of this process; load average after: {os.getloadavg()[0]:.2f})")
 
 

@@ -26,7 +26,7 @@ from scope.mining.ray_engine import (
 )
 from scope.mining.results import DEFAULT_CONTEXT, Mined
 from scope.mining.run import SAERun, mine_batches
-from scope.mining.windows import Window, check_window, iter_windows
+from scope.mining.windows import Window, check_overlap, check_window, iter_windows
 
 
 def top_examples(
@@ -39,6 +39,7 @@ def top_examples(
     context: int = DEFAULT_CONTEXT,
     out: str | os.PathLike | None = None,
     window: int = 128,
+    overlap: int | None = None,
     batch_size: int = 16,
     checkpoint_every: int = 50,
     overwrite: bool = False,
@@ -47,8 +48,12 @@ def top_examples(
     """The ``k`` examples where each feature fires hardest over ``texts``.
 
     ``texts``: an iterable of strings, a ``datasets`` dataset, or a .txt/.jsonl/.parquet file.
-    Long texts are cut into windows of ``window`` tokens (BOS included). An example's activation
-    is its maximum over its tokens. Returns DataFrame(feature, rank, activation, text_id,
+    Long texts are cut into windows of ``window`` tokens (BOS included); each window after a
+    text's first starts with ``overlap`` tokens of the window before, read as context only and not
+    scored (None: an eighth of the window, at most 32; 0: no overlap), so that no token is scored
+    without context: the first tokens after a cut see none, and their activations are artifacts
+    of the cut. An example's activation is its maximum over its scored tokens; each token of a
+    text is scored exactly once. Returns DataFrame(feature, rank, activation, text_id,
     position, token, context): ``context`` shows ``context`` tokens either side of the peak, the
     peak marked ⟦like this⟧. Features that never fire get no rows.
 
@@ -70,6 +75,7 @@ def top_examples(
         context=context,
         out=out,
         window=window,
+        overlap=overlap,
         batch_size=batch_size,
         checkpoint_every=checkpoint_every,
         overwrite=overwrite,
@@ -88,6 +94,7 @@ def mine(
     context: int = DEFAULT_CONTEXT,
     out: str | os.PathLike | None = None,
     window: int = 128,
+    overlap: int | None = None,
     batch_size: int = 16,
     checkpoint_every: int = 50,
     overwrite: bool = False,
@@ -109,6 +116,7 @@ def mine(
     context: int = DEFAULT_CONTEXT,
     out: str | os.PathLike | None = None,
     window: int = 128,
+    overlap: int | None = None,
     batch_size: int = 16,
     checkpoint_every: int = 50,
     overwrite: bool = False,
@@ -129,6 +137,7 @@ def mine(
     context: int = DEFAULT_CONTEXT,
     out: str | os.PathLike | None = None,
     window: int = 128,
+    overlap: int | None = None,
     batch_size: int = 16,
     checkpoint_every: int = 50,
     overwrite: bool = False,
@@ -172,6 +181,7 @@ def mine(
     batch_size = _checks.positive_int(batch_size, "batch_size")
     checkpoint_every = _checks.positive_int(checkpoint_every, "checkpoint_every")
     window = check_window(window)
+    overlap = check_overlap(overlap, window)
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be True or False, got {overwrite!r}.")
     if engine not in (None, "ray"):
@@ -183,7 +193,7 @@ def mine(
         check_writable_file(out) if single else check_writable_dir(out)
     named = named_saes(sae, specs=engine == "ray")
     features = features_by_name(features, named)
-    options = Options(k, context, window, batch_size)
+    options = Options(k, context, window, overlap, batch_size)
     if engine == "ray":
         workers = _checks.positive_int(1 if workers is None else workers, "workers")
         return mine_on_ray(
@@ -201,11 +211,11 @@ def mine(
     runs = [SAERun.start(name, each, features[name], k, context) for name, _, each in named]
     for run in runs:
         check_compatible(model, run.sae)
-    windows: Iterator[Window] = iter_windows(model, iter_texts(texts), window)
+    windows: Iterator[Window] = iter_windows(model, iter_texts(texts), window, overlap=overlap)
     resume = None
     if out is not None:
         remove_stale_temps(Path(out), ("tmp",) if single else ("tmp", "old"))
-        resume = Resume(checkpoint_path(Path(out)), key_of(model, runs, k, context, window, batch_size))
+        resume = Resume(checkpoint_path(Path(out)), key_of(model, runs, k, context, window, overlap, batch_size))
         windows = resume.start(windows, runs, overwrite=overwrite)
     done = resume.done if resume else 0
     bar = tqdm(

@@ -30,7 +30,7 @@ from scope.mining.windows import Window
 from scope.subjects import subject_of
 
 CHECKPOINT_FORMAT = "scope.mine checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: windows overlap (the key has ``overlap``)
 RESTART = "pass overwrite=True (scope examples --overwrite) to discard it and start again, or choose another out= path"
 
 
@@ -191,7 +191,8 @@ def restore(fresh: dict, saved: dict) -> None:
 
 
 def _window_bytes(w: Window) -> bytes:
-    return struct.pack(f"<{3 + len(w.tokens)}q", w.text_id, w.start, len(w.tokens), *w.tokens)
+    n = len(w.tokens)
+    return struct.pack(f"<{4 + n}q", w.text_id, w.start, w.context_only, n, *w.tokens)
 
 
 @dataclass
@@ -279,7 +280,9 @@ def _model_identity(model) -> dict:
     }
 
 
-def _run_key(model, sae, selected: torch.Tensor, k: int, context: int, window: int, batch_size: int) -> dict:
+def _run_key(
+    model, sae, selected: torch.Tensor, k: int, context: int, window: int, overlap: int, batch_size: int
+) -> dict:
     """Everything that changes the result of a run and must match for its checkpoint to be resumed
     (the corpus is checked apart, as it is re-read)."""
     settings = {name: value for name, value in vars(sae.cfg).items() if name not in ("metadata", "device")}
@@ -290,6 +293,7 @@ def _run_key(model, sae, selected: torch.Tensor, k: int, context: int, window: i
         "k": k,
         "context": context,
         "window": window,
+        "overlap": overlap,
         "batch_size": batch_size,
         "sae": f"{type(sae).__name__} {sorted(settings.items())!r}",  # architecture, normalisation, dtype
         "sae_weights": _tensors_digest(sorted(sae.state_dict().items())),
@@ -300,10 +304,10 @@ def _run_key(model, sae, selected: torch.Tensor, k: int, context: int, window: i
 _SAE_FIELDS = ("hook", "d_sae", "features", "sae", "sae_weights")  # per SAE in a many-SAE key
 
 
-def key_of(model, runs: Sequence[SAERun], k: int, context: int, window: int, batch_size: int) -> dict:
+def key_of(model, runs: Sequence[SAERun], k: int, context: int, window: int, overlap: int, batch_size: int) -> dict:
     """The run key of a pass: :func:`_run_key` for one SAE; for many, the shared options once and
     each SAE's own fields under ``"NAME: field"``."""
-    keys = [_run_key(model, run.sae, run.selected, k, context, window, batch_size) for run in runs]
+    keys = [_run_key(model, run.sae, run.selected, k, context, window, overlap, batch_size) for run in runs]
     if len(runs) == 1 and runs[0].name is None:
         return keys[0]
     key = {name: value for name, value in keys[0].items() if name not in _SAE_FIELDS}

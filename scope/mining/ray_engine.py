@@ -41,6 +41,7 @@ class Options:
     k: int
     context: int
     window: int
+    overlap: int
     batch_size: int
 
 
@@ -88,7 +89,7 @@ def _worker_runs(state: tuple[Any, list], features: dict, options: Options) -> l
 def _worker_key(state: tuple[Any, list], features: Any, options: Options) -> dict:
     model = state[0]
     runs = _worker_runs(state, features, options)
-    return key_of(model, runs, options.k, options.context, options.window, options.batch_size)
+    return key_of(model, runs, options.k, options.context, options.window, options.overlap, options.batch_size)
 
 
 def _worker_mine_shard(
@@ -97,7 +98,13 @@ def _worker_mine_shard(
     """One shard's buffers: the documents whose text hashes to ``shard``, mined as one pass would."""
     model = state[0]
     runs = _worker_runs(state, features, options)
-    windows = iter_windows(model, iter_texts(texts), options.window, keep=lambda text: shard_of(text, shards) == shard)
+    windows = iter_windows(
+        model,
+        iter_texts(texts),
+        options.window,
+        keep=lambda text: shard_of(text, shards) == shard,
+        overlap=options.overlap,
+    )
     read = sum(mine_batches(model, runs, batched(windows, options.batch_size)))
     return {"windows": read, **buffers_of(runs)}
 

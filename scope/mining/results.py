@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from scope.labels import PEAK_CLOSE, PEAK_OPEN
@@ -45,31 +47,60 @@ def frame_of(
     rank, column = torch.nonzero(top["values"] > 0, as_tuple=True)
     order = torch.argsort(column * top["k"] + rank)
     rank, column = rank[order], column[order]
-    c = top["context"]
     context_ids, context_acts = top["tokens"][rank, column], top["acts"][rank, column]
-    # Tens of thousands of rows for a wide SAE: few tokenizer calls and little Python per row.
-    # Ids outside the text (-1) only ever sit at the ends of a context, so slices skip them.
-    inside = context_ids >= 0
-    first = (~inside[:, :c]).sum(1).tolist()
-    last = (c + 1 + inside[:, c + 1 :].sum(1)).tolist()
-    ids = context_ids.tolist()
-    piece = _token_strings(model, torch.unique(context_ids[inside]).tolist())
-    before = decode_many(model.tokenizer, [row[a:c] for row, a in zip(ids, first)])
-    after = decode_many(model.tokenizer, [row[c + 1 : b] for row, b in zip(ids, last)])
-    peak = [piece[row[c]] for row in ids]
+    text_id, position = top["text_id"][rank, column], top["position"][rank, column]
+    piece = _token_strings(model, torch.unique(context_ids[context_ids >= 0]).tolist())
+    token, context = _peak_strings(model.tokenizer, text_id, position, context_ids, top["context"], piece)
     frame = pd.DataFrame(
         {
-            "feature": selected[column].tolist(),
-            "rank": (rank + 1).tolist(),
-            "activation": top["values"][rank, column].tolist(),
-            "text_id": top["text_id"][rank, column].tolist(),
-            "position": top["position"][rank, column].tolist(),
-            "token": peak,
-            "context": [f"{b}{PEAK_OPEN}{p}{PEAK_CLOSE}{a}" for b, p, a in zip(before, peak, after)],
+            "feature": selected[column].numpy(),
+            "rank": (rank + 1).numpy(),
+            "activation": top["values"][rank, column].double().numpy(),
+            "text_id": text_id.numpy(),
+            "position": position.numpy(),
+            "token": token,
+            "context": context,
         },
         columns=COLUMNS,
     )
     return frame, context_ids, context_acts, piece
+
+
+def _peak_strings(
+    tokenizer, text_id: torch.Tensor, position: torch.Tensor, context_ids: torch.Tensor, c: int, piece: dict[int, str]
+) -> tuple[pd.Series, pd.Series]:
+    """Each row's peak token and context (``before⟦peak⟧after``) as string columns.
+
+    A wide SAE's table has k x F rows but far fewer distinct examples: features peaking on the same
+    token of the same window share its context. A token is read in one window only (see
+    :mod:`scope.mining.windows`), so ``(text_id, position)`` names the context; each distinct one
+    is decoded once and the columns are gathered from those strings in Arrow, not built per row."""
+    rows = len(position)
+    key = text_id.numpy() * (int(position.max()) + 1 if rows else 1) + position.numpy()
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first_t = torch.from_numpy(first)
+    if not torch.equal(context_ids, context_ids[first_t][torch.from_numpy(inverse)]):  # never, but stay exact
+        first, inverse = np.arange(rows), np.arange(rows)
+        first_t = torch.from_numpy(first)
+    ids = context_ids[first_t]
+    # Ids outside the text (-1) only ever sit at the ends of a context, so slices skip them.
+    inside = ids >= 0
+    lo = (~inside[:, :c]).sum(1).tolist()
+    hi = (c + 1 + inside[:, c + 1 :].sum(1)).tolist()
+    spans = ids.tolist()
+    before = decode_many(tokenizer, [span[a:c] for span, a in zip(spans, lo)])
+    after = decode_many(tokenizer, [span[c + 1 : b] for span, b in zip(spans, hi)])
+    peak = [piece[span[c]] for span in spans]
+    context = [f"{b}{PEAK_OPEN}{p}{PEAK_CLOSE}{a}" for b, p, a in zip(before, peak, after)]
+    take = pa.array(inverse)
+    return _string_column(pa.array(peak, pa.string()).take(take)), _string_column(
+        pa.array(context, pa.string()).take(take)
+    )
+
+
+def _string_column(array: pa.Array) -> pd.Series:
+    """An Arrow string array as pandas' default string column (what a list of str becomes)."""
+    return pd.Series(array, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
 def _token_strings(model, ids: list[int]) -> dict[int, str]:

@@ -15,14 +15,18 @@ from scope.mining.buffers import HISTOGRAM_EDGES, ActivityStats, RunningTopK
 from scope.mining.results import Mined, frame_of
 from scope.mining.windows import Window, batch_tokens
 
+_PEAK_CHUNK = 1 << 24  # activations gathered at a time to find where kept entries peak
+
 
 @dataclass
 class Batch:
     """A batch of windows on the device the SAEs encode on: ``tokens`` [batch, pos] (BOS first,
-    right padding), each window's ``lengths`` (text tokens), ``starts`` and ``text_id``."""
+    right padding), each window's ``lengths`` (text tokens), ``context_only`` leading tokens (read,
+    not scored), ``starts`` and ``text_id``."""
 
     tokens: torch.Tensor
     lengths: list[int]
+    context_only: list[int]
     starts: torch.Tensor
     text_id: torch.Tensor
 
@@ -32,9 +36,15 @@ class Batch:
         return cls(
             tokens=tokens.to(device),
             lengths=mask.sum(1).tolist(),
+            context_only=[w.context_only for w in windows],
             starts=torch.tensor([w.start for w in windows], device=device),
             text_id=torch.tensor([w.text_id for w in windows], device=device),
         )
+
+    @property
+    def n_scored(self) -> int:
+        """Text tokens scored in this batch (not BOS, padding or context-only tokens)."""
+        return sum(self.lengths) - sum(self.context_only)
 
 
 def encode_batch(model, sae, act: torch.Tensor, batch: Batch, selected: torch.Tensor | None) -> torch.Tensor:
@@ -70,6 +80,32 @@ def _contexts(
     return ids, torch.where(text, values, 0.0)
 
 
+def _first_peaks(acts: torch.Tensor, row: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    """The first position of the maximum of each entry (window ``row``, ``feature``) of ``acts``
+    [batch, pos, features], read a few million activations at a time."""
+    pos = acts.shape[1]
+    where = torch.arange(pos, device=acts.device)
+    step = max(1, _PEAK_CHUNK // pos)
+    peaks = [
+        acts[r[:, None], where, f[:, None]].argmax(dim=1)  # argmax: the first of equal maxima
+        for r, f in zip(row.split(step), feature.split(step))
+    ]
+    return torch.cat(peaks) if peaks else row.new_empty(0)
+
+
+def _set_aside_context_only(acts: torch.Tensor, batch: Batch) -> torch.Tensor | None:
+    """Zero the context-only tokens of ``acts`` [batch, pos, features] in place, so that they are
+    never scored, and return what they held (positions 1 .. the batch's longest context-only
+    run, every row); None when the batch has none."""
+    longest = max(batch.context_only)
+    if not longest:
+        return None
+    kept = acts[:, 1 : 1 + longest].clone()
+    for row, n in enumerate(batch.context_only):
+        acts[row, 1 : 1 + n] = 0
+    return kept
+
+
 @dataclass
 class SAERun:
     """One SAE's part of a pass: its features and its running buffers. ``name`` is its
@@ -99,11 +135,14 @@ class SAERun:
         """Take in a batch, given the activation at this SAE's hook: all on the SAE's device."""
         selected = self.selected.to(act.device) if self.subset else None
         acts = encode_batch(model, self.sae, act, batch, selected)
-        self.stats.update(acts.reshape(-1, acts.shape[-1]), sum(batch.lengths))
-        maxima, peaks = acts.max(dim=1)  # [batch, features]: the first position of each maximum
+        context_only = _set_aside_context_only(acts, batch)
+        self.stats.update(acts.reshape(-1, acts.shape[-1]), batch.n_scored)
+        maxima = acts.amax(dim=1)  # [batch, features]; no argmax over every entry, only those kept
         maxima = maxima.float().masked_fill_(maxima <= 0, float("-inf"))
         rank, feature, row = self.top.update(maxima, batch.text_id)
-        peak = peaks[row, feature]
+        peak = _first_peaks(acts, row, feature)  # among scored tokens: before the context is put back
+        if context_only is not None:  # shown around a peak: the activations the window really had
+            acts[:, 1 : 1 + context_only.shape[1]] = context_only
         position = batch.starts[row] + peak - 1
         self.top.fill(rank, feature, position, *_contexts(acts, batch, row, feature, peak, self.top.context))
 
