@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import scope
+from scope.density import dense_filter
 from scope.saes import set_max_activations
 from scope.serve import create_app, serving
 from tests.sae_util import random_params, write_params
@@ -70,7 +71,9 @@ def explore(browser, base: str, model, saes: dict, prompt: str, *, value: float,
         ".tok", "els => els.map(e => [e.textContent, parseFloat(e.dataset.act), e.style.background])"
     )
     assert len(shown) == len(acts.tokens)
-    strongest = acts.values[1:].max(dim=-1).values
+    values = acts.values[1:].clone()
+    values[:, sorted(dense_filter(sae).dense)] = 0.0  # the explorer hides dense features by default
+    strongest = values.max(dim=-1).values
     assert [v for _, v, _ in shown[1:]] == pytest.approx(strongest.clamp(min=0).tolist(), abs=1e-3)
     assert any(re.search(r"rgba\(255, 127, 14, 0\.[1-9]", bg) for _, _, bg in shown)  # shaded orange
     labels = page.eval_on_selector_all("#token-features .feat .label", "els => els.map(e => e.textContent)")
