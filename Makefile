@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 # Chromium on one worker. `TEST_WORKERS=0` runs everything in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-all test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/scope demo
 
+# CI runs `make test`: everything but the `heavy` tests (over a minute each), which `make test-all` adds.
 test: setup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not heavy"
+
+test-all: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup

@@ -239,6 +239,7 @@ def test_sae_lens_run_evals_agrees_with_scope_figures(tiny_model, tiny_sae):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_docs_demo_sae_reaches_the_quality_floor_on_held_out_text(bundled_model):
     """The documentation SAE ("demo-docs"): EV >= 0.75, CE-loss score >= 0.85, 20 <= L0 <= 100, dead
     < 15% of 50k tokens of the shipped held-out sample, which no training step saw (documents are
@@ -259,6 +260,7 @@ def test_docs_demo_sae_reaches_the_quality_floor_on_held_out_text(bundled_model)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_general_demo_sae_reaches_the_quality_floor_on_english_it_never_saw(bundled_model):
     """The general SAE ("demo") on the shipped general-English held-out sample (documents split off
     before training): issue 16's targets CE-loss score >= CE_FLOOR, delta LM loss <= DELTA_CEILING,

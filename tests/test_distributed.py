@@ -107,6 +107,7 @@ def test_shards_are_a_stable_split():
     assert len({shard_of(t, 5) for t in TEXTS}) == 5
 
 
+@pytest.mark.heavy
 def test_ray_equals_one_process_even_when_a_worker_dies(ray_cluster, tiny_model, tiny_dir, saes, tmp_path):
     specs, loaded = saes
     expected = scope.mine(tiny_model, loaded, TEXTS, **KWARGS)
@@ -160,6 +161,7 @@ scope.mine(model, specs, TEXTS, out=out, engine="ray", workers=2, shards=6, **KW
 """
 
 
+@pytest.mark.heavy
 def test_a_killed_driver_resumes_without_mining_a_stored_shard_again(
     ray_cluster, tiny_model, tiny_dir, saes, tmp_path, monkeypatch
 ):

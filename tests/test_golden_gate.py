@@ -332,6 +332,7 @@ def test_the_shipped_sweep_figures_follow_from_its_continuations(gg):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_shipped_sweep_regenerates_on_the_bundled_model(bundled_model, gg):
     """The first batch of prompts, unsteered and at the picked strength, regenerated greedily:
     the same texts as the shipped file, so the Golden Gate figures are this SAE's and this code's."""

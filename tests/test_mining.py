@@ -601,6 +601,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_memory_does_not_grow_with_corpus_length(tiny_dir, tmp_path):
     """Peak RSS for 4N texts stays within a few MB of N texts. Keeping one row of maxima per
     example instead of running buffers would cost 3N x 4 windows x 4096 features x 4 bytes more

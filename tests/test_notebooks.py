@@ -6,11 +6,16 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+# Over a minute each on 2 cores: run by `make test-all`, not by `make test` (CI).
+HEAVY = {"00_quickstart.ipynb", "02_examples.ipynb", "03_steering.ipynb", "04_shieldgemma.ipynb"}
+NOTEBOOKS = [
+    pytest.param(path, id=path.name, marks=[pytest.mark.heavy] if path.name in HEAVY else [])
+    for path in sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS)
 def test_notebook_runs(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(

@@ -451,6 +451,7 @@ def test_bundled_yes_no_are_single_tokens(bundled_model):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_bundled_score_matches_model_card_loop_and_batching(bundled_model):
     examples = [json.loads(line) for line in (REPO / "data" / "shield_examples.jsonl").read_text().splitlines()]
     prompts = [e["prompt"] for e in examples[:4]] + ["Hi"]

@@ -121,6 +121,7 @@ def test_judge_through_a_loopback_openai_compatible_endpoint(tiny_model):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_bundled_model_judges_end_to_end_offline_as_a_labelled_stand_in(bundled_model):
     demo = scope.load_sae("demo-docs")
     results = scope.sweep(
