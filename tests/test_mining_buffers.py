@@ -82,3 +82,30 @@ def test_activity_stats_equal_a_direct_histogram():
     halves[1].update(acts[100:], 200)
     merged = merge_stats(halves)
     assert torch.equal(merged.histogram, stats.histogram) and merged.n_tokens == stats.n_tokens
+
+
+def test_fired_entries_give_each_windows_maximum_and_its_first_position():
+    """The sparse pass (scope.mining.run.Fired) against dense reductions written here, with ties,
+    negative values (not firing) and context-only leading tokens that must not be scored."""
+    from scope.mining.run import Fired
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randint(-2, 4, (5, 9, 7), generator=g).float()  # small integers: many exact ties
+    acts[acts < 1] = 0
+    acts[0, 2, 3] = -1.5  # negative: does not fire
+    first_scored = torch.tensor([1, 3, 1, 9, 2])  # row 3 is all context
+
+    fired = Fired.of(acts, first_scored)
+    best, peak = fired.maxima(5, 7)
+
+    for row in range(5):
+        scored = acts[row, first_scored[row] :].clamp_min(0)
+        for feature in range(7):
+            column = scored[:, feature]
+            if column.numel() == 0 or column.max() <= 0:
+                assert best[row, feature] == float("-inf")
+                continue
+            assert best[row, feature] == column.max()
+            first = int(torch.nonzero(column == column.max())[0]) + int(first_scored[row])
+            assert peak[row, feature] == first
+    assert len(fired.value) == int(sum((acts[r, first_scored[r] :] > 0).sum() for r in range(5)))

@@ -123,14 +123,18 @@ class ActivityStats:
         """``acts`` [rows, features] holding ``n_tokens`` text tokens (other rows all zero); read a
         few million entries at a time, so the non-zero entries listed stay small even for a densely
         firing SAE."""
-        n_features, n_bins = self.histogram.shape
-        flat = self.histogram.view(-1)
-        edges = HISTOGRAM_EDGES[1:-1].to(acts.device)
+        n_features = self.histogram.shape[0]
         self.n_tokens += n_tokens
         for rows in acts.split(max(1, _CHUNK // n_features)):
             row, feature = (rows > 0).nonzero(as_tuple=True)
-            bins = torch.bucketize(rows[row, feature].float(), edges)
-            flat.index_add_(0, feature * n_bins + bins, torch.ones_like(bins))
+            self.add(feature, rows[row, feature])
+
+    def add(self, feature: torch.Tensor, value: torch.Tensor) -> None:
+        """Count fired entries, given as lists: ``feature`` [entries] and ``value`` [entries] > 0
+        (the caller counts the tokens they came from in :attr:`n_tokens`)."""
+        n_bins = self.histogram.shape[1]
+        bins = torch.bucketize(value.float(), HISTOGRAM_EDGES[1:-1].to(value.device))
+        self.histogram.view(-1).index_add_(0, feature * n_bins + bins, torch.ones_like(bins))
 
     @property
     def active(self) -> torch.Tensor:

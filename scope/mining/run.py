@@ -15,7 +15,8 @@ from scope.mining.buffers import HISTOGRAM_EDGES, ActivityStats, RunningTopK
 from scope.mining.results import Mined, frame_of
 from scope.mining.windows import Window, batch_tokens
 
-_PEAK_CHUNK = 1 << 24  # activations gathered at a time to find where kept entries peak
+_CHUNK = 1 << 22  # activations listed at a time for the fired entries (bounds a dense SAE's list)
+_NO_PEAK = torch.iinfo(torch.long).max
 
 
 @dataclass
@@ -80,30 +81,60 @@ def _contexts(
     return ids, torch.where(text, values, 0.0)
 
 
-def _first_peaks(acts: torch.Tensor, row: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-    """The first position of the maximum of each entry (window ``row``, ``feature``) of ``acts``
-    [batch, pos, features], read a few million activations at a time."""
-    pos = acts.shape[1]
-    where = torch.arange(pos, device=acts.device)
-    step = max(1, _PEAK_CHUNK // pos)
-    peaks = [
-        acts[r[:, None], where, f[:, None]].argmax(dim=1)  # argmax: the first of equal maxima
-        for r, f in zip(row.split(step), feature.split(step))
-    ]
-    return torch.cat(peaks) if peaks else row.new_empty(0)
+@dataclass
+class Fired:
+    """The scored entries of some windows where a feature fired (activation > 0): window ``row``,
+    ``position`` (BOS = 0), ``feature`` and ``value``, one per entry. Listed once per batch, so
+    that the histograms, the per-window maxima and their first peaks each cost a pass over the few
+    entries that fired, not over the dense ``[batch, pos, features]`` activations."""
+
+    row: torch.Tensor
+    position: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def of(cls, acts: torch.Tensor, first_scored: torch.Tensor) -> Fired:
+        """The entries of ``acts`` [rows, pos, features] above zero at or after each row's
+        ``first_scored`` position (the context-only tokens before it are read, never scored)."""
+        _, pos, n_features = acts.shape
+        flat = acts.reshape(-1).nonzero().squeeze(1)  # nonzero on the floats: no boolean copy
+        value = acts.reshape(-1)[flat]
+        row, rest = flat.div(pos * n_features, rounding_mode="floor"), flat.remainder(pos * n_features)
+        position, feature = rest.div(n_features, rounding_mode="floor"), rest.remainder(n_features)
+        keep = (value > 0) & (position >= first_scored[row])
+        return cls(row[keep], position[keep], feature[keep], value[keep])
+
+    def maxima(self, rows: int, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (window, feature), ``[rows, features]`` each: the largest activation (``-inf``
+        where the feature never fired) and the first position it occurs at."""
+        entry = self.row * n_features + self.feature
+        value = self.value.float()
+        best = torch.full((rows * n_features,), float("-inf"), device=value.device)
+        best.scatter_reduce_(0, entry, value, "amax")
+        at_best = value == best[entry]
+        peak = torch.full((rows * n_features,), _NO_PEAK, device=value.device)
+        peak.scatter_reduce_(0, entry[at_best], self.position[at_best], "amin")  # the first of equal maxima
+        return best.view(rows, n_features), peak.view(rows, n_features)
 
 
-def _set_aside_context_only(acts: torch.Tensor, batch: Batch) -> torch.Tensor | None:
-    """Zero the context-only tokens of ``acts`` [batch, pos, features] in place, so that they are
-    never scored, and return what they held (positions 1 .. the batch's longest context-only
-    run, every row); None when the batch has none."""
-    longest = max(batch.context_only)
-    if not longest:
-        return None
-    kept = acts[:, 1 : 1 + longest].clone()
-    for row, n in enumerate(batch.context_only):
-        acts[row, 1 : 1 + n] = 0
-    return kept
+def _maxima_and_peaks(acts: torch.Tensor, batch: Batch, stats: ActivityStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (window, feature) of ``acts`` [batch, pos, features], the largest scored activation
+    and its first position (:meth:`Fired.maxima`); adds the fired entries to ``stats``. A few
+    windows at a time (about ``_CHUNK`` activations), so that even a densely firing SAE's list
+    of entries stays small."""
+    n, pos, n_features = acts.shape
+    first_scored = 1 + torch.tensor(batch.context_only, device=acts.device)
+    maxima, peaks = [], []
+    step = max(1, _CHUNK // (pos * n_features))
+    for start in range(0, n, step):
+        fired = Fired.of(acts[start : start + step], first_scored[start : start + step])
+        stats.add(fired.feature, fired.value)
+        best, peak = fired.maxima(min(step, n - start), n_features)
+        maxima.append(best)
+        peaks.append(peak)
+    stats.n_tokens += batch.n_scored
+    return torch.cat(maxima), torch.cat(peaks)
 
 
 @dataclass
@@ -135,14 +166,9 @@ class SAERun:
         """Take in a batch, given the activation at this SAE's hook: all on the SAE's device."""
         selected = self.selected.to(act.device) if self.subset else None
         acts = encode_batch(model, self.sae, act, batch, selected)
-        context_only = _set_aside_context_only(acts, batch)
-        self.stats.update(acts.reshape(-1, acts.shape[-1]), batch.n_scored)
-        maxima = acts.amax(dim=1)  # [batch, features]; no argmax over every entry, only those kept
-        maxima = maxima.float().masked_fill_(maxima <= 0, float("-inf"))
+        maxima, peaks = _maxima_and_peaks(acts, batch, self.stats)
         rank, feature, row = self.top.update(maxima, batch.text_id)
-        peak = _first_peaks(acts, row, feature)  # among scored tokens: before the context is put back
-        if context_only is not None:  # shown around a peak: the activations the window really had
-            acts[:, 1 : 1 + context_only.shape[1]] = context_only
+        peak = peaks[row, feature]  # among scored tokens; the context shown around it is all the window read
         position = batch.starts[row] + peak - 1
         self.top.fill(rank, feature, position, *_contexts(acts, batch, row, feature, peak, self.top.context))
 
