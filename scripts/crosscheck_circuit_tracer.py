@@ -275,6 +275,8 @@ def compare(graph, found: dict, n_layers: int, n_pos: int, columns: str) -> tupl
     missing = [key for key in keys if key not in index]
     if missing:
         raise AssertionError(f"circuit-tracer nodes scope lacks: {missing[:5]} ({len(missing)})")
+    if columns == "all" and len(keys) != len(index):
+        raise AssertionError(f"scope has {len(index)} nodes, circuit-tracer {len(keys)}")
     mapped = torch.tensor([index[key] for key in keys])
     ours = graph.adjacency.double()[mapped][:, mapped]
     theirs = found["adjacency"].double()
@@ -324,7 +326,9 @@ def main() -> int:
             f"{len(theirs['selected_features'])} active features (circuit-tracer, BOS dropped), "
             f"skip-transcoders: {args.skip}"
         )
+        zero_bos = scope.attribution_graph(model, transcoders, PROMPT, progress=False, zero_bos=True)
         rows = [
+            ("scope zero_bos=True vs circuit-tracer (b_dec zeroed), every entry", zero_bos, theirs, "all"),
             ("scope zero_bos=False vs circuit-tracer (b_dec zeroed), shared nodes", kept_bos, theirs, "no-bos-error"),
             ("scope vs circuit-tracer (real b_dec), all but error columns", kept_bos, theirs_b_dec, "no-error"),
         ]

@@ -22,6 +22,7 @@ def graph(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
+        zero_bos=args.zero_bos,
         progress=True,
     )
     found.to_json(out)

@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="targets per backward pass")
     graph.add_argument("--node-threshold", type=FRACTION, default=0.8, help="influence share of the nodes kept")
     graph.add_argument("--edge-threshold", type=FRACTION, default=0.98, help="influence share of the edges kept")
+    graph.add_argument(
+        "--zero-bos",
+        action="store_true",
+        help="drop the BOS position's MLP outputs as circuit-tracer does (each node's bos_share says how much)",
+    )
     graph.set_defaults(run="graph:graph")
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")

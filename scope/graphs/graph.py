@@ -21,7 +21,18 @@ from scope._io import write_atomically
 from scope.graphs.export import write_json
 from scope.graphs.prune import Pruned, prune
 
-NODE_COLUMNS = ["node_id", "kind", "layer", "position", "feature", "token", "activation", "input", "probability"]
+NODE_COLUMNS = [
+    "node_id",
+    "kind",
+    "layer",
+    "position",
+    "feature",
+    "token",
+    "activation",
+    "input",
+    "bos_share",
+    "probability",
+]
 KINDS = ("feature", "error", "embedding", "logit")
 
 
@@ -35,7 +46,10 @@ class Graph:
             logits), ``position``, ``feature`` (feature index; the token id for logits; -1 else),
             ``token`` (the prompt token at ``position``; the predicted token for logits),
             ``activation`` (features), ``input`` (features and logits: what the incoming edges sum
-            to), ``probability`` (logits), and after pruning ``influence`` and ``kept``.
+            to, with ``bos_share``), ``bos_share`` (features and logits: the part of ``input`` that
+            came from the BOS position's MLP outputs, which ``zero_bos=True`` leaves out of the
+            graph; 0 without it), ``probability`` (logits), and after pruning ``influence`` and
+            ``kept``.
         adjacency: ``[n_nodes, n_nodes]``, ``adjacency[target, source]``.
         metadata: model, prompt, tokens, token_ids, transcoders (layer -> source), n_layers and
             the settings the graph was made with.
@@ -53,6 +67,9 @@ class Graph:
         for name, value in (("node_threshold", self.node_threshold), ("edge_threshold", self.edge_threshold)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}.")
+        if "bos_share" not in self.nodes:  # a graph saved before zero_bos existed
+            targets = self.nodes["kind"].isin(["feature", "logit"])
+            self.nodes = self.nodes.assign(bos_share=targets.map({True: 0.0, False: float("nan")}))
         kinds = self.nodes["kind"]
         logits = self.nodes.loc[kinds == "logit", "probability"].to_numpy(dtype=float)
         n_always = int((kinds == "embedding").sum() + (kinds == "logit").sum())
@@ -93,11 +110,13 @@ class Graph:
 
     def completeness_error(self) -> float:
         """The largest relative gap, over feature and logit nodes, between a node's input and the
-        sum of its incoming edges: ~0 (float round-off) when every active feature is a node."""
+        sum of its incoming edges plus its ``bos_share``: ~0 (float round-off) when every active
+        feature is a node."""
         targets = self.nodes["kind"].isin(["feature", "logit"]).to_numpy()
         inputs = torch.tensor(self.nodes["input"].to_numpy()[targets], dtype=torch.float64)
-        sums = self.adjacency[torch.tensor(targets)].double().sum(1)
-        scale = self.adjacency[torch.tensor(targets)].double().abs().sum(1).clamp(min=1e-30)
+        shares = torch.tensor(self.nodes["bos_share"].to_numpy()[targets], dtype=torch.float64)
+        sums = self.adjacency[torch.tensor(targets)].double().sum(1) + shares
+        scale = (self.adjacency[torch.tensor(targets)].double().abs().sum(1) + shares.abs()).clamp(min=1e-30)
         return float(((sums - inputs).abs() / torch.maximum(inputs.abs(), scale)).max()) if targets.any() else 0.0
 
     def pruning_report(self) -> pd.DataFrame:
