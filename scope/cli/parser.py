@@ -299,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop the BOS position's MLP outputs as circuit-tracer does (each node's bos_share says how much)",
     )
+    graph.add_argument(
+        "--open",
+        action="store_true",
+        help="then serve the graph and its features' pages on 127.0.0.1 and print the URL, until Ctrl-C",
+    )
+    graph.add_argument("--port", type=PORT, default=8000, help="the port --open serves on")
     graph.set_defaults(run="graph:graph")
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
@@ -319,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--mined",
         action="append",
         help="examples Parquet of `scope examples --out` as PATH or NAME=PATH, repeatable (default: none)",
+    )
+    serve.add_argument(
+        "--graph",
+        action="append",
+        help="an attribution graph JSON (`scope graph --out`) served at /graph/NAME, as PATH or NAME=PATH "
+        "(NAME: the file's stem), repeatable (default: none)",
+    )
+    serve.add_argument(
+        "--transcoders",
+        default=None,
+        help="transcoders served as SAEs named transcoder-LAYER, so a graph's feature opens its page: 'demo', "
+        "this model's name, or a folder (any scope.load_transcoders spec; default: none)",
     )
     serve.add_argument(
         "--assistant",
