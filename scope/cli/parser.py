@@ -71,6 +71,12 @@ TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 FRACTION = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
 POSITIVE_FRACTION = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.1")
+WINDOW = 128  # tokens per mining window, BOS included: scope.top_examples' and scope.mine's default
+OVERLAP = _checked(
+    int,
+    lambda v: 0 <= v <= WINDOW - 2,
+    f"an integer from 0 to {WINDOW - 2} (windows are {WINDOW} tokens, BOS included)",
+)
 
 
 def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards", type=POSITIVE_INT, default=64, help="corpus shards, by document hash (with --engine ray)"
     )
     examples.add_argument("--context", type=NON_NEGATIVE_INT, default=8, help="tokens shown either side of the peak")
+    examples.add_argument(
+        "--overlap",
+        type=OVERLAP,
+        default=None,
+        help=f"tokens a text's next {WINDOW}-token window repeats from the one before, as context only, so that "
+        "no scored token starts cold (default: an eighth of the window, 16; 0: none)",
+    )
     examples.add_argument("--show", type=NON_NEGATIVE_INT, default=20, help="rows printed")
     examples.add_argument(
         "--checkpoint-every",
