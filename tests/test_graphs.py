@@ -341,3 +341,27 @@ def test_targets_choose_the_logit_nodes(case):
     assert list(logits["feature"]) == [5, 7]
     probs = torch.softmax(model(model.to_tokens(PROMPT))[0, -1], -1)
     assert logits["probability"].tolist() == pytest.approx([probs[5].item(), probs[7].item()])
+
+
+def test_nodes_for_logit_rank_by_one_logits_influence(case):
+    _, _, graph = case
+    nodes = graph.nodes
+    logits = nodes[nodes["kind"] == "logit"]
+    logit = logits[~logits["token"].duplicated(keep=False)].iloc[-1]  # a string only it has
+    A = graph.adjacency.double().abs()
+    A = A / A.sum(1, keepdim=True).clamp(min=1e-10)
+    weights = torch.zeros(len(A), dtype=A.dtype)
+    weights[logit.name] = 1.0
+    eye = torch.eye(len(A), dtype=A.dtype)
+    expected = weights @ (torch.linalg.inv(eye - A) - eye)  # every path, summed by the matrix inverse
+    ranked = graph.nodes_for_logit(int(logit["feature"]))
+    assert logit["node_id"] not in set(ranked["node_id"]) and len(ranked) == len(nodes) - 1
+    assert torch.allclose(torch.tensor(ranked["logit_influence"].to_numpy()), expected[ranked.index], atol=1e-12)
+    assert ranked["logit_influence"].is_monotonic_decreasing and ranked["logit_influence"].iloc[0] > 0
+    assert ranked.equals(graph.nodes_for_logit(logit["token"]))
+    with pytest.raises(ValueError, match=r"'nope' is not a logit node of this graph; its logits are token ids \["):
+        graph.nodes_for_logit("nope")
+    shared = logits[logits["token"].duplicated(keep=False)]
+    if len(shared):  # byte-level pieces decode alike
+        with pytest.raises(ValueError, match=r"is the string of \d+ logit nodes \(token ids .*pass the id"):
+            graph.nodes_for_logit(shared["token"].iloc[0])

@@ -19,7 +19,7 @@ import torch
 
 from scope._io import write_atomically
 from scope.graphs.export import write_json
-from scope.graphs.prune import Pruned, prune
+from scope.graphs.prune import Pruned, influence, normalized, prune
 
 NODE_COLUMNS = [
     "node_id",
@@ -141,6 +141,27 @@ class Graph:
         """The fraction of all node influence on the logits that the kept nodes carry."""
         total = float(self.nodes["influence"].sum())
         return float(self.nodes.loc[self.nodes["kept"], "influence"].sum()) / total if total else 1.0
+
+    def nodes_for_logit(self, token: int | str) -> pd.DataFrame:
+        """The nodes by their influence on one logit node alone (the influence above with that
+        logit weighted 1 and the others 0), most influential first, the logit itself left out:
+        the node columns plus ``logit_influence``. ``token``: the logit's token id or string."""
+        logits = self.nodes[self.nodes["kind"] == "logit"]
+        column = "feature" if isinstance(token, int) and not isinstance(token, bool) else "token"
+        match = logits.index[logits[column] == token]
+        if len(match) > 1:
+            ids = logits.loc[match, "feature"].tolist()
+            raise ValueError(f"{token!r} is the string of {len(match)} logit nodes (token ids {ids}): pass the id.")
+        if not len(match):
+            raise ValueError(
+                f"{token!r} is not a logit node of this graph; its logits are token ids "
+                f"{logits['feature'].tolist()}, strings {logits['token'].tolist()}."
+            )
+        weights = torch.zeros(len(self.nodes), dtype=torch.float64)
+        weights[int(match[0])] = 1.0
+        found = influence(normalized(self.adjacency.double()), weights)
+        ranked = self.nodes.assign(logit_influence=found.numpy()).drop(index=match)
+        return ranked.sort_values("logit_influence", ascending=False, kind="stable")
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
         """The same graph pruned with other thresholds."""
