@@ -138,5 +138,6 @@ def test_graph_open_serves_the_graph_on_loopback(capsys, monkeypatch, tmp_path, 
     assert f"serving the graph at {seen['url']}" in capsys.readouterr().out
     assert seen["page"].status_code == 200
     written = json.loads((tmp_path / "g.json").read_text())
+    jsonschema.validate(written, SCHEMA)
     assert seen["data"]["nodes"] == written["nodes"] and written["metadata"]["generation_settings"]["zero_bos"]
     assert all(node["ctx_idx"] > 0 for node in written["nodes"] if node["feature_type"] == "cross layer transcoder")
