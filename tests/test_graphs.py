@@ -299,6 +299,8 @@ def test_json_follows_neuronpedias_schema_and_save_load_round_trips(case, tmp_pa
     again = Graph.load(graph.save(tmp_path / "g.pt"))
     assert torch.equal(again.adjacency, graph.adjacency) and again.metadata == graph.metadata
     assert again.nodes.equals(graph.nodes)
+    before_zero_bos = Graph(graph.nodes.drop(columns="bos_share"), graph.adjacency, graph.metadata)  # an older file
+    assert before_zero_bos.nodes.equals(graph.nodes) and before_zero_bos.completeness_error() < 1e-9
 
 
 # ----------------------------------------------------------------------------- interventions
