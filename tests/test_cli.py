@@ -412,3 +412,30 @@ def test_help_imports_neither_the_library_nor_pandas():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stderr.strip() == "0 []"
     assert "serve" in done.stdout and "steer" in done.stdout
+
+
+def test_examples_overlap_reaches_the_library_and_is_checked_before_a_model_loads(
+    capsys, tmp_path, tiny_model, monkeypatch
+):
+    """A text of two 128-token windows or more: --overlap 40 gives what scope.top_examples(overlap=40)
+    gives, not what its default overlap (16) gives."""
+    import scope
+    from tests.sae_util import random_params, write_params
+
+    path = write_params(tmp_path / "params.npz", random_params(64, 16, seed=1))
+    corpus = tmp_path / "corpus.txt"
+    text = " ".join(TEXTS[:3] * 6)
+    corpus.write_text(text + "\n")
+    assert len(tiny_model.tokenizer.encode(text)) > 128 + 40  # two windows at least
+    monkeypatch.setattr(scope, "load_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    argv = ["examples", "--corpus", str(corpus), "--sae", str(path), "--hook", HOOK, "--k", "3"]
+    assert main([*argv, "--out", str(tmp_path / "x.parquet"), "--overlap", "127"]) == 2
+    _one_line(capsys, r"argument --overlap: must be an integer from 0 to 126 \(windows are 128 tokens")
+    monkeypatch.setattr(scope, "load_model", lambda *args, **kwargs: tiny_model)
+    out = tmp_path / "top.parquet"
+    assert main([*argv, "--out", str(out), "--overlap", "40"]) == 0
+    sae = scope.load_sae(path, hook=HOOK, device="cpu")
+    expected = scope.top_examples(tiny_model, sae, [text], k=3, overlap=40, progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+    default = scope.top_examples(tiny_model, sae, [text], k=3, progress=False)
+    assert not default["activation"].equals(expected["activation"])

@@ -154,13 +154,11 @@ def test_incoming_edges_sum_to_each_nodes_input(case):
     assert _no_hooks(model)
 
 
-def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
-    model, transcoders, graph = case
+def _jacobians(model, transcoders, targets):
+    """d(target)/d(sources) of the frozen model by brute force (``torch.autograd.functional``):
+    returns the clean sources (embed, {layer: acts}, errors) and J w.r.t. each, one row per target."""
     tokens, cache, acts, errors = _clean(model, transcoders)
-    nodes = graph.nodes
     embed = cache["hook_embed"][0].detach()
-    targets = nodes[nodes["kind"] == "feature"].sample(4, random_state=1)
-    targets = [*targets.itertuples(), *nodes[nodes["kind"] == "logit"].head(2).itertuples()]
     layers = sorted(acts)
 
     def outputs(embed, stacked, errors):
@@ -177,18 +175,76 @@ def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
 
     stacked = torch.stack([acts[layer] for layer in layers])
     J_embed, J_acts, J_errors = torch.autograd.functional.jacobian(outputs, (embed, stacked, errors))
+    return (embed, acts, errors), (J_embed, dict(zip(layers, J_acts.unbind(1))), J_errors)
+
+
+def _expected_edge(i, source, sources, jacobians, zero_bos=False):
+    """Target i's edge from ``source`` (a node row): the Jacobian times what the source writes."""
+    (embed, _, errors), (J_embed, J_acts, J_errors) = sources, jacobians
+    if source.kind == "feature":
+        return J_acts[source.layer][i, source.position, source.feature] * source.activation
+    if source.kind == "error":
+        return (
+            J_errors[i, source.layer, source.position]
+            @ errors[source.layer, source.position]
+            * (not (zero_bos and source.position == 0))
+        )
+    if source.kind == "embedding":
+        return J_embed[i, source.position] @ embed[source.position]
+    return torch.tensor(0.0, dtype=embed.dtype)
+
+
+def _targets(graph):
+    nodes = graph.nodes
+    targets = nodes[nodes["kind"] == "feature"].sample(4, random_state=1)
+    return [*targets.itertuples(), *nodes[nodes["kind"] == "logit"].head(2).itertuples()]
+
+
+def _assert_close(row, expected, target):
+    gap = (row.double() - expected.double()).abs() - 1e-8 * expected.double().abs()
+    worst = int(gap.argmax())
+    assert gap[worst] <= 1e-10, (target, worst, row[worst].item(), expected[worst].item())
+
+
+def test_the_adjacency_equals_a_brute_force_jacobian_of_the_frozen_model(case):
+    model, transcoders, graph = case
+    targets = _targets(graph)
+    sources, jacobians = _jacobians(model, transcoders, targets)
     for i, t in enumerate(targets):
         row = graph.adjacency[t.Index]
-        for j, source in enumerate(nodes.itertuples()):
-            if source.kind == "feature":
-                expected = J_acts[i, layers.index(source.layer), source.position, source.feature] * source.activation
-            elif source.kind == "error":
-                expected = J_errors[i, source.layer, source.position] @ errors[source.layer, source.position]
-            elif source.kind == "embedding":
-                expected = J_embed[i, source.position] @ embed[source.position]
-            else:
-                expected = torch.tensor(0.0)
-            assert row[j].item() == pytest.approx(expected.item(), rel=1e-8, abs=1e-10), (t, source)
+        expected = torch.stack([_expected_edge(i, n, sources, jacobians) for n in graph.nodes.itertuples()])
+        _assert_close(row, expected, t)
+
+
+@pytest.fixture(scope="module")
+def zero_bos(case):
+    model, transcoders, _ = case
+    return attribution_graph(model, transcoders, PROMPT, batch_size=32, zero_bos=True)
+
+
+def test_zero_bos_drops_the_bos_mlp_outputs_as_circuit_tracer_does_and_says_how_much(case, zero_bos):
+    """circuit-tracer: no BOS feature nodes, BOS error nodes carry nothing, the BOS embedding node
+    and every other edge unchanged; here checked against the brute-force Jacobian, and each
+    target's ``bos_share`` against the Jacobian times the BOS MLP outputs."""
+    model, transcoders, _ = case
+    nodes = zero_bos.nodes
+    features = nodes[nodes["kind"] == "feature"]
+    _, _, acts, _ = _clean(model, transcoders)
+    assert (features["position"] > 0).all()
+    assert len(features) == sum(int((a[1:] > 0).sum()) for a in acts.values())
+    targets = _targets(zero_bos)
+    sources, jacobians = _jacobians(model, transcoders, targets)
+    (_, acts, errors), (_, J_acts, J_errors) = sources, jacobians
+    for i, t in enumerate(targets):
+        row = zero_bos.adjacency[t.Index]
+        expected = torch.stack([_expected_edge(i, n, sources, jacobians, zero_bos=True) for n in nodes.itertuples()])
+        _assert_close(row, expected, t)
+        share = J_errors[i, :, 0].mul(errors[:, 0]).sum() + sum(J_acts[layer][i, 0] @ acts[layer][0] for layer in acts)
+        assert nodes.loc[t.Index, "bos_share"] == pytest.approx(share.item(), rel=1e-8, abs=1e-10)
+        assert row.sum().item() + share.item() == pytest.approx(nodes.loc[t.Index, "input"], rel=1e-8, abs=1e-9)
+    assert nodes.loc[nodes["kind"].isin(["feature", "logit"]), "bos_share"].abs().max() > 1e-3  # it matters
+    assert zero_bos.completeness_error() < 1e-9 and zero_bos.metadata["settings"]["zero_bos"] is True
+    assert _no_hooks(model)
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -243,6 +299,8 @@ def test_json_follows_neuronpedias_schema_and_save_load_round_trips(case, tmp_pa
     again = Graph.load(graph.save(tmp_path / "g.pt"))
     assert torch.equal(again.adjacency, graph.adjacency) and again.metadata == graph.metadata
     assert again.nodes.equals(graph.nodes)
+    before_zero_bos = Graph(graph.nodes.drop(columns="bos_share"), graph.adjacency, graph.metadata)  # an older file
+    assert before_zero_bos.nodes.equals(graph.nodes) and before_zero_bos.completeness_error() < 1e-9
 
 
 # ----------------------------------------------------------------------------- interventions
@@ -267,6 +325,8 @@ def test_bad_input_fails_before_any_hook_with_what_would_be_valid(case):
     model, transcoders, graph = case
     with pytest.raises(ValueError, match=r"batch_size"):
         attribution_graph(model, transcoders, PROMPT, batch_size=0)
+    with pytest.raises(TypeError, match=r"zero_bos must be True or False, got 'yes'"):
+        attribution_graph(model, transcoders, PROMPT, zero_bos="yes")
     with pytest.raises(ValueError, match=r"desired_logit_prob must be in \(0, 1\], got 1.5"):
         attribution_graph(model, transcoders, PROMPT, desired_logit_prob=1.5)
     with pytest.raises(ValueError, match=r"target 'Paris is' is \d+ tokens .*one token"):
@@ -287,3 +347,27 @@ def test_targets_choose_the_logit_nodes(case):
     assert list(logits["feature"]) == [5, 7]
     probs = torch.softmax(model(model.to_tokens(PROMPT))[0, -1], -1)
     assert logits["probability"].tolist() == pytest.approx([probs[5].item(), probs[7].item()])
+
+
+def test_nodes_for_logit_rank_by_one_logits_influence(case):
+    _, _, graph = case
+    nodes = graph.nodes
+    logits = nodes[nodes["kind"] == "logit"]
+    logit = logits[~logits["token"].duplicated(keep=False)].iloc[-1]  # a string only it has
+    A = graph.adjacency.double().abs()
+    A = A / A.sum(1, keepdim=True).clamp(min=1e-10)
+    weights = torch.zeros(len(A), dtype=A.dtype)
+    weights[logit.name] = 1.0
+    eye = torch.eye(len(A), dtype=A.dtype)
+    expected = weights @ (torch.linalg.inv(eye - A) - eye)  # every path, summed by the matrix inverse
+    ranked = graph.nodes_for_logit(int(logit["feature"]))
+    assert logit["node_id"] not in set(ranked["node_id"]) and len(ranked) == len(nodes) - 1
+    assert torch.allclose(torch.tensor(ranked["logit_influence"].to_numpy()), expected[ranked.index], atol=1e-12)
+    assert ranked["logit_influence"].is_monotonic_decreasing and ranked["logit_influence"].iloc[0] > 0
+    assert ranked.equals(graph.nodes_for_logit(logit["token"]))
+    with pytest.raises(ValueError, match=r"'nope' is not a logit node of this graph; its logits are token ids \["):
+        graph.nodes_for_logit("nope")
+    shared = logits[logits["token"].duplicated(keep=False)]
+    if len(shared):  # byte-level pieces decode alike
+        with pytest.raises(ValueError, match=r"is the string of \d+ logit nodes \(token ids .*pass the id"):
+            graph.nodes_for_logit(shared["token"].iloc[0])

@@ -1,6 +1,6 @@
 """The explorer's graph page (scope/serve/graph_page.py) in headless Chromium: every node of the
 graph JSON drawn, tokens along the bottom, a node's edges on hover, a click on a feature opening
-its feature page."""
+its feature page; behind --api-key, the graph drawn once the key is typed in."""
 
 import scope
 from scope.serve import create_app, serving
@@ -33,3 +33,19 @@ def test_the_graph_page_draws_every_node_and_links_features_to_their_pages(brows
         assert not errors
         missing = page.goto(base + "/graph/nope")
         assert missing.status == 404 and "paris" in page.content()
+
+
+def test_the_graph_page_sends_the_api_key(browser, tiny_model):  # noqa: F811
+    graph = scope.attribution_graph(
+        tiny_model, random_transcoders(tiny_model, d_sae=8), "Paris is", max_feature_nodes=4
+    )
+    app = create_app(tiny_model, {}, api_key="k3y")
+    path = add_graph(app, "paris", graph)
+    with serving(app) as base:
+        page = browser.new_page()
+        page.goto(base + path)
+        page.wait_for_selector("#info:has-text('API key')")  # the server's 401, said on the page
+        page.fill("#api-key", "k3y")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("circle.node")
+        assert page.locator("circle.node").count() == len(scope.graphs.export.graph_json(graph)["nodes"])

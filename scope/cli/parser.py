@@ -71,6 +71,12 @@ TOP_P = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 FRACTION = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 FEATURES = _checked(_integers, lambda v: all(f >= 0 for f in v), "comma-separated integers like 1,2,3")
 POSITIVE_FRACTION = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.1")
+WINDOW = 128  # tokens per mining window, BOS included: scope.top_examples' and scope.mine's default
+OVERLAP = _checked(
+    int,
+    lambda v: 0 <= v <= WINDOW - 2,
+    f"an integer from 0 to {WINDOW - 2} (windows are {WINDOW} tokens, BOS included)",
+)
 
 
 def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards", type=POSITIVE_INT, default=64, help="corpus shards, by document hash (with --engine ray)"
     )
     examples.add_argument("--context", type=NON_NEGATIVE_INT, default=8, help="tokens shown either side of the peak")
+    examples.add_argument(
+        "--overlap",
+        type=OVERLAP,
+        default=None,
+        help=f"tokens a text's next {WINDOW}-token window repeats from the one before, as context only, so that "
+        "no scored token starts cold (default: an eighth of the window, 16; 0: none)",
+    )
     examples.add_argument("--show", type=NON_NEGATIVE_INT, default=20, help="rows printed")
     examples.add_argument(
         "--checkpoint-every",
@@ -294,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="targets per backward pass")
     graph.add_argument("--node-threshold", type=FRACTION, default=0.8, help="influence share of the nodes kept")
     graph.add_argument("--edge-threshold", type=FRACTION, default=0.98, help="influence share of the edges kept")
+    graph.add_argument(
+        "--zero-bos",
+        action="store_true",
+        help="drop the BOS position's MLP outputs as circuit-tracer does (each node's bos_share says how much)",
+    )
+    graph.add_argument(
+        "--open",
+        action="store_true",
+        help="then serve the graph and its features' pages on 127.0.0.1 and print the URL, until Ctrl-C",
+    )
+    graph.add_argument("--port", type=PORT, default=8000, help="the port --open serves on")
     graph.set_defaults(run="graph:graph")
 
     demo = commands.add_parser("demo", help="the main job on the bundled model (offline)")
@@ -314,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--mined",
         action="append",
         help="examples Parquet of `scope examples --out` as PATH or NAME=PATH, repeatable (default: none)",
+    )
+    serve.add_argument(
+        "--graph",
+        action="append",
+        help="an attribution graph JSON (`scope graph --out`) served at /graph/NAME, as PATH or NAME=PATH "
+        "(NAME: the file's stem), repeatable (default: none)",
+    )
+    serve.add_argument(
+        "--transcoders",
+        default=None,
+        help="transcoders served as SAEs named transcoder-LAYER, so a graph's feature opens its page: 'demo', "
+        "this model's name, or a folder (any scope.load_transcoders spec; default: none)",
     )
     serve.add_argument(
         "--assistant",

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -15,6 +16,8 @@ from scope.assisted import check_assistant
 from scope.cli.common import check_model, check_sae_spec, named
 from scope.serve import Limits, check_address, create_app, host_warning
 from scope.serve import serve as run_server
+from scope.serve.graph_page import add_graph, read_graph_json
+from scope.subjects import BUNDLED, SUBJECTS
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -30,6 +33,9 @@ def serve(args: argparse.Namespace) -> None:
             raise ValueError(f"--mined {name}={path} names no served SAE; served: {', '.join(specs)}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"--mined {path}: no such file (write one with scope examples --out)")
+    graphs = {name: read_graph_json(path) for name, path in graph_paths(args.graph or []).items()}
+    if args.transcoders is not None:
+        check_transcoders_spec(args.transcoders, args.model)
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key is empty: give a key, or leave --api-key out for none.")
     limits = Limits(
@@ -49,6 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         assistant = scope.load_model(args.assistant, device=model.cfg.device)
         check_assistant(model, assistant)
     saes = {name: scope.load_sae(spec, device=model.cfg.device) for name, spec in specs.items()}
+    feature_pages = transcoder_saes(model, args.transcoders, saes) if args.transcoders is not None else {}
     mined = {name: pd.read_parquet(path) for name, path in mined_paths.items()}
     app = create_app(
         model,
@@ -60,13 +67,59 @@ def serve(args: argparse.Namespace) -> None:
         any_model_name=args.any_model_name,
         assistant=assistant,
     )
+    paths = [add_graph(app, name, data, feature_pages=feature_pages) for name, data in graphs.items()]
     if assistant is not None:  # each batch logs its draft's acceptance
         logging.basicConfig(format="scope: %(message)s")
         logging.getLogger("scope.serve.engine").setLevel(logging.INFO)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     drafted = f", drafted by {args.assistant}" if assistant is not None else ""
-    print(f"scope serve: {args.model} with SAEs {', '.join(saes)}{drafted}")
+    served = [name for name in saes if name not in feature_pages.values()]
+    with_transcoders = f" and {len(feature_pages)} transcoders" if feature_pages else ""
+    print(f"scope serve: {args.model} with SAEs {', '.join(served)}{with_transcoders}{drafted}")
     print(f"  explorer    http://{shown}:{args.port}/")
+    for path in paths:
+        print(f"  graph       http://{shown}:{args.port}{path}")
     keyed = "  (Authorization: Bearer required)" if args.api_key else ""
     print(f"  OpenAI API  http://{shown}:{args.port}/v1{keyed}  (model {args.model!r})")
     run_server(app, host=args.host, port=args.port)
+
+
+def graph_paths(values: list[str]) -> dict[str, str]:
+    """``--graph`` values (``PATH`` or ``NAME=PATH``) -> {name: path}; a bare path is named by its stem."""
+    found: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).stem, value
+        if not name or not path:
+            raise ValueError(f"--graph {value!r}: expected PATH or NAME=PATH")
+        if name in found:
+            raise ValueError(f"--graph: the name {name!r} is given twice (name them: --graph NAME=PATH)")
+        found[name] = path
+    return found
+
+
+def check_transcoders_spec(spec: str, model_name: str) -> None:
+    """What can be checked of a transcoder spec before the model loads (they load for the model)."""
+    if spec == "demo":
+        if model_name != BUNDLED:
+            raise ValueError(f"--transcoders demo are {BUNDLED}'s; this server runs {model_name}.")
+    elif spec in SUBJECTS:
+        if spec != model_name:
+            raise ValueError(f"--transcoders {spec} are another model's transcoders; this server runs {model_name}.")
+    elif not Path(spec).expanduser().is_dir():
+        raise ValueError(
+            f"--transcoders {spec!r} is neither 'demo', a model name ({model_name}) nor a folder of transcoders."
+        )
+
+
+def transcoder_saes(model: Any, spec: str, saes: dict[str, Any]) -> dict[int, str]:
+    """Add each layer's transcoder to ``saes`` as ``transcoder-LAYER``; returns layer -> that name."""
+    transcoders = scope.load_transcoders(spec, model=model)
+    names = {}
+    for layer in transcoders:
+        name = f"transcoder-{layer}"
+        if name in saes:
+            raise ValueError(f"--sae {name} clashes with the name --transcoders gives layer {layer}'s transcoder.")
+        saes[name], names[layer] = transcoders[layer], name
+    return names

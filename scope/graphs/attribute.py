@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 from scope import _checks
 from scope.graphs.graph import Graph
 from scope.graphs.prune import partial_influence
-from scope.graphs.replacement import LinearPass, Snapshot, check_transcoders, gradients, linear_pass, record
+from scope.graphs.replacement import (
+    LinearPass,
+    Snapshot,
+    check_transcoders,
+    gradients,
+    linear_pass,
+    record,
+    without_bos,
+)
 from scope.hooks import model_lock
 from scope.inputs import str_tokens, to_tokens
 
@@ -38,6 +46,7 @@ def attribution_graph(
     max_n_logits: int = 10,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    zero_bos: bool = False,
     progress: bool = True,
 ) -> Graph:
     """The attribution graph of ``prompt``'s next token through ``transcoders``.
@@ -55,6 +64,12 @@ def attribution_graph(
         batch_size: targets per backward pass (memory grows with it: ``batch_size`` copies of the
             prompt's forward pass).
         node_threshold, edge_threshold: pruning (see :class:`scope.Graph`).
+        zero_bos: drop the BOS position's MLP outputs as circuit-tracer does: no feature nodes at
+            BOS, BOS error nodes carrying nothing (the BOS embedding node and any skip path stay).
+            The cost in exactness: each node's incoming edges then sum to its input less the
+            direct effect of those BOS MLP outputs, the node's ``bos_share`` (shown per node, and
+            added back by ``completeness_error``, which stays ~0). BOS activations are huge and
+            mean little (Gemma Scope was not trained on them), so the graph reads more easily.
         progress: a tqdm bar over the feature rows.
     """
     batch_size = _checks.positive_int(batch_size, "batch_size")
@@ -67,19 +82,27 @@ def attribution_graph(
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= _checks.number(value, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, got {value!r}.")
+    if not isinstance(zero_bos, bool):
+        raise TypeError(f"zero_bos must be True or False, got {zero_bos!r}.")
     _checks.text(prompt, "prompt")
     tokens = to_tokens(model, prompt, name="prompt")
     target_ids = None if targets is None else _target_ids(model, targets)
     checked = check_transcoders(model, transcoders)
-    sources, transcoders = _sources(transcoders, checked), checked
+    origins, transcoders = _sources(transcoders, checked), checked
     with model_lock(model):
         snapshot = record(model, transcoders, tokens)
+        bos_out = None
+        if zero_bos:
+            snapshot, bos_out = without_bos(snapshot, transcoders, model.cfg.dtype)
         logit_ids, probs = _logit_targets(snapshot, target_ids, desired_logit_prob, max_n_logits)
         features = _active(snapshot)
         rows_wanted = len(features) if max_feature_nodes is None else min(max_feature_nodes, len(features))
         run = linear_pass(model, transcoders, tokens, min(batch_size, max(rows_wanted, len(logit_ids))))
-        rows, order = _rows(
-            model, transcoders, snapshot, run, features, logit_ids, batch_size, max_feature_nodes, probs, progress
+        sources = _Sources(model, transcoders, snapshot, features, bos_out)
+        W_U = model.W_U.detach()
+        logit_vectors = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
+        rows, bos_shares, order = _rows(
+            sources, run, features, logit_ids, logit_vectors, batch_size, max_feature_nodes, probs, progress
         )
         del run
     return _graph(
@@ -90,6 +113,7 @@ def attribution_graph(
         logit_ids,
         probs,
         rows,
+        bos_shares,
         order,
         dict(
             prompt=prompt,
@@ -97,8 +121,9 @@ def attribution_graph(
             batch_size=batch_size,
             desired_logit_prob=desired_logit_prob,
             max_n_logits=max_n_logits,
+            zero_bos=zero_bos,
         ),
-        sources,
+        origins,
         node_threshold,
         edge_threshold,
     )
@@ -153,33 +178,30 @@ def _active(snapshot: Snapshot) -> pd.DataFrame:
 
 
 def _rows(
-    model: Any,
-    transcoders: dict[int, Any],
-    snapshot: Snapshot,
+    sources: _Sources,
     run: LinearPass,
     features: pd.DataFrame,
     logit_ids: torch.Tensor,
+    logit_vectors: torch.Tensor,
     batch_size: int,
     max_features: int | None,
     probs: torch.Tensor,
     progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Incoming edges of the logits, then of the features in influence order: returns the rows
-    ``[n_logits + n_visited, n_sources]`` and the visited features' indices in order."""
-    n_layers, n_pos = model.cfg.n_layers, len(snapshot.tokens)
-    sources = _Sources(model, transcoders, snapshot, features)
-    W_U = model.W_U.detach()
-    logit_vectors = (W_U[:, logit_ids] - W_U.mean(1, keepdim=True)).T
-    last = torch.full((len(logit_ids),), n_pos - 1)
-    rows = [
+    ``[n_logits + n_visited, n_sources]``, each row's BOS share (``zero_bos``) and the visited
+    features' indices in order."""
+    last = torch.full((len(logit_ids),), sources.n_pos - 1)
+    found = [
         sources.edges(
             run,
-            torch.full_like(last, n_layers)[i : i + batch_size],
+            torch.full_like(last, sources.n_layers)[i : i + batch_size],
             last[i : i + batch_size],
             logit_vectors[i : i + batch_size],
         )
         for i in range(0, len(logit_ids), batch_size)
     ]
+    rows, shares = [row for row, _ in found], [share for _, share in found]
     n_features = len(features)
     wanted = n_features if max_features is None else min(max_features, n_features)
     layers = torch.tensor(features["layer"].to_numpy(), dtype=torch.long)
@@ -192,11 +214,13 @@ def _rows(
         while sum(len(o) for o in order) < wanted:
             pending = _next_features(rows, order, visited, wanted, batch_size, sources.count, probs, logit_nodes)
             for batch in pending.split(batch_size):
-                rows.append(sources.edges(run, layers[batch], positions[batch], encoders[batch]))
+                row, share = sources.edges(run, layers[batch], positions[batch], encoders[batch])
+                rows.append(row)
+                shares.append(share)
                 order.append(batch)
                 visited[batch] = True
                 bar.update(len(batch))
-    return torch.cat(rows), torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    return torch.cat(rows), torch.cat(shares), torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
 
 
 def _next_features(
@@ -224,8 +248,16 @@ def _next_features(
 class _Sources:
     """What each source node writes where: scaled decoder rows (features), errors, embeddings."""
 
-    def __init__(self, model: Any, transcoders: dict[int, Any], snapshot: Snapshot, features: pd.DataFrame) -> None:
+    def __init__(
+        self,
+        model: Any,
+        transcoders: dict[int, Any],
+        snapshot: Snapshot,
+        features: pd.DataFrame,
+        bos_out: torch.Tensor | None,
+    ) -> None:
         dtype = model.cfg.dtype
+        self.bos_out = bos_out  # [n_layers, d_model]: the BOS MLP outputs zero_bos took out, or None
         self.n_layers, self.n_pos = model.cfg.n_layers, len(snapshot.tokens)
         self.features = features
         self.transcoders = transcoders
@@ -250,8 +282,9 @@ class _Sources:
 
     def edges(
         self, run: LinearPass, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor
-    ) -> torch.Tensor:
-        """``[len(layers), count]``: every source's direct effect on each target."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[len(layers), count]``: every source's direct effect on each target; and ``[len(layers)]``:
+        the direct effect of the BOS MLP outputs ``zero_bos`` took out (zeros without it)."""
         n = len(layers)
         embed_grad, out_grads = gradients(run, layers, positions, vectors, self.n_layers)
         row = torch.zeros(n, self.count, dtype=torch.float64)
@@ -262,7 +295,10 @@ class _Sources:
         row[:, start : start + self.n_layers * self.n_pos] = errors.reshape(n, -1).double().cpu()
         embeds = torch.einsum("bpd,pd->bp", embed_grad[:n], self.snapshot.embed)
         row[:, start + self.n_layers * self.n_pos :] = embeds.double().cpu()
-        return row
+        if self.bos_out is None:
+            return row, torch.zeros(n, dtype=torch.float64)
+        bos = torch.einsum("lbd,ld->b", torch.stack(out_grads)[:, :n, 0], self.bos_out)
+        return row, bos.double().cpu()
 
 
 def _graph(
@@ -273,6 +309,7 @@ def _graph(
     logit_ids: torch.Tensor,
     probs: torch.Tensor,
     rows: torch.Tensor,
+    bos_shares: torch.Tensor,
     order: torch.Tensor,
     settings: dict[str, Any],
     sources: dict[int, str],
@@ -290,6 +327,10 @@ def _graph(
     adjacency[len(columns) :, : len(columns)] = rows[:n_logits][:, columns]
     tokens = str_tokens(model, snapshot.tokens)
     nodes = _nodes(model, transcoders, snapshot, features.iloc[kept.numpy()], logit_ids, probs, tokens)
+    shares = torch.full((n_nodes,), float("nan"), dtype=torch.float64)  # targets only, as "input"
+    shares[: len(kept)] = bos_shares[n_logits:][torch.argsort(order)]
+    shares[len(columns) :] = bos_shares[:n_logits]
+    nodes["bos_share"] = shares.numpy()
     metadata = {
         "model": getattr(model.cfg, "model_name", ""),
         "prompt": settings.pop("prompt"),

@@ -19,9 +19,20 @@ import torch
 
 from scope._io import write_atomically
 from scope.graphs.export import write_json
-from scope.graphs.prune import Pruned, prune
+from scope.graphs.prune import Pruned, influence, normalized, prune
 
-NODE_COLUMNS = ["node_id", "kind", "layer", "position", "feature", "token", "activation", "input", "probability"]
+NODE_COLUMNS = [
+    "node_id",
+    "kind",
+    "layer",
+    "position",
+    "feature",
+    "token",
+    "activation",
+    "input",
+    "bos_share",
+    "probability",
+]
 KINDS = ("feature", "error", "embedding", "logit")
 
 
@@ -35,7 +46,10 @@ class Graph:
             logits), ``position``, ``feature`` (feature index; the token id for logits; -1 else),
             ``token`` (the prompt token at ``position``; the predicted token for logits),
             ``activation`` (features), ``input`` (features and logits: what the incoming edges sum
-            to), ``probability`` (logits), and after pruning ``influence`` and ``kept``.
+            to, with ``bos_share``), ``bos_share`` (features and logits: the part of ``input`` that
+            came from the BOS position's MLP outputs, which ``zero_bos=True`` leaves out of the
+            graph; 0 without it), ``probability`` (logits), and after pruning ``influence`` and
+            ``kept``.
         adjacency: ``[n_nodes, n_nodes]``, ``adjacency[target, source]``.
         metadata: model, prompt, tokens, token_ids, transcoders (layer -> source), n_layers and
             the settings the graph was made with.
@@ -53,6 +67,9 @@ class Graph:
         for name, value in (("node_threshold", self.node_threshold), ("edge_threshold", self.edge_threshold)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}.")
+        if "bos_share" not in self.nodes:  # a graph saved before zero_bos existed
+            targets = self.nodes["kind"].isin(["feature", "logit"])
+            self.nodes = self.nodes.assign(bos_share=targets.map({True: 0.0, False: float("nan")}))
         kinds = self.nodes["kind"]
         logits = self.nodes.loc[kinds == "logit", "probability"].to_numpy(dtype=float)
         n_always = int((kinds == "embedding").sum() + (kinds == "logit").sum())
@@ -93,11 +110,13 @@ class Graph:
 
     def completeness_error(self) -> float:
         """The largest relative gap, over feature and logit nodes, between a node's input and the
-        sum of its incoming edges: ~0 (float round-off) when every active feature is a node."""
+        sum of its incoming edges plus its ``bos_share``: ~0 (float round-off) when every active
+        feature is a node."""
         targets = self.nodes["kind"].isin(["feature", "logit"]).to_numpy()
         inputs = torch.tensor(self.nodes["input"].to_numpy()[targets], dtype=torch.float64)
-        sums = self.adjacency[torch.tensor(targets)].double().sum(1)
-        scale = self.adjacency[torch.tensor(targets)].double().abs().sum(1).clamp(min=1e-30)
+        shares = torch.tensor(self.nodes["bos_share"].to_numpy()[targets], dtype=torch.float64)
+        sums = self.adjacency[torch.tensor(targets)].double().sum(1) + shares
+        scale = (self.adjacency[torch.tensor(targets)].double().abs().sum(1) + shares.abs()).clamp(min=1e-30)
         return float(((sums - inputs).abs() / torch.maximum(inputs.abs(), scale)).max()) if targets.any() else 0.0
 
     def pruning_report(self) -> pd.DataFrame:
@@ -122,6 +141,27 @@ class Graph:
         """The fraction of all node influence on the logits that the kept nodes carry."""
         total = float(self.nodes["influence"].sum())
         return float(self.nodes.loc[self.nodes["kept"], "influence"].sum()) / total if total else 1.0
+
+    def nodes_for_logit(self, token: int | str) -> pd.DataFrame:
+        """The nodes by their influence on one logit node alone (the influence above with that
+        logit weighted 1 and the others 0), most influential first, the logit itself left out:
+        the node columns plus ``logit_influence``. ``token``: the logit's token id or string."""
+        logits = self.nodes[self.nodes["kind"] == "logit"]
+        column = "feature" if isinstance(token, int) and not isinstance(token, bool) else "token"
+        match = logits.index[logits[column] == token]
+        if len(match) > 1:
+            ids = logits.loc[match, "feature"].tolist()
+            raise ValueError(f"{token!r} is the string of {len(match)} logit nodes (token ids {ids}): pass the id.")
+        if not len(match):
+            raise ValueError(
+                f"{token!r} is not a logit node of this graph; its logits are token ids "
+                f"{logits['feature'].tolist()}, strings {logits['token'].tolist()}."
+            )
+        weights = torch.zeros(len(self.nodes), dtype=torch.float64)
+        weights[int(match[0])] = 1.0
+        found = influence(normalized(self.adjacency.double()), weights)
+        ranked = self.nodes.assign(logit_influence=found.numpy()).drop(index=match)
+        return ranked.sort_values("logit_influence", ascending=False, kind="stable")
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
         """The same graph pruned with other thresholds."""

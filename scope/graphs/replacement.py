@@ -18,7 +18,7 @@ stays on the model.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -155,6 +155,23 @@ def record(model: Any, transcoders: Mapping[int, Any], tokens: torch.Tensor, *, 
         seen["unembed.hook_out"][-1],
         frozen,
     )
+
+
+def without_bos(
+    snapshot: Snapshot, transcoders: Mapping[int, Any], dtype: torch.dtype
+) -> tuple[Snapshot, torch.Tensor]:
+    """circuit-tracer's BOS handling: the snapshot with the BOS position's feature activations and
+    error vectors zeroed (no BOS feature nodes; BOS error nodes carry nothing), and what that takes
+    out, the BOS MLP outputs less any skip path ``[n_layers, d_model]`` (the skip path stays live)."""
+    acts = {layer: values.clone() for layer, values in snapshot.acts.items()}
+    errors = snapshot.errors.clone()
+    taken = errors[:, 0].clone()
+    with torch.no_grad():
+        for layer, values in acts.items():
+            taken[layer] += decode(transcoders[layer], values[0], dtype)
+            values[0] = 0
+    errors[:, 0] = 0
+    return replace(snapshot, acts=acts, errors=errors), taken
 
 
 # ----------------------------------------------------------------------------- the linear pass
