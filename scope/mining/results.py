@@ -44,18 +44,24 @@ def frame_of(
 ) -> tuple[pd.DataFrame, torch.Tensor, torch.Tensor, dict[int, str]]:
     """The buffers (:meth:`RunningTopK.state`) as rows (features in the order asked, only activations above zero), the
     rows' context ids and activations, and the decoded string of every id in them."""
-    rank, column = torch.nonzero(top["values"] > 0, as_tuple=True)
-    order = torch.argsort(column * top["k"] + rank)
-    rank, column = rank[order], column[order]
-    context_ids, context_acts = top["tokens"][rank, column], top["acts"][rank, column]
-    text_id, position = top["text_id"][rank, column], top["position"][rank, column]
-    piece = _token_strings(model, torch.unique(context_ids[context_ids >= 0]).tolist())
-    token, context = _peak_strings(model.tokenizer, text_id, position, context_ids, top["context"], piece)
+    k, n_features = top["values"].shape
+    column, rank = torch.nonzero(top["values"].t() > 0, as_tuple=True)  # by feature, then rank
+    flat = rank * n_features + column  # rows of the [k * features] buffers, read with index_select
+
+    def rows_of(buffer: torch.Tensor) -> torch.Tensor:
+        return buffer.reshape(k * n_features, *buffer.shape[2:]).index_select(0, flat)
+
+    context_ids, context_acts = rows_of(top["tokens"]), rows_of(top["acts"])
+    text_id, position = rows_of(top["text_id"]), rows_of(top["position"])
+    first, inverse = _distinct_contexts(text_id, position, context_ids)
+    distinct = context_ids[torch.from_numpy(first)]
+    piece = _token_strings(model, torch.unique(distinct[distinct >= 0]).tolist())
+    token, context = _peak_strings(model.tokenizer, distinct, inverse, top["context"], piece)
     frame = pd.DataFrame(
         {
             "feature": selected[column].numpy(),
             "rank": (rank + 1).numpy(),
-            "activation": top["values"][rank, column].double().numpy(),
+            "activation": rows_of(top["values"]).double().numpy(),
             "text_id": text_id.numpy(),
             "position": position.numpy(),
             "token": token,
@@ -66,23 +72,28 @@ def frame_of(
     return frame, context_ids, context_acts, piece
 
 
-def _peak_strings(
-    tokenizer, text_id: torch.Tensor, position: torch.Tensor, context_ids: torch.Tensor, c: int, piece: dict[int, str]
-) -> tuple[pd.Series, pd.Series]:
-    """Each row's peak token and context (``before⟦peak⟧after``) as string columns.
+def _distinct_contexts(
+    text_id: torch.Tensor, position: torch.Tensor, context_ids: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct context and, per row, which distinct context it shows.
 
     A wide SAE's table has k x F rows but far fewer distinct examples: features peaking on the same
     token of the same window share its context. A token is read in one window only (see
-    :mod:`scope.mining.windows`), so ``(text_id, position)`` names the context; each distinct one
-    is decoded once and the columns are gathered from those strings in Arrow, not built per row."""
+    :mod:`scope.mining.windows`), so ``(text_id, position)`` names the context."""
     rows = len(position)
     key = text_id.numpy() * (int(position.max()) + 1 if rows else 1) + position.numpy()
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    first_t = torch.from_numpy(first)
-    if not torch.equal(context_ids, context_ids[first_t][torch.from_numpy(inverse)]):  # never, but stay exact
-        first, inverse = np.arange(rows), np.arange(rows)
-        first_t = torch.from_numpy(first)
-    ids = context_ids[first_t]
+    if not torch.equal(context_ids, context_ids[torch.from_numpy(first)][torch.from_numpy(inverse)]):
+        return np.arange(rows), np.arange(rows)  # never, but stay exact
+    return first, inverse
+
+
+def _peak_strings(
+    tokenizer, ids: torch.Tensor, inverse: np.ndarray, c: int, piece: dict[int, str]
+) -> tuple[pd.Series, pd.Series]:
+    """Each row's peak token and context (``before⟦peak⟧after``) as string columns, from the
+    distinct contexts ``ids`` [distinct, 2 * c + 1] and the one each row shows (``inverse``):
+    each distinct one is decoded once and the columns are gathered in Arrow, not built per row."""
     # Ids outside the text (-1) only ever sit at the ends of a context, so slices skip them.
     inside = ids >= 0
     lo = (~inside[:, :c]).sum(1).tolist()
