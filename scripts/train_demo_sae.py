@@ -268,7 +268,7 @@ def cache_activations(args: argparse.Namespace, model, dataset) -> None:
     staging.mkdir()
     CacheActivationsRunner._consolidate_shards(shards, staging, copy_files=False)
     staging.rename(args.cache_dir)
-    shutil.rmtree(shards)
+    shutil.rmtree(shards, ignore_errors=True)  # sae-lens moved the parts out already
 
 
 def cache_part(args: argparse.Namespace, model, dataset, tokens: int, target: Path) -> None:
@@ -428,19 +428,23 @@ def frequency_capped_sae_class(cap: float, coefficient: float):
     return FrequencyCappedJumpReLU
 
 
-def latest_checkpoint(folder: Path | None) -> Path | None:
-    """The newest complete sae-lens checkpoint in ``folder`` (named by training samples seen); an
-    interrupted save (no weights or no trainer state) does not count."""
+def checkpoints(folder: Path | None) -> list[Path]:
+    """Complete sae-lens checkpoints under ``folder``: sae-lens writes them to ``folder/RUN_ID/SAMPLES``
+    (a new RUN_ID per run); an interrupted save (no weights or no trainer state) does not count."""
     from sae_lens.constants import SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
 
     if folder is None or not folder.is_dir():
-        return None
-    done = [
+        return []
+    return [
         c
-        for c in folder.iterdir()
+        for c in folder.glob("*/*")
         if c.name.isdigit() and (c / SAE_WEIGHTS_FILENAME).is_file() and (c / TRAINER_STATE_FILENAME).is_file()
     ]
-    return max(done, key=lambda c: int(c.name), default=None)
+
+
+def latest_checkpoint(folder: Path | None) -> Path | None:
+    """The newest complete checkpoint (most training samples seen) of any run under ``folder``."""
+    return max(checkpoints(folder), key=lambda c: int(c.name), default=None)
 
 
 def training_runner_class():
@@ -450,11 +454,12 @@ def training_runner_class():
     class KeepLatestCheckpoint(LanguageModelSAETrainingRunner):
         def save_checkpoint(self, checkpoint_path: Path | None) -> None:
             super().save_checkpoint(checkpoint_path)
-            newest = latest_checkpoint(Path(self.cfg.checkpoint_path)) if self.cfg.checkpoint_path else None
-            if newest is None:
+            if checkpoint_path is None:
                 return
-            for old in Path(self.cfg.checkpoint_path).iterdir():
-                if old.name.isdigit() and int(old.name) < int(newest.name):
+            base = Path(checkpoint_path).parent.parent
+            newest = latest_checkpoint(base)
+            for old in checkpoints(base):
+                if old != newest:
                     shutil.rmtree(old, ignore_errors=True)
 
     return KeepLatestCheckpoint
@@ -568,7 +573,8 @@ def ship(tmp: Path, out: Path, extra: dict, fold: bool, dtype: torch.dtype = tor
         shutil.copy(tmp / "sparsity.safetensors", out / "train_sparsity.safetensors")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, model=None) -> None:
+    """Parse, load the model (unless one is passed: the trials share one), cache, train, ship."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -579,7 +585,8 @@ def main(argv: list[str] | None = None) -> None:
     import scope
 
     t0 = time.time()
-    model = scope.load_model("gemma-3-270m", device=args.device, dtype="float32")  # fp32 activations on GPU too
+    if model is None:
+        model = scope.load_model("gemma-3-270m", device=args.device, dtype="float32")  # fp32 on GPU too
     model.eval()
     args.d_in = model.cfg.d_model
     texts = load_texts(args.corpus, args.seed, args.corpus_weights)

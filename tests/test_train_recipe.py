@@ -3,6 +3,7 @@ loaded by scope, the corpus mix, checkpoints to resume from, argument checks. No
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,14 +89,16 @@ def test_corpus_mix_equal_by_default_and_weighted_shares_repeat_the_small_one(re
     assert len({t for t in weighted if t.startswith("s")}) == 10  # the small corpus repeated whole
 
 
-def test_latest_checkpoint_ignores_interrupted_saves(recipe, tmp_path):
+def test_latest_checkpoint_of_any_run_ignores_interrupted_saves(recipe, tmp_path):
     assert recipe.latest_checkpoint(tmp_path / "missing") is None
-    for name, files in {"1024": ["sae_weights.safetensors", "trainer_state.pt"], "4096": ["sae_weights.safetensors"],
-                        "2048": ["sae_weights.safetensors", "trainer_state.pt"], "final": []}.items():  # fmt: skip
-        (tmp_path / name).mkdir()
+    complete = ["sae_weights.safetensors", "trainer_state.pt"]
+    # sae-lens writes FOLDER/RUN_ID/SAMPLES; each run (each resume) has a new RUN_ID
+    for name, files in {"run1/1024": complete, "run2/4096": ["sae_weights.safetensors"], "run2/2048": complete,
+                        "run2/final": complete}.items():  # fmt: skip
+        (tmp_path / name).mkdir(parents=True)
         for f in files:
             (tmp_path / name / f).write_text("")
-    assert recipe.latest_checkpoint(tmp_path).name == "2048"
+    assert recipe.latest_checkpoint(tmp_path) == tmp_path / "run2" / "2048"
 
 
 @pytest.mark.parametrize(
@@ -115,3 +118,63 @@ def test_bad_arguments_stop_before_any_work(recipe, argv, message, capsys):
     with pytest.raises(SystemExit):
         recipe.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_its_cache_parts_and_its_training(recipe, tiny_model, tmp_path, monkeypatch, capsys):
+    """The cache is built in parts that survive a kill; training resumes from the newest checkpoint."""
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "while",
+        "sparse",
+        "features",
+        "fire",
+    ]
+    corpus = write_corpus(tmp_path / "train.jsonl", [" ".join(words[i % 7 :] + words) * 6 for i in range(40)])
+    argv = ["--layer", "1", "--width", "64", "--context", "16", "--batch", "64", "--target-l0", "4", "--epochs", "2"]
+    argv += ["--cache-tokens", "1024", "--cache-shards", "2", "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoints", "3", "--corpus", str(corpus)]
+    argv += ["--out", str(tmp_path / "out"), "--device", "cpu", "--threads", "1"]
+    real_part, built = recipe.cache_part, []
+
+    def part_then_killed(args, model, dataset, tokens, target):
+        if built:  # killed while caching the second part
+            raise KeyboardInterrupt
+        built.append(target.name)
+        real_part(args, model, dataset, tokens, target)
+
+    monkeypatch.setattr(recipe, "cache_part", part_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.main(argv, model=tiny_model)
+    assert built == ["shard_00000"] and not (tmp_path / "cache").exists()  # no half-written cache
+
+    def part(args, model, dataset, tokens, target):
+        built.append(target.name)
+        real_part(args, model, dataset, tokens, target)
+
+    monkeypatch.setattr(recipe, "cache_part", part)
+    recipe.main(argv, model=tiny_model)  # the same command again
+    assert built == ["shard_00000", "shard_00001"]  # the first part was kept, not rebuilt
+    assert recipe.cached_tokens(tmp_path / "cache") >= 1024
+    kept = recipe.checkpoints(tmp_path / "ckpt")
+    assert len(kept) == 1  # only the newest checkpoint stays
+
+    # a run killed after its last checkpoint: the same command resumes from it and finishes
+    first = json.loads((tmp_path / "out" / "training_config.json").read_text())
+    shutil.rmtree(tmp_path / "out")
+    capsys.readouterr()
+    recipe.main(argv, model=tiny_model)
+    assert f"resuming from {kept[0]}" in capsys.readouterr().out
+    assert (
+        json.loads((tmp_path / "out" / "training_config.json").read_text())["training_tokens"]
+        == first["training_tokens"]
+    )
+    assert scope.load_sae(str(tmp_path / "out"), device="cpu").cfg.d_sae == 64
