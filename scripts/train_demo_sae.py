@@ -48,6 +48,12 @@ sae_weights.safetensors, weights stored in fp16, about 10 MB), with the full run
 Usage (from the repository root)::
 
     HF_HUB_OFFLINE=1 WANDB_MODE=disabled PYTHONPATH=. python scripts/train_demo_sae.py
+
+The modern recipe (issue 26 item 3; ``data/README.md``, "The modern demo SAE run"): Matryoshka
+BatchTopK (``--architecture matryoshka``, saved as JumpReLU by sae-lens), 16,384 features, k 50, at
+layer 12 (``scripts/probe_layers.py``), general English : modern English : documentation = 2 : 2 : 1
+(``--corpus-weights``), a cache built in parts (``--cache-shards``) and checkpoints
+(``--checkpoint-dir``), so that rerunning the same command resumes a killed run.
 """
 
 from __future__ import annotations
