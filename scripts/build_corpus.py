@@ -28,6 +28,12 @@ whose text is prose a reader meets outside software manuals:
 | debian-handbook       | The Debian Administrator's Handbook (HTML, en-US)      | instructions, explanation |
 
 News-like text is the one register Debian does not ship under a clean licence; it is missing.
+
+``--corpus modern`` builds modern English (written this century, for today's readers) from manuals,
+handbooks and help systems: GNOME Help, LibreOffice Help (capped), the Debian installation guide,
+Securing Debian, the New Maintainers' Guide, the Developer's Reference and the Policy Manual. Two
+more sources are **evaluation-only**, one per genre, held out whole (``eval.jsonl``; never in
+train or heldout): the Debian FAQ (instructions) and A Brief History of Debian (a chronicle).
 R data sets are read with the ``rdata`` package (``pip install -e ".[corpus]"``; only this script needs it).
 
 Each file is one document, except where a file holds many (novels are cut into chapters,
@@ -38,11 +44,13 @@ model's tokenizer.
 
     python scripts/build_corpus.py                    # docs corpus -> $SCOPE_CACHE/corpus, sample -> data/
     python scripts/build_corpus.py --corpus english   # -> $SCOPE_CACHE/corpus-english, data/corpus_sample/english
+    python scripts/build_corpus.py --corpus modern    # -> $SCOPE_CACHE/corpus-modern, data/corpus_sample/modern
     python scripts/build_corpus.py --out corpus       # elsewhere
 
-Writes ``train.jsonl`` and ``heldout.jsonl`` (one ``{"id", "source", "lang", "kind", "text"}``
-per line) and ``manifest.json`` (sources, versions, licences, documents, tokens), atomically;
-and the small sample in ``data/corpus_sample/`` (a few MB) that tests and notebooks use.
+Writes ``train.jsonl`` and ``heldout.jsonl``, and ``eval.jsonl`` when a source is evaluation-only
+(one ``{"id", "source", "lang", "kind", "text"}`` per line) and ``manifest.json`` (sources,
+versions, licences, documents, tokens), atomically; and the small sample in ``data/corpus_sample/``
+(a few MB) that tests and notebooks use.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +78,7 @@ SAMPLE_DIR = REPO / "data" / "corpus_sample"
 HELDOUT_ONE_IN = 20
 SAMPLE_CHARS = {"train": 2_000_000, "heldout": 1_000_000}
 ENGLISH_SAMPLE_CHARS = {"train": 800_000, "heldout": 700_000}
+MODERN_SAMPLE_CHARS = {"train": 200_000, "heldout": 80_000, "eval": 150_000}
 ENTRY_RUN_CHARS = 4_000  # dictionaries and quotation files are cut into documents of about this size
 SAMPLE_DOC_CHARS = 6_000  # long documents are cut in the sample (never in the full corpus)
 MIN_CHARS = 200
@@ -83,6 +93,8 @@ class Source:
     reader: str  # "text", "pod", "man", "html", "dictd", "wordnet", "fortune", "rdata-novels", "rdata-gutenberg"
     licence: str  # the licence of the text taken, from the package's Debian copyright file
     max_tokens: int | None = None  # keeps the mix mostly English
+    evaluation_only: bool = False  # the whole source is an evaluation set: never in train or heldout
+    exclude: str | None = None  # regex on the path inside the package: files not taken (licence appendices)
 
 
 SOURCES = [
@@ -178,7 +190,90 @@ ENGLISH_SOURCES = [
     ),
 ]
 
-CORPORA = {"docs": SOURCES, "english": ENGLISH_SOURCES}
+MODERN_SOURCES = [
+    Source(
+        "gnome-user-docs",
+        "en",
+        "instructions",
+        "usr/share/help/C/*/*.page",
+        "mallard",
+        "CC-BY-SA-3.0 (GNOME Help and System Administration Guide)",
+    ),
+    Source(
+        "libreoffice-help-en-us",
+        "en",
+        "instructions",
+        "usr/share/libreoffice/help/en-US/text/**/*.html",
+        "html-page",
+        "MPL-2.0 (LibreOffice Help)",
+        1_200_000,
+    ),
+    Source(
+        "installation-guide-amd64",
+        "en",
+        "instructions",
+        "usr/share/doc/installation-guide-amd64/en/*.html",
+        "html",
+        "GPL-2",
+        exclude=r"/apf\.html$",  # the GPL's own text
+    ),
+    Source(
+        "harden-doc",
+        "en",
+        "instructions",
+        "usr/share/doc/harden-doc/html/en-US/*.html",
+        "html",
+        "GPL-2.0 (Securing Debian Manual)",
+    ),
+    Source(
+        "maint-guide",
+        "en",
+        "instructions",
+        "usr/share/doc/maint-guide/html/*.en.html",
+        "html",
+        "GPL-2.0+ or MIT (Debian New Maintainers' Guide)",
+    ),
+    Source(
+        "developers-reference",
+        "en",
+        "reference",
+        "usr/share/developers-reference/_sources/*.rst.txt",
+        "text",
+        "GPL-2 (Debian Developer's Reference)",
+    ),
+    Source(
+        "debian-policy",
+        "en",
+        "reference",
+        "usr/share/doc/debian-policy/policy.html/*.html",
+        "html",
+        "GPL-2+ (Debian Policy Manual)",
+        exclude=r"/(genindex|search|index|ap-license)\.html$",
+    ),
+    # Evaluation only, one whole source per genre: text of a genre the SAE trains on, from a source it
+    # never sees (the FAQ's instructions; a chronicle of people, places and dates).
+    Source(
+        "debian-faq",
+        "en",
+        "instructions",
+        "usr/share/doc/debian/FAQ/*.en.html",
+        "html",
+        "verbatim copying and modified versions permitted (SPI, Debian FAQ)",
+        evaluation_only=True,
+        exclude=r"/index\.en\.html$",
+    ),
+    Source(
+        "debian-history",
+        "en",
+        "history",
+        "usr/share/doc/debian-history/docs/project-history.en.txt.gz",
+        "gztext",
+        "GPL-2+ (A Brief History of Debian)",
+        evaluation_only=True,
+    ),
+]
+
+CORPORA = {"docs": SOURCES, "english": ENGLISH_SOURCES, "modern": MODERN_SOURCES}
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -228,6 +323,12 @@ def read_documents(path: Path, reader: str) -> list[tuple[str, str]]:
         return [("", _render_man(path))]
     if reader == "html":
         return [("", _html_text(path.read_text(encoding="utf-8", errors="replace")))]
+    if reader == "html-page":
+        return [("", _html_text(path.read_text(encoding="utf-8", errors="replace"), _TextOfPage()))]
+    if reader == "mallard":
+        return [("", _mallard_text(path.read_text(encoding="utf-8", errors="replace")))]
+    if reader == "gztext":
+        return [("", gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace"))]
     if reader == "dictd":
         return _runs(_dictd_entries(gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")))
     if reader == "wordnet":
@@ -345,12 +446,37 @@ class _TextOfHtml(html.parser.HTMLParser):
             self.parts.append(data)
 
 
-def _html_text(source: str) -> str:
-    parser = _TextOfHtml()
+class _TextOfPage(_TextOfHtml):
+    """A help page's own text: also without its site header, side panels (the index of every page)
+    and footer."""
+
+    SKIPPED = _TextOfHtml.SKIPPED | {"header", "aside", "footer"}
+
+
+def _html_text(source: str, parser: _TextOfHtml | None = None) -> str:
+    parser = parser or _TextOfHtml()
     parser.feed(source)
     text = "".join(parser.parts)
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n\s*\n(\s*\n)+", "\n\n", text).strip()
+
+
+class _TextOfMallard(_TextOfHtml):
+    """GNOME's Mallard pages: the page's own text, without its metadata (credits, links, licence
+    include) or the authors' review comments."""
+
+    SKIPPED = {"info", "comment", "media", "links"}
+    BLOCKS = {"p", "title", "item", "steps", "note", "section", "td", "tr", "terms", "code", "screen", "list"}
+
+    def handle_data(self, data):
+        super().handle_data(re.sub(r"\s+", " ", data))  # the source's hard wraps inside a paragraph
+
+
+def _mallard_text(source: str) -> str:
+    parser = _TextOfMallard()
+    parser.feed(source)
+    text = re.sub(r" *\n *", "\n", re.sub(r" +", " ", "".join(parser.parts)))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def _run(command: list[str], stdin: bytes | None = None) -> str:
@@ -374,7 +500,31 @@ def is_heldout(doc_id: str) -> bool:
     return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % HELDOUT_ONE_IN == 0
 
 
+def split_documents(documents: list[dict], sources: list[Source]) -> dict[str, list[dict]]:
+    """``train`` / ``heldout`` by document hash within the training sources; ``eval`` (only when a
+    source is evaluation-only) holds every document of the evaluation-only sources, so no source
+    has documents both in an evaluation set and in training."""
+    evaluation = {s.package for s in sources if s.evaluation_only}
+    trained = [d for d in documents if d["source"] not in evaluation]
+    splits = {
+        "heldout": [d for d in trained if is_heldout(d["id"])],
+        "train": [d for d in trained if not is_heldout(d["id"])],
+    }
+    if evaluation:
+        splits["eval"] = [d for d in documents if d["source"] in evaluation]
+    return splits
+
+
 # ----------------------------------------------------------------------------- building
+
+
+def source_paths(root: Path, source: Source) -> list[Path]:
+    """The files of an unpacked package that ``source`` reads, in sorted order."""
+    return sorted(
+        p
+        for p in root.glob(source.pattern)
+        if p.is_file() and not (source.exclude and re.search(source.exclude, "/" + str(p.relative_to(root))))
+    )
 
 
 def collect(work: Path, sources: list[Source]) -> tuple[list[dict], list[dict]]:
@@ -385,7 +535,7 @@ def collect(work: Path, sources: list[Source]) -> tuple[list[dict], list[dict]]:
     for source in tqdm(sources, desc="Sources"):
         deb = fetch_package(source.package, debs)
         root = unpack(deb, debs)
-        paths = sorted(p for p in root.glob(source.pattern) if p.is_file())
+        paths = source_paths(root, source)
         kept = duplicates = 0
         for path in tqdm(paths, desc=source.package, leave=False):
             for suffix, text in read_documents(path, source.reader):
@@ -405,7 +555,7 @@ def collect(work: Path, sources: list[Source]) -> tuple[list[dict], list[dict]]:
         entries.append(
             {
                 "package": source.package,
-                "version": deb.stem.split("_")[1],
+                "version": urllib.parse.unquote(deb.stem.split("_")[1]),
                 "deb": deb.name,
                 "licence": source.licence,
                 "copyright_licences": licences(root, source.package),
@@ -494,12 +644,15 @@ def summarise(entries: list[dict], splits: dict[str, list[dict]]) -> dict:
             entry[f"{split}_documents"] = len(mine)
             entry[f"{split}_tokens"] = sum(d["tokens"] for d in mine)
     totals = {split: sum(d["tokens"] for d in docs) for split, docs in splits.items()}
-    return {
+    manifest = {
         "sources": entries,
         "tokens": totals,
         "tokenizer": "bundled gemma-3-270m",
         "heldout_rule": f"sha1(document id) % {HELDOUT_ONE_IN} == 0",
     }
+    if "eval" in splits:
+        manifest["eval_rule"] = "whole evaluation-only sources (one per genre), never in train or heldout"
+    return manifest
 
 
 def main() -> int:
@@ -507,7 +660,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="docs")
-    parser.add_argument("--out", type=Path, help="default: $SCOPE_CACHE/corpus (docs) or corpus-english")
+    parser.add_argument("--out", type=Path, help="default: $SCOPE_CACHE/corpus (docs) or corpus-NAME")
     parser.add_argument("--no-sample", action="store_true", help="do not rewrite data/corpus_sample")
     args = parser.parse_args()
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
@@ -515,16 +668,15 @@ def main() -> int:
         return 2
     sources = CORPORA[args.corpus]
     out = args.out or cache_root() / ("corpus" if args.corpus == "docs" else f"corpus-{args.corpus}")
-    sample_dir, sample_chars = (
-        (SAMPLE_DIR, SAMPLE_CHARS) if args.corpus == "docs" else (SAMPLE_DIR / args.corpus, ENGLISH_SAMPLE_CHARS)
-    )
+    sample_dir, sample_chars = {
+        "docs": (SAMPLE_DIR, SAMPLE_CHARS),
+        "english": (SAMPLE_DIR / "english", ENGLISH_SAMPLE_CHARS),
+        "modern": (SAMPLE_DIR / "modern", MODERN_SAMPLE_CHARS),
+    }[args.corpus]
     documents, entries = collect(out, sources)
     count_tokens(documents)
     documents = apply_budgets(documents, entries, sources)
-    splits = {
-        "heldout": [d for d in documents if is_heldout(d["id"])],
-        "train": [d for d in documents if not is_heldout(d["id"])],
-    }
+    splits = split_documents(documents, sources)
     manifest = summarise(entries, splits)
     for split, docs in splits.items():
         write_jsonl(out / f"{split}.jsonl", docs)
@@ -536,14 +688,16 @@ def main() -> int:
         write_json(sample_dir / "manifest.json", manifest)
     print(
         f"{len(documents)} documents; train {manifest['tokens']['train']:,} tokens, "
-        f"held-out {manifest['tokens']['heldout']:,} tokens -> {out}"
+        f"held-out {manifest['tokens']['heldout']:,} tokens"
+        + (f", evaluation-only {manifest['tokens']['eval']:,} tokens" if "eval" in splits else "")
+        + f" -> {out}"
     )
     for entry in manifest["sources"]:
-        kept = entry["train_documents"] + entry["heldout_documents"]
+        kept = sum(entry[f"{split}_documents"] for split in splits)
         print(
             f"  {entry['package']} {entry['version']}: {kept} docs ({entry['duplicates_dropped']} duplicates, "
             f"{entry['documents_over_budget']} over the token budget dropped), "
-            f"{entry['train_tokens'] + entry['heldout_tokens']:,} tokens; {entry['licence']}"
+            f"{sum(entry[f'{split}_tokens'] for split in splits):,} tokens; {entry['licence']}"
         )
     return 0
 

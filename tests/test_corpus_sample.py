@@ -10,7 +10,7 @@ import pytest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "corpus_sample"
 # corpus name -> its sample folder (scripts/build_corpus.py --corpus NAME)
-SAMPLES = {"docs": SAMPLE, "english": SAMPLE / "english"}
+SAMPLES = {"docs": SAMPLE, "english": SAMPLE / "english", "modern": SAMPLE / "modern"}
 
 
 def load_builder():
@@ -27,12 +27,13 @@ def corpus(request):
     return request.param
 
 
+def read_splits(folder: Path) -> dict[str, list[dict]]:
+    return {path.stem: [json.loads(line) for line in path.open(encoding="utf-8")] for path in folder.glob("*.jsonl")}
+
+
 @pytest.fixture(scope="module")
 def splits(corpus):
-    return {
-        split: [json.loads(line) for line in (SAMPLES[corpus] / f"{split}.jsonl").open(encoding="utf-8")]
-        for split in ("train", "heldout")
-    }
+    return read_splits(SAMPLES[corpus])
 
 
 def test_documents_never_straddle_the_split(splits):
@@ -46,13 +47,25 @@ def test_documents_never_straddle_the_split(splits):
 
 def test_no_duplicate_documents_and_every_source_present(corpus, splits):
     builder = load_builder()
-    everything = splits["train"] + splits["heldout"]
+    everything = [d for docs in splits.values() for d in docs]
     keys = [hashlib.sha1(builder.normalised(d["text"]).encode()).hexdigest() for d in everything]
     assert len(keys) == len(set(keys))
-    sources = {s.package for s in builder.CORPORA[corpus]}
-    assert {d["source"] for d in splits["train"]} == sources
-    assert {d["source"] for d in splits["heldout"]} == sources
+    trained = {s.package for s in builder.CORPORA[corpus] if not s.evaluation_only}
+    evaluated = {s.package for s in builder.CORPORA[corpus] if s.evaluation_only}
+    assert {d["source"] for d in splits["train"]} == trained
+    assert {d["source"] for d in splits["heldout"]} <= trained
+    assert {d["source"] for d in splits.get("eval", [])} == evaluated
     assert all(set(d) == {"id", "source", "lang", "kind", "text"} for d in everything)
+
+
+def test_modern_evaluation_sources_are_whole_and_never_trained_on():
+    """Every evaluation-only source is held out whole (none of its documents in train or heldout),
+    and at least two genres have one."""
+    splits = read_splits(SAMPLES["modern"])
+    trained = {d["source"] for split in ("train", "heldout") for d in splits[split]}
+    evaluated = {d["source"] for d in splits["eval"]}
+    assert evaluated and not trained & evaluated
+    assert len({d["kind"] for d in splits["eval"]}) >= 2
 
 
 def test_manifest_describes_a_big_enough_mostly_english_corpus():
@@ -98,6 +111,13 @@ def test_english_readers_cut_books_and_dictionaries_into_documents(tmp_path):
     assert builder.read_documents(tmp_path / "wisdom.dat", "fortune") == []
     page = "<html><head><title>t</title></head><body><p>Install  it.</p><script>x()</script><p>Done.</p></body></html>"
     assert builder._html_text(page) == "Install it.\n\nDone."
+
+
+def test_modern_corpus_is_licence_recorded_modern_prose():
+    manifest = json.loads((SAMPLES["modern"] / "manifest.json").read_text())
+    for entry in manifest["sources"]:
+        assert entry["licence"] and entry["version"] and entry["lang"] == "en"
+    assert manifest["tokens"]["train"] >= 1_000_000 and manifest["tokens"]["eval"] >= 50_000
 
 
 def test_sample_is_small():
