@@ -98,10 +98,10 @@ def bundled_name(sae: Any) -> str | None:
             thresholds = shipped.get_tensor("threshold").float()
         if rows.shape[1] != W_dec.shape[1] or thresholds.shape != threshold.shape:
             continue
-        close = dict(rtol=1e-2, atol=1e-3)
         with torch.no_grad():
-            if torch.allclose(W_dec[:PROBE_ROWS].detach().float().cpu(), rows, **close) and torch.allclose(
-                threshold.detach().float().cpu(), thresholds, **close
+            probe = W_dec[:PROBE_ROWS].detach().float().cpu()
+            if torch.allclose(probe, rows, rtol=1e-2, atol=1e-3) and torch.allclose(
+                threshold.detach().float().cpu(), thresholds, rtol=1e-2, atol=1e-3
             ):
                 return name
     return None
@@ -164,9 +164,10 @@ def read_shipped(folder: str | os.PathLike, name: str) -> ShippedExamples:
     activity = pq.read_table(folder / ACTIVITY_FILE)
     group = rows.column("group").to_numpy()
     top, intervals = rows.filter(pa.array(group == TOP)), rows.filter(pa.array(group != TOP))
-    context = int(about["context"])
-    ids, acts, strings = _padded(top, context)
-    examples = top.select(COLUMNS).to_pandas()
+    vocabulary = dict(zip(about["vocabulary"]["ids"], about["vocabulary"]["strings"]))
+    ids, acts = _padded(top, int(about["context"]))
+    examples = top.select([c for c in COLUMNS if c != "context"]).to_pandas()
+    examples["context"] = _contexts(top, vocabulary)
     for column in ("feature", "rank", "text_id", "position"):
         examples[column] = examples[column].astype("int64")
     examples["activation"] = examples["activation"].astype("float64")
@@ -182,11 +183,12 @@ def read_shipped(folder: str | os.PathLike, name: str) -> ShippedExamples:
         histogram_edges=HISTOGRAM_EDGES.clone(),
         context_ids=ids,
         context_acts=acts,
-        token_strings=strings,
+        token_strings={int(i): vocabulary[int(i)] for i in torch.unique(ids[ids >= 0]).tolist()},
     )
     table = intervals.to_pandas()
     table["token_ids"] = [np.asarray(t, dtype=np.int64).tolist() for t in table["token_ids"]]
-    table["tokens"] = [list(t) for t in table["tokens"]]
+    table["tokens"] = [[vocabulary[i] for i in t] for t in table["token_ids"]]
+    table.insert(table.columns.get_loc("token") + 1, "context", _contexts(intervals, vocabulary))
     table["acts"] = [np.asarray(a, dtype=np.float64).tolist() for a in table["acts"]]
     return ShippedExamples(name, mined, table.reset_index(drop=True), about)
 
@@ -197,27 +199,32 @@ def _list_matrix(column: pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), -1) if len(column) else flat.reshape(0, 0)
 
 
-def _padded(top: pa.Table, context: int) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+def _contexts(rows: pa.Table, vocabulary: dict[int, str]) -> list[str]:
+    """Each row's context as mining writes it, ``before⟦peak⟧after``, from its token strings."""
+    out = []
+    for ids, peak in zip(rows.column("token_ids").to_pylist(), rows.column("peak").to_pylist()):
+        pieces = [vocabulary[i] for i in ids]
+        out.append(f"{''.join(pieces[:peak])}{PEAK_OPEN}{pieces[peak]}{PEAK_CLOSE}{''.join(pieces[peak + 1 :])}")
+    return out
+
+
+def _padded(top: pa.Table, context: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top examples' contexts as :class:`Mined` holds them: ``[rows, 2 * context + 1]`` ids and
-    activations with the peak in the middle (-1 and 0 outside the text), and every id's string."""
-    lists = {c: pa.concat_arrays(top.column(c).chunks) if top.num_rows else None for c in ("token_ids", "acts")}
+    activations with the peak in the middle (-1 and 0 outside the text)."""
     width = 2 * context + 1
     ids = np.full((top.num_rows, width), -1, dtype=np.int64)
     acts = np.zeros((top.num_rows, width), dtype=np.float32)
-    strings: dict[int, str] = {}
-    if top.num_rows:
-        offsets = lists["token_ids"].offsets.to_numpy()
-        lengths = np.diff(offsets)
-        row = np.repeat(np.arange(top.num_rows), lengths)
-        peak = top.column("peak").to_numpy().astype(np.int64)
-        column = context - peak[row] + (np.arange(offsets[-1] - offsets[0]) - (offsets[:-1] - offsets[0])[row])
-        flat_ids = lists["token_ids"].flatten().to_numpy().astype(np.int64)
-        ids[row, column] = flat_ids
-        acts[row, column] = lists["acts"].flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        tokens = pa.concat_arrays(top.column("tokens").chunks).flatten().to_pylist()
-        _, first = np.unique(flat_ids, return_index=True)
-        strings = {int(flat_ids[i]): tokens[i] for i in first}
-    return torch.from_numpy(ids), torch.from_numpy(acts), strings
+    if not top.num_rows:
+        return torch.from_numpy(ids), torch.from_numpy(acts)
+    token_ids, values = (pa.concat_arrays(top.column(c).chunks) for c in ("token_ids", "acts"))
+    offsets = token_ids.offsets.to_numpy()
+    row = np.repeat(np.arange(top.num_rows), np.diff(offsets))
+    peak = top.column("peak").to_numpy().astype(np.int64)
+    column = context - peak[row] + (np.arange(offsets[-1] - offsets[0]) - (offsets[:-1] - offsets[0])[row])
+    flat_ids = token_ids.flatten().to_numpy().astype(np.int64)
+    ids[row, column] = flat_ids
+    acts[row, column] = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return torch.from_numpy(ids), torch.from_numpy(acts)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -247,6 +254,15 @@ def write_shipped(
         "histogram_edges": HISTOGRAM_EDGES.tolist(),
         "top_k": top_k,
     }
+    # Token strings once, in the metadata, and contexts rebuilt from them: a third of the size.
+    flat_ids = pa.concat_arrays(rows.column("token_ids").chunks).flatten().to_numpy()
+    flat_tokens = pa.concat_arrays(rows.column("tokens").chunks).flatten().to_pylist()
+    _, first = np.unique(flat_ids, return_index=True)
+    metadata["vocabulary"] = {
+        "ids": [int(flat_ids[i]) for i in first],
+        "strings": [flat_tokens[i] for i in first],
+    }
+    rows = rows.drop_columns(["context", "tokens"])
     rows = rows.replace_schema_metadata({METADATA_KEY: json.dumps(metadata).encode()})
     activity = pa.table(
         {
@@ -255,10 +271,14 @@ def write_shipped(
             "histogram": pa.array(mined.histogram.to(torch.int32).numpy().tolist(), pa.list_(pa.int32())),
         }
     )
-    written = []
-    for table, file in ((rows, EXAMPLES_FILE), (activity, ACTIVITY_FILE)):
-        written.append(write_atomically(folder / file, lambda tmp, t=table: pq.write_table(t, tmp, compression="zstd")))
-    return written[0], written[1]
+    return _write_table(rows, folder / EXAMPLES_FILE), _write_table(activity, folder / ACTIVITY_FILE)
+
+
+def _write_table(table: pa.Table, path: Path) -> Path:
+    def write(tmp: Path) -> None:
+        pq.write_table(table, tmp, compression="zstd")
+
+    return write_atomically(path, write)
 
 
 def _schema() -> pa.Schema:
