@@ -10,6 +10,7 @@ serving them for a bundled SAE under any name, with label search finding a conce
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pandas as pd
@@ -160,6 +161,12 @@ def demo_sae():
     return scope.load_sae("demo")
 
 
+@pytest.fixture(scope="module")
+def shipped_by_name(bundled_model):
+    """The shipped examples of each bundled SAE, read once for the module."""
+    return functools.cache(lambda name: shipped_examples(name, bundled_model))
+
+
 def _scoring_window(position: int, length: int) -> tuple[int, int]:
     """The window (first and last text position, BOS = 0) in which mining scores ``position`` of a
     text of ``length`` tokens: windows of 127 tokens, each after the first starting 16 tokens
@@ -176,14 +183,14 @@ def _scoring_window(position: int, length: int) -> tuple[int, int]:
 @pytest.mark.slow
 # demo-docs ships none yet (its mining did not fit the session that built demo's): only those shipped
 @pytest.mark.parametrize("name", [n for n, demo in DEMO_SAES.items() if (demo.folder / EXAMPLES_FILE).is_file()])
-def test_shipped_examples_agree_with_the_sae_and_the_corpus(name, bundled_model, demo_sae):
+def test_shipped_examples_agree_with_the_sae_and_the_corpus(name, bundled_model, demo_sae, shipped_by_name):
     sae = demo_sae if name == "demo" else scope.load_sae(name)
     folder = DEMO_SAES[name].folder
     about = read_about(folder)
     assert about["corpus_sha256"] == file_sha256(folder.parent.parent / about["corpus"]), "corpus sample changed"
     assert about["sae_weights_sha256"] == file_sha256(folder / "sae_weights.safetensors"), "SAE retrained"
     assert (folder / EXAMPLES_FILE).stat().st_size + (folder / ACTIVITY_FILE).stat().st_size < 8e6
-    shipped = shipped_examples(name, bundled_model)
+    shipped = shipped_by_name(name)
     top, intervals = shipped.mined.examples, shipped.intervals
     assert (
         top["feature"].between(0, sae.cfg.d_sae - 1).all() and intervals["feature"].between(0, sae.cfg.d_sae - 1).all()
@@ -239,8 +246,8 @@ def test_a_bundled_sae_is_recognised_by_its_weights_not_its_name(demo_sae):
 
 
 @pytest.mark.slow
-def test_a_bundled_sae_serves_its_shipped_examples_under_any_name(bundled_model, demo_sae):
-    shipped = shipped_examples("demo", bundled_model)
+def test_a_bundled_sae_serves_its_shipped_examples_under_any_name(bundled_model, demo_sae, shipped_by_name):
+    shipped = shipped_by_name("demo")
     client = TestClient(create_app(bundled_model, {"general": demo_sae}))  # no --mined
     feature = int(shipped.intervals["feature"].iloc[0])
     data = client.get(f"/api/feature/general/{feature}").json()
