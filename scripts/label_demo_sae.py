@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ship-k", type=int, default=10, help="top examples per feature shipped")
     p.add_argument("--groups", type=int, default=3, help="quantile intervals sampled per feature")
     p.add_argument("--per-group", type=int, default=3, help="examples shipped per interval")
-    p.add_argument("--interval-stride", type=int, default=3, help="sample intervals from every n-th document")
+    p.add_argument("--interval-stride", type=int, default=6, help="sample intervals from every n-th document")
     p.add_argument("--reuse", action="store_true", help="label and ship the examples already mined")
     p.add_argument("--no-score", action="store_true", help="skip the detection scores of the labels")
     p.add_argument("--no-ship", action="store_true", help="labels only: write no examples")
