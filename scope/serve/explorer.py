@@ -5,8 +5,9 @@
   features are left out unless ``"dense": true``; ``"dense"`` in the answer says which were.
   ``"rank_by": "relative"`` ranks by activation / max activation.
 - ``GET /api/feature/{sae}/{feature}``: a feature page's data: label and explanation, density,
-  max activation and quantiles (the SAE's recorded statistics), activation histogram and top
-  examples (from mined data, when the server has it), logit lens, Neuronpedia link.
+  max activation and quantiles (the SAE's recorded statistics), activation histogram, top
+  examples and examples sampled from quantile intervals below them (from mined data: ``--mined``,
+  or the examples a bundled SAE ships), logit lens, Neuronpedia link.
 - ``POST /api/search``: :func:`scope.search_features` (query or contrastive), when scope has it.
 
 The pages are static files of this package plus plotly.js from the installed plotly package
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import importlib.util
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,10 @@ def feature_data(served: Served, name: str, sae: Any, feature: int) -> dict[str,
     mined = served.mined.get(name)
     if isinstance(mined, Mined):
         data |= _from_mined(mined, feature)
+    if name in served.intervals:
+        data["intervals"] = _intervals(served.intervals[name], feature)
+    if name in served.sources:
+        data["examples_source"] = served.sources[name]
     elif isinstance(mined, pd.DataFrame):
         rows = mined[mined["feature"] == feature].sort_values("rank")
         data["examples"] = [
@@ -181,7 +187,14 @@ def _from_mined(mined: Mined, feature: int) -> dict[str, Any]:
         tokens, acts = mined.span(row)
         example = mined.examples.loc[row]
         examples.append(
-            {"rank": int(example["rank"]), "activation": float(example["activation"]), "tokens": tokens, "acts": acts}
+            {
+                "rank": int(example["rank"]),
+                "activation": float(example["activation"]),
+                "text_id": int(example["text_id"]),
+                "position": int(example["position"]),
+                "tokens": tokens,
+                "acts": acts,
+            }
         )
     edges = HISTOGRAM_EDGES.tolist()
     return {
@@ -190,6 +203,33 @@ def _from_mined(mined: Mined, feature: int) -> dict[str, Any]:
         "n_tokens": mined.n_tokens,
         "histogram": {"edges": edges, "counts": mined.histogram[i].tolist()},
     }
+
+
+def _intervals(table: pd.DataFrame, feature: int) -> list[dict[str, Any]]:
+    """A feature's examples sampled below its top ones, by interval (highest first)."""
+    rows = table[table["feature"] == feature].sort_values(["group", "rank"])
+    groups = []
+    for _, group in rows.groupby("group", sort=True):
+        first = group.iloc[0]
+        groups.append(
+            {
+                "quantiles": [float(first["quantile_low"]), float(first["quantile_high"])],
+                "low": float(first["low"]),
+                "high": float(first["high"]) if math.isfinite(first["high"]) else None,  # None: up to the max
+                "seen": int(first["seen"]),
+                "examples": [
+                    {
+                        "activation": float(r.activation),
+                        "text_id": int(r.text_id),
+                        "position": int(r.position),
+                        "tokens": list(r.tokens),
+                        "acts": [float(a) for a in r.acts],
+                    }
+                    for r in group.itertuples(index=False)
+                ],
+            }
+        )
+    return groups
 
 
 @api.post("/api/search")

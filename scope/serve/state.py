@@ -21,6 +21,7 @@ from scope import _checks
 from scope.hooks import check_compatible
 from scope.inputs import check_length, to_tokens
 from scope.labels import as_labels, feature_labels, label_features
+from scope.shipped import ShippedExamples, shipped_examples
 from scope.steering.context import check_positions, group_by_sae
 from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale
 from scope.subjects import subject_of
@@ -79,10 +80,13 @@ class Served:
 
     ``labels``: per SAE name, labels as :func:`scope.labels.as_labels` takes them (a DataFrame
     with ``feature`` and ``label``, optionally ``explanation``; or ``{feature: label}``).
-    ``mined``: per SAE name, the examples table of :func:`scope.top_examples` or a
-    :class:`scope.examples.Mined`. A feature's label is the one passed, else the one attached to
-    the SAE (:func:`scope.labels.feature_labels`; the demo SAE ships labels), else one read off
-    the mined examples (:func:`scope.label_features`).
+    ``mined``: per SAE name, the examples table of :func:`scope.top_examples`, a
+    :class:`scope.examples.Mined` or :class:`scope.shipped.ShippedExamples`. A bundled SAE
+    (recognised by its weights, whatever its name here) given none gets the examples shipped with
+    it (:func:`scope.shipped.shipped_examples`): top and interval examples, densities, histograms.
+    A feature's label is the one passed, else the one attached to the SAE
+    (:func:`scope.labels.feature_labels`; the bundled SAEs ship labels), else one read off the
+    mined examples (:func:`scope.label_features`).
     """
 
     model: Any
@@ -102,6 +106,12 @@ class Served:
             unknown = sorted(set(table) - set(self.saes))
             if unknown:
                 raise ValueError(f"{what} names SAEs {unknown} that are not served; served: {sorted(self.saes)}.")
+        self.intervals: dict[str, pd.DataFrame] = {}  # per SAE, examples sampled below the top ones
+        self.sources: dict[str, str] = {}  # per SAE, where its examples come from when known
+        for name, sae in self.saes.items():
+            found = self.mined[name] if name in self.mined else shipped_examples(sae, self.model)
+            if isinstance(found, ShippedExamples):
+                self.mined[name], self.intervals[name], self.sources[name] = found.mined, found.intervals, found.source
         self.label_tables = {name: self._label_table(name, sae) for name, sae in self.saes.items()}
         self._notes = {name: _lookup(table) for name, table in self.label_tables.items()}
 

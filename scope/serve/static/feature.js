@@ -6,15 +6,30 @@ const pathParts = location.pathname.split("/").slice(2).map(decodeURIComponent);
 const featureText = pathParts.pop();
 const saeName = pathParts.join("/");
 
+function exampleHtml(e, max) {
+  const where = e.text_id !== undefined ? ` title="document ${e.text_id}, token ${e.position}"` : "";
+  if (e.tokens) {
+    const spans = e.tokens.map((t, i) => `<span class="tok" title="activation ${e.acts[i].toFixed(3)}" style="background:${shade(e.acts[i], max)}">${esc(shownToken(t))}</span>`).join("");
+    return `<div class="example"><span class="muted"${where}>${e.activation.toFixed(2)}</span> ${spans}</div>`;
+  }
+  return `<div class="example"><span class="muted"${where}>${e.activation.toFixed(2)}</span> ${esc(e.context)}</div>`;
+}
+
 function examplesHtml(examples) {
   if (!examples.length) return `<p class="muted">No mined examples on this server (start it with --mined PATH from scope examples).</p>`;
-  return examples.map((e) => {
-    if (e.tokens) {
-      const max = Math.max(1e-9, ...e.acts);
-      const spans = e.tokens.map((t, i) => `<span class="tok" title="activation ${e.acts[i].toFixed(3)}" style="background:${shade(e.acts[i], max)}">${esc(shownToken(t))}</span>`).join("");
-      return `<div class="example"><span class="muted">${e.activation.toFixed(2)}</span> ${spans}</div>`;
-    }
-    return `<div class="example"><span class="muted">${e.activation.toFixed(2)}</span> ${esc(e.context)}</div>`;
+  // shaded against the feature's largest activation shown, so weaker examples look weaker
+  const max = Math.max(1e-9, ...examples.map((e) => e.activation));
+  return examples.map((e) => exampleHtml(e, max)).join("");
+}
+
+function intervalsHtml(intervals, examples) {
+  if (!intervals || !intervals.length) return "";
+  const max = Math.max(1e-9, ...examples.map((e) => e.activation), ...intervals.flatMap((g) => g.examples.map((e) => e.activation)));
+  return intervals.map((g) => {
+    const [lo, hi] = g.quantiles.map((q) => Math.round(100 * q));
+    const title = `Interval ${g.low.toPrecision(3)} to ${g.high === null ? "max" : g.high.toPrecision(3)} <span class="muted">(${lo}-${hi}% of non-zero activations; ${g.examples.length} of ${g.seen.toLocaleString()} windows)</span>`;
+    const body = g.examples.length ? g.examples.map((e) => exampleHtml(e, max)).join("") : `<p class="muted">No window peaks in this interval besides the top examples.</p>`;
+    return `<h3>${title}</h3>${body}`;
   }).join("");
 }
 
@@ -57,6 +72,8 @@ async function load() {
     (data.concept ? `<br><b>Concept</b> (derived from WordNet): ${esc(data.concept)}` : "") +
     (data.explanation ? `<br><b>Explanation:</b> ${esc(data.explanation)}` : "");
   document.getElementById("examples").innerHTML = examplesHtml(data.examples);
+  document.getElementById("intervals").innerHTML = intervalsHtml(data.intervals, data.examples);
+  if (data.examples_source) document.getElementById("examples-source").textContent = `Examples ${data.examples_source}.`;
   document.getElementById("lens").innerHTML = lensHtml(data.logit_lens);
   drawHistogram(data);
   document.body.dataset.loaded = "true";
