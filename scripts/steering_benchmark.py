@@ -355,6 +355,7 @@ class Search:
         self.lines = lines or {}  # restrictions of the grid: families, units, positions (a budget)
         path = self.out / "rows.parquet"
         self.rows = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        self._summaries: dict[tuple[Cell, int], pd.Series | None] = {}
 
     def _save(self, new: list[dict[str, Any]]) -> None:
         self.rows = pd.concat([self.rows, pd.DataFrame(new)], ignore_index=True)
@@ -373,10 +374,10 @@ class Search:
                     batch_size=self.batch_size, save=self._save, progress=self.progress)  # fmt: skip
 
     def summary(self, cell: Cell) -> pd.Series | None:
-        if not self._done(cell):
-            return None
-        table = line_table(self.rows, [cell])
-        return table.iloc[0]
+        key = (cell, len(self.rows))  # rows only grow: their count dates a summary
+        if key not in self._summaries:
+            self._summaries[key] = line_table(self.rows, [cell]).iloc[0] if self._done(cell) else None
+        return self._summaries[key]
 
     def choose(self, spec: str) -> dict[str, dict[str, pd.Series | None]]:
         """Climb every line of one SAE on the choosing half; return per concept the best feature
@@ -388,7 +389,7 @@ class Search:
             c: feature_lines(target, c, families=restrict.get("families", (CLAMP, ADD)),
                              units=restrict.get("units", ("act", "max")),
                              positions_=restrict.get("positions", POSITIONS))
-            + diffmean_lines(target, c, positions_=restrict.get("positions", POSITIONS))
+            + diffmean_lines(target, c)  # DiffMean, the likely reference, always at both positions
             for c in self.concepts
         }  # fmt: skip
         while True:
@@ -493,6 +494,18 @@ def setting(row: pd.Series) -> dict[str, Any]:
     return {k: row[k] for k in keys}
 
 
+def unsteered_figures(rows: pd.DataFrame, split: str, concepts: Sequence[str]) -> dict[str, pd.Series]:
+    """The unsteered model's mention rate per concept (its perplexity ratio is 1 by definition)."""
+    figures = {}
+    for concept in concepts:
+        base = mention_rows(rows, split, concept)
+        figures[concept] = pd.Series(
+            {"mention_fraction": base["mentions"].mean(), "perplexity_ratio": 1.0,
+             "distinct_words": base["text"].map(distinct_word_share).mean()}
+        )  # fmt: skip
+    return figures
+
+
 def meets_target(row: pd.Series | dict[str, Any]) -> bool:
     return bool(row["mention_fraction"] >= TARGET_MENTIONS and row["perplexity_ratio"] <= MAX_PERPLEXITY_RATIO)
 
@@ -592,7 +605,12 @@ def _direction_entry(search: Search, chosen: dict, spec: str, concept: str) -> d
     }
 
 
-def markdown(heldout: pd.DataFrame, choosing: pd.DataFrame, concepts: Sequence[str]) -> str:
+def markdown(
+    heldout: pd.DataFrame,
+    choosing: pd.DataFrame,
+    concepts: Sequence[str],
+    unsteered: dict[str, pd.Series] | None = None,
+) -> str:
     """The method x concept table (held-out) and the per-family best on the choosing half."""
 
     def cell(row: pd.Series | None) -> str:
@@ -606,6 +624,8 @@ def markdown(heldout: pd.DataFrame, choosing: pd.DataFrame, concepts: Sequence[s
         return f"{row['family']} ({row['sae']})" if row["family"] == DIFFMEAN else f"SAE feature ({row['sae']})"
 
     lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts)]
+    if unsteered is not None:
+        lines.append("| unsteered | " + " | ".join(cell(unsteered.get(c)) for c in concepts) + " |")
     labelled = heldout.assign(method=[label(r) for _, r in heldout.iterrows()])
     for method, group in labelled.groupby("method", sort=True):
         by_concept = {r["concept"]: r for _, r in group.iterrows()}
@@ -648,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--choose-limit", type=int, default=8, help="choosing-half prompts used (budget)")
     parser.add_argument("--methods", nargs="+", choices=("clamp", "add"), default=["clamp", "add"])
     parser.add_argument("--units", nargs="+", choices=("act", "max"), default=["act", "max"])
-    parser.add_argument("--positions", nargs="+", choices=POSITIONS, default=list(POSITIONS))
+    parser.add_argument("--positions", nargs="+", choices=POSITIONS, default=list(POSITIONS), help="for features")
     parser.add_argument("--tokens", type=int, default=24, help="greedy new tokens per continuation")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a contended machine)")
@@ -702,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     choosing, heldout = search.tables("choose"), search.tables("heldout")
     choosing.to_csv(args.out / "choosing.csv", index=False)
     heldout.to_csv(args.out / "heldout.csv", index=False)
-    report = markdown(heldout, choosing, args.concepts)
+    report = markdown(heldout, choosing, args.concepts, unsteered_figures(search.rows, "heldout", args.concepts))
     (args.out / "report.md").write_text(report, encoding="utf-8")
     print(report)
     content = golden_gate(search, chosen)

@@ -13,6 +13,7 @@ from tests.sae_util import count_calls
 from tests.test_golden_gate import _script
 
 HOOK = "blocks.1.hook_resid_post"
+LINES = {"units": ("act",)}  # clamp and add, both positions, raw units: a cheap search
 PROMPTS = {"choose": ["The quick brown fox", "Paris is the capital of"], "heldout": ["knock knock. who is", "Once"]}
 
 
@@ -38,8 +39,8 @@ def target(tiny_model, tmp_path_factory, bench):
 @pytest.fixture(scope="module")
 def search(tiny_model, target, bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
-    run = bench.Search(out, tiny_model, {"tiny": target}, PROMPTS, ["sea"], max_new_tokens=4, batch_size=16,
-                       progress=False)  # fmt: skip
+    run = bench.Search(out, tiny_model, {"tiny": target}, PROMPTS, ["sea"], max_new_tokens=3, batch_size=32,
+                       progress=False, lines=LINES)  # fmt: skip
     chosen = run.choose("tiny")
     run.held_out({"sea": chosen["sea"]})
     return run, chosen
@@ -135,14 +136,15 @@ def test_steered_rows_equal_generating_each_alone(tiny_model, search, target, be
                 continue
             row = found.iloc[-1]
             cell = bench.as_cell(row, "choose")
-            alone = scope.generate(tiny_model, row["prompt"], max_new_tokens=4, positions=positions,
+            alone = scope.generate(tiny_model, row["prompt"], max_new_tokens=3, positions=positions,
                                    steering=bench.steering_of(cell, {"tiny": target}))  # fmt: skip
             assert row["text"] == alone
 
 
 def test_a_rerun_resumes_without_generating_anything(tiny_model, target, search, bench):
     run, chosen = search
-    again = bench.Search(run.out, tiny_model, {"tiny": target}, PROMPTS, ["sea"], max_new_tokens=4, progress=False)
+    again = bench.Search(run.out, tiny_model, {"tiny": target}, PROMPTS, ["sea"], max_new_tokens=3, progress=False,
+                         lines=LINES)  # fmt: skip
     assert len(again.rows) == len(run.rows)
     with count_calls(tiny_model) as calls:
         again_chosen = again.choose("tiny")
