@@ -33,6 +33,13 @@ concrete concepts, each with its keyword list):
    prompting and the unsteered model. These are the reported figures; the target is an SAE
    feature bringing its concept into >= 50% of held-out continuations at <= 2x perplexity.
 
+Budget flags (the grid above is the default): ``--methods``, ``--units``, ``--positions`` (feature
+lines), ``--diffmean-positions``, ``--diffmean-fractions``, ``--choose-limit``, ``--heldout-limit``.
+Rows already measured are reused whatever the flags, and the choice per SAE and concept is made
+over every setting measured on the choosing half. ``--report-only`` loads no model and writes the
+tables from the rows measured so far. Cost: each 24-token continuation and its re-read took
+~5 s on the 2 shared cores at load 8-12 (data/README.md, "The Golden Gate attempt").
+
 Outputs under ``--out``: ``rows.parquet`` (every continuation), ``state.json`` (candidates,
 norms, timings), ``choosing.csv`` and ``heldout.csv`` (one row per setting), ``report.md``
 (the tables of data/README.md's Golden Gate section) and, with ``--ship``, the Golden Gate
@@ -157,8 +164,9 @@ def feature_lines(
 
 
 def diffmean_lines(
-    target: Target, concept: str, split: str = "choose", *, positions_: Sequence[str] = POSITIONS
-) -> list[list[Cell]]:
+    target: Target, concept: str, split: str = "choose", *, positions_: Sequence[str] = POSITIONS,
+    fractions: Sequence[float] = DIFFMEAN_FRACTIONS,
+) -> list[list[Cell]]:  # fmt: skip
     return [
         [
             Cell(
@@ -173,7 +181,7 @@ def diffmean_lines(
                 value=f * target.residual,
                 fraction=f,
             )
-            for f in DIFFMEAN_FRACTIONS
+            for f in fractions
         ]  # fmt: skip
         for positions in positions_
     ]
@@ -248,8 +256,7 @@ def perplexities(
 
 def measure(
     model: Any,
-    cells: Sequence[Cell],
-    prompts: dict[str, list[str]],
+    work: Sequence[tuple[Cell, int, str]],
     targets: dict[str, Target],
     *,
     max_new_tokens: int,
@@ -257,9 +264,8 @@ def measure(
     save: Callable[[list[dict[str, Any]]], Any],
     progress: bool = True,
 ) -> None:
-    """Generate every (cell, prompt of its split) row, score it and hand each finished batch to
+    """Generate every (cell, prompt index, prompt) row, score it and hand each finished batch to
     ``save`` (rows as dicts), batch by batch: rows of one positions value share a generation."""
-    work = [(cell, i, prompt) for cell in cells for i, prompt in enumerate(prompts[cell.split])]
     bar = tqdm(total=len(work), desc="Golden Gate search", disable=not progress)
     for positions in POSITIONS:
         batch_work = [w for w in work if w[0].positions == positions]
@@ -351,6 +357,7 @@ class Search:
                  lines: dict[str, Any] | None = None):  # fmt: skip
         self.out, self.model, self.targets, self.prompts = Path(out), model, targets, prompts
         self.concepts = list(concepts)
+        self.model_name = model.cfg.model_name if model is not None else ""
         self.max_new_tokens, self.batch_size, self.progress = max_new_tokens, batch_size, progress
         self.lines = lines or {}  # restrictions of the grid: families, units, positions (a budget)
         path = self.out / "rows.parquet"
@@ -361,16 +368,22 @@ class Search:
         self.rows = pd.concat([self.rows, pd.DataFrame(new)], ignore_index=True)
         write_parquet(self.rows, self.out / "rows.parquet")
 
-    def _done(self, cell: Cell) -> bool:
+    def _missing(self, cell: Cell) -> list[int]:
+        """The prompts of the cell's split it has no row for (a rerun with more prompts fills them)."""
+        wanted = range(len(self.prompts[cell.split]))
         if self.rows.empty:
-            return False
+            return list(wanted)
         found = self.rows[self.rows["line"].eq(cell.line) & self.rows["split"].eq(cell.split)]
-        return bool((found["value"] == cell.value).any())
+        done = set(found.loc[found["value"] == cell.value, "prompt_index"])
+        return [i for i in wanted if i not in done]
+
+    def _done(self, cell: Cell) -> bool:
+        return not self._missing(cell)
 
     def run(self, cells: Sequence[Cell]) -> None:
-        todo = list(dict.fromkeys(c for c in cells if not self._done(c)))
-        if todo:
-            measure(self.model, todo, self.prompts, self.targets, max_new_tokens=self.max_new_tokens,
+        work = [(c, i, self.prompts[c.split][i]) for c in dict.fromkeys(cells) for i in self._missing(c)]
+        if work and self.model is not None:  # without a model: report on what is measured
+            measure(self.model, work, self.targets, max_new_tokens=self.max_new_tokens,
                     batch_size=self.batch_size, save=self._save, progress=self.progress)  # fmt: skip
 
     def summary(self, cell: Cell) -> pd.Series | None:
@@ -389,17 +402,18 @@ class Search:
             c: feature_lines(target, c, families=restrict.get("families", (CLAMP, ADD)),
                              units=restrict.get("units", ("act", "max")),
                              positions_=restrict.get("positions", POSITIONS))
-            + diffmean_lines(target, c)  # DiffMean, the likely reference, always at both positions
+            + diffmean_lines(target, c, positions_=restrict.get("diffmean_positions", POSITIONS),
+                             fractions=restrict.get("diffmean_fractions", DIFFMEAN_FRACTIONS))
             for c in self.concepts
         }  # fmt: skip
-        while True:
+        while self.model is not None:
             todo = [cell for c in self.concepts for cell in next_cells(lines[c], self.summary)]
             if not todo:
                 break
             self.run(todo)
         chosen = {}
         for concept in self.concepts:
-            tables = [line_table(self.rows, line) for line in lines[concept]]
+            tables = self.measured_lines("choose", spec, concept)  # every setting measured, climbed now or before
             chosen[concept] = {
                 "feature": best([t for t in tables if not t.empty and t["family"].iloc[0] != DIFFMEAN]),
                 "direction": best([t for t in tables if not t.empty and t["family"].iloc[0] == DIFFMEAN]),
@@ -418,6 +432,18 @@ class Search:
             top = min(features, key=lambda r: (-r["mention_fraction"], r["perplexity_ratio"]))
             cells.append(as_cell(top, "heldout"))
         self.run(cells)
+
+    def measured_lines(self, split: str, spec: str, concept: str) -> list[pd.DataFrame]:
+        """One :func:`line_table` per measured line of one SAE and concept."""
+        rows = self.rows
+        if rows.empty:
+            return []
+        mine = rows[rows["split"].eq(split) & rows["sae"].eq(spec) & rows["concept"].eq(concept)]
+        tables = []
+        for _, group in mine.groupby("line", sort=False):
+            cells = sorted({as_cell(r, split) for r in group.to_dict("records")}, key=lambda c: c.value)
+            tables.append(line_table(rows, cells))
+        return tables
 
     def tables(self, split: str) -> pd.DataFrame:
         """One row per measured setting of ``split``: the setting and its figures."""
@@ -443,8 +469,10 @@ def as_cell(record: Any, split: str) -> Cell:
 def load_target(model: Any, spec: str, concepts: Sequence[str], prompts: Sequence[str], k: int, state: dict) -> Target:
     """An SAE with its residual norm, its candidates (ranked once, then read from ``state``) and
     the DiffMean direction of each concept at its hook."""
-    sae = scope.load_sae(spec, device=model.cfg.device)
+    sae = scope.load_sae(spec, device=model.cfg.device if model is not None else "cpu")
     saved = state.setdefault("saes", {}).setdefault(spec, {})
+    if model is None:  # a report on rows already measured: what was ranked is in the state
+        return Target(spec, sae, float(saved["residual_norm"]), {}, {c: saved["candidates"][c][:k] for c in concepts})
     if "residual_norm" not in saved:
         saved["residual_norm"] = residual_norm(model, sae, prompts)
     candidates = saved.setdefault("candidates", {})
@@ -500,8 +528,10 @@ def unsteered_figures(rows: pd.DataFrame, split: str, concepts: Sequence[str]) -
     for concept in concepts:
         base = mention_rows(rows, split, concept)
         figures[concept] = pd.Series(
-            {"mention_fraction": base["mentions"].mean(), "perplexity_ratio": 1.0,
-             "distinct_words": base["text"].map(distinct_word_share).mean()}
+            {"mention_fraction": float(np.mean(list(base["mentions"]))) if len(base) else math.nan,
+             "perplexity_ratio": 1.0,
+             "distinct_words": float(np.nanmean([distinct_word_share(t) for t in base["text"]]))
+             if len(base) else math.nan}
         )  # fmt: skip
     return figures
 
@@ -548,7 +578,7 @@ def golden_gate(search: Search, chosen: dict[str, dict[str, dict[str, pd.Series 
     )
     unsteered = mention_rows(search.rows, "heldout", concept)
     content = {
-        "model": search.model.cfg.model_name,
+        "model": search.model_name,
         "sae": spec,
         "hook": sae_hook(sae),
         "feature": feature,
@@ -590,7 +620,7 @@ def _direction_entry(search: Search, chosen: dict, spec: str, concept: str) -> d
     return {
         "kind": "direction (DiffMean, not an SAE feature)",
         "sae": spec,
-        "hook": search.targets[spec].directions[concept].hook,
+        "hook": sae_hook(search.targets[spec].sae),
         "concept": concept,
         "keywords": CONCEPT_KEYWORDS[concept],
         "method": "add",
@@ -626,6 +656,10 @@ def markdown(
     lines = ["| method | " + " | ".join(concepts) + " |", "|---|" + "---|" * len(concepts)]
     if unsteered is not None:
         lines.append("| unsteered | " + " | ".join(cell(unsteered.get(c)) for c in concepts) + " |")
+    if heldout.empty:
+        heldout = pd.DataFrame(
+            columns=["family", "sae", "concept", "feature", "unit", "positions", "value", "fraction"]
+        )
     labelled = heldout.assign(method=[label(r) for _, r in heldout.iterrows()])
     for method, group in labelled.groupby("method", sort=True):
         by_concept = {r["concept"]: r for _, r in group.iterrows()}
@@ -669,6 +703,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", nargs="+", choices=("clamp", "add"), default=["clamp", "add"])
     parser.add_argument("--units", nargs="+", choices=("act", "max"), default=["act", "max"])
     parser.add_argument("--positions", nargs="+", choices=POSITIONS, default=list(POSITIONS), help="for features")
+    parser.add_argument("--diffmean-positions", nargs="+", choices=POSITIONS, default=list(POSITIONS))
+    parser.add_argument("--heldout-limit", type=int, default=None, help="held-out prompts used (all by default)")
+    parser.add_argument("--diffmean-fractions", nargs="+", type=float, default=list(DIFFMEAN_FRACTIONS))
+    parser.add_argument("--report-only", action="store_true", help="no model: tables from the rows measured so far")
     parser.add_argument("--tokens", type=int, default=24, help="greedy new tokens per continuation")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a contended machine)")
@@ -686,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "choose": check_prompts(
             read_prompts(CHOOSE_PROMPTS)[: _checks.positive_int(args.choose_limit, "--choose-limit")]
         ),
-        "heldout": check_prompts(read_prompts(HELDOUT_PROMPTS)),
+        "heldout": check_prompts(read_prompts(HELDOUT_PROMPTS)[: args.heldout_limit]),
     }
     check_writable_dir(args.out, "--out")
     if args.threads:
@@ -695,20 +733,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     state_path = args.out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     grid = {"raw_fractions": RAW_FRACTIONS, "max_multiples": MAX_MULTIPLES, "diffmean_fractions": DIFFMEAN_FRACTIONS}
-    state.update(model=args.model, concepts=args.concepts, prompts=prompts, tokens=args.tokens, **grid)
+    if not args.report_only:
+        state.update(model=args.model, concepts=args.concepts, prompts=prompts, tokens=args.tokens, **grid)
     timings = state.setdefault("seconds", {})
 
     started = time.perf_counter()
-    model = scope.load_model(args.model)
-    targets = {}
+    model = None if args.report_only else scope.load_model(args.model)
+    targets: dict[str, Target] = {}
     for spec in args.sae:
         targets[spec] = load_target(model, spec, args.concepts, prompts["choose"], args.candidates, state)
         write_json(state, state_path)
-    restrict = {"families": [CLAMP if m == "clamp" else ADD for m in args.methods], "units": args.units,
-                "positions": args.positions}  # fmt: skip
-    state["lines"] = restrict
+    restrict: dict[str, Any] = {"families": [CLAMP if m == "clamp" else ADD for m in args.methods], "units": args.units,
+                "positions": args.positions, "diffmean_fractions": args.diffmean_fractions,
+                "diffmean_positions": args.diffmean_positions}  # fmt: skip
+    if not args.report_only:
+        state.setdefault("runs", []).append({"argv": sys.argv[1:], **restrict})
     search = Search(args.out, model, targets, prompts, args.concepts, max_new_tokens=args.tokens,
                     batch_size=args.batch_size, lines=restrict)  # fmt: skip
+    search.model_name = args.model
     chosen = {}
     for spec in args.sae:  # each SAE chosen and held out before the next: a cut-short run keeps whole SAEs
         t0 = time.perf_counter()

@@ -173,3 +173,21 @@ def test_unknown_concept_fails_before_loading_anything(bench, tmp_path, monkeypa
     monkeypatch.setattr(scope, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(ValueError, match=r"unknown concepts \['bridges'\]; valid: dogs, sea"):
         bench.main(["--concepts", "sea", "bridges", "--out", str(tmp_path)])
+
+
+def test_a_rerun_with_more_prompts_measures_only_the_new_ones(tiny_model, target, search, bench, tmp_path):
+    """Resumption is per prompt: a held-out half grown by one prompt adds one row per setting."""
+    import shutil
+
+    run, chosen = search
+    shutil.copytree(run.out, tmp_path / "copy")
+    more = {**PROMPTS, "heldout": [*PROMPTS["heldout"], "Three more words"]}
+    again = bench.Search(tmp_path / "copy", tiny_model, {"tiny": target}, more, ["sea"], max_new_tokens=3,
+                         progress=False, lines=LINES)  # fmt: skip
+    before = again.rows
+    again.held_out({"sea": chosen["sea"]})
+    new = again.rows.iloc[len(before) :]
+    assert set(new["prompt_index"]) == {2} and set(new["split"]) == {"heldout"}
+    held = before[before["split"] == "heldout"]
+    assert len(new) == held.groupby(["line", "value"]).ngroups
+    assert (again.tables("heldout")["n_prompts"] == 3).all()
