@@ -126,7 +126,7 @@ def _figure(figures: dict[str, Any]) -> str:
 def _print_example(model: Any, prompt: str, max_new_tokens: int, name: str, **steering: Any) -> None:
     plain = scope.generate(model, prompt, max_new_tokens=max_new_tokens)
     steered = scope.generate(model, prompt, max_new_tokens=max_new_tokens, **steering)
-    print(table(pd.DataFrame({"": ["unsteered", name], "continuation": [prompt + plain, prompt + steered]})))
+    print(table(pd.DataFrame({"": ["unsteered", name], "continuation": [f"{prompt}{plain}", f"{prompt}{steered}"]})))
 
 
 def _label(sae: Any, feature: int) -> str:
