@@ -301,51 +301,168 @@ def test_command_line_checks_before_loading_anything(gg, tmp_path):
                  "--keywords", "sea"])  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- the shipped sweep
+# ----------------------------------------------------------------------------- the shipped result
 
 
-def _shipped_sweep():
+def _shipped():
     from scope.saes import DEMO_SAES
 
     return json.loads((DEMO_SAES["demo"].folder / "golden_gate.json").read_text(encoding="utf-8"))
 
 
-def test_the_shipped_sweep_figures_follow_from_its_continuations(gg):
-    """Every figure of data/demo_sae/golden_gate.json recomputed from the texts it stores, and the
-    pick recomputed from the figures: the file cannot claim what its continuations do not show."""
-    sweep = _shipped_sweep()
-    assert sweep["sae"] == "demo" and sweep["complete"] and sweep["decoding"] == "greedy"
-    assert len(sweep["prompts"]) >= 20 and sweep["prompts"] == gg.read_prompts(gg.DEFAULT_PROMPTS)
-    pattern = gg.keyword_pattern(sweep["keywords"])
-    unsteered = next(row for row in sweep["sweep"] if row["strength"] == 0)
-    for row in sweep["sweep"]:
-        continuations = row["continuations"]
-        assert sorted(c["prompt"] for c in continuations) == list(range(len(sweep["prompts"])))
-        said = [gg.mentions(c["text"], pattern) for c in continuations]
-        assert said == [c["mentions"] for c in continuations]
-        assert row["mention_fraction"] == pytest.approx(sum(said) / len(said))
-        median = statistics.median(c["perplexity"] for c in continuations)
-        assert row["median_perplexity"] == pytest.approx(median)
-        assert row["perplexity_ratio"] == pytest.approx(median / unsteered["median_perplexity"])
-    table = pd.DataFrame(sweep["sweep"]).drop(columns="continuations")
-    assert gg.pick(table) == sweep["pick"]
+def _check_figures(gg, figures, keywords, base_median=None):
+    """A result's figures recomputed from the continuations it stores."""
+    continuations = figures["continuations"]
+    pattern = gg.keyword_pattern(keywords)
+    said = [gg.mentions(c["text"], pattern) for c in continuations]
+    assert said == [c["mentions"] for c in continuations]
+    assert figures["mention_fraction"] == pytest.approx(sum(said) / len(said))
+    assert figures["n_prompts"] == len(continuations)
+    median = statistics.median(c["perplexity"] for c in continuations)
+    assert figures["median_perplexity"] == pytest.approx(median)
+    if base_median is not None:
+        assert figures["perplexity_ratio"] == pytest.approx(median / base_median)
+
+
+def test_the_shipped_result_keys_types_and_figures(gg):
+    """data/demo_sae/golden_gate.json: the keys scope demo reads, their types, every held-out
+    figure recomputed from the stored texts, and meets_target read off the figures."""
+    bench = _script("steering_benchmark")
+    result = _shipped()
+    types = {"sae": str, "feature": int, "method": str, "value": float, "unit": str, "keywords": list, "pick": dict,
+             "meets_target": bool, "positions": str, "concept": str, "heldout": dict, "choosing": dict,
+             "prompts": list, "target": dict}  # fmt: skip
+    for key, kind in types.items():
+        assert isinstance(result[key], kind), key
+    assert result["method"] in ("clamp", "add") and result["unit"] in ("act", "max")
+    assert result["positions"] in ("all", "generated") and result["complete"] and result["decoding"] == "greedy"
+    assert result["keywords"] == gg.CONCEPT_KEYWORDS[result["concept"]]
+    assert result["prompts"] == gg.read_prompts(bench.HELDOUT_PROMPTS)
+    assert 0 <= result["feature"] < scope.load_sae(result["sae"]).cfg.d_sae
+    heldout = result["heldout"]
+    _check_figures(gg, heldout, result["keywords"])
+    assert [c["prompt"] for c in heldout["continuations"]] == list(range(len(result["prompts"])))
+    met = heldout["mention_fraction"] >= 0.5 and heldout["perplexity_ratio"] <= 2.0
+    assert result["meets_target"] is met and result["pick"]["target_met"] is met
+    assert result["pick"]["mention_fraction"] == heldout["mention_fraction"]
+    for name in ("diffmean", "diffmean_best"):
+        direction = result[name]
+        if direction is None:
+            continue
+        assert "not an SAE feature" in direction["kind"] and direction["method"] == "add"
+        _check_figures(gg, direction["heldout"], direction["keywords"])
+        assert direction["meets_target"] is (
+            direction["heldout"]["mention_fraction"] >= 0.5 and direction["heldout"]["perplexity_ratio"] <= 2.0
+        )
+        assert direction["positive"] and len(direction["positive"]) == len(direction["negative"])
+    if result["diffmean"] is not None:
+        assert result["diffmean"]["concept"] == result["concept"]
 
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_the_shipped_sweep_regenerates_on_the_bundled_model(bundled_model, gg):
-    """The first batch of prompts, unsteered and at the picked strength, regenerated greedily:
-    the same texts as the shipped file, so the Golden Gate figures are this SAE's and this code's."""
-    sweep = _shipped_sweep()
-    sae = scope.load_sae("demo")
-    chosen = sweep["pick"]
-    prompts = sweep["prompts"][:8]
-    _, continuations = gg.measure(
-        bundled_model, sae, sweep["feature"], sweep["keywords"], [0.0, chosen["strength"]], prompts,
-        method=sweep["method"], unit=sweep["unit"], max_new_tokens=sweep["max_new_tokens"], batch_size=8,
-        progress=False,
-    )  # fmt: skip
-    for strength, rows in continuations.groupby("strength"):
-        shipped = next(row for row in sweep["sweep"] if row["strength"] == strength)["continuations"]
-        expected = {c["prompt"]: c["text"] for c in shipped}
-        assert list(rows["text"]) == [expected[i] for i in range(len(prompts))]
+def test_the_shipped_result_regenerates_on_the_bundled_model(bundled_model, gg):
+    """The first held-out prompts at the shipped setting, regenerated greedily: the same texts."""
+    result = _shipped()
+    sae = scope.load_sae(result["sae"])
+    value = result["value"]
+    steering = (
+        scope.Clamp(result["feature"], value) if result["method"] == "clamp" else scope.Add(result["feature"], value)
+    )
+    prompts = result["prompts"][:4]
+    texts = scope.generate(bundled_model, prompts, sae=sae, steering=steering, positions=result["positions"],
+                           max_new_tokens=result["max_new_tokens"])  # fmt: skip
+    assert texts == [c["text"] for c in result["heldout"]["continuations"][:4]]
+
+
+# ----------------------------------------------------------------------------- scope demo
+
+
+def _result(tmp_path, *, meets, feature_mentions, direction_mentions=0.9):
+    """A Golden Gate file for the tiny model (layer-1 SAE and hook)."""
+    find = _script("find_concept_feature")
+    positive, negative = find.texts_of("sea")
+
+    def figures(mention):
+        return {"mention_fraction": mention, "perplexity_ratio": 1.4, "median_perplexity": 3.0, "distinct_words": 0.9,
+                "n_prompts": 16, "geometric_ratio": 1.4, "unsteered_mention_fraction": 0.0, "continuations": []}  # fmt: skip
+
+    content = {
+        "sae": "tiny", "feature": 7, "concept": "sea", "method": "clamp", "unit": "act", "positions": "all",
+        "value": 40.0, "strength": 40.0, "meets_target": meets, "prompts": PROMPTS,
+        "target": {"mention_fraction": 0.5, "max_perplexity_ratio": 2.0},
+        "heldout": figures(feature_mentions),
+        "diffmean_best": {"kind": "direction (DiffMean, not an SAE feature)", "hook": HOOK, "concept": "sea",
+                          "value": 3.0, "fraction_of_residual": 0.08, "positions": "all",
+                          "heldout": figures(direction_mentions), "positive": positive[:3], "negative": negative[:3]},
+    }  # fmt: skip
+    path = tmp_path / "golden_gate.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "meets, feature_mentions, moment",
+    [(True, 0.6, True), (False, 0.2, False), (True, 0.2, False), (False, 0.6, False)],
+)
+def test_demo_shows_the_feature_as_the_moment_only_when_it_meets_the_target(
+    tiny_model, sae, tmp_path, capsys, meets, feature_mentions, moment
+):
+    """A flag that the figures contradict (or figures without the flag) never makes a moment."""
+    from scope.cli.demo import _print_golden_gate
+
+    _print_golden_gate(
+        tiny_model, lambda spec: sae, _result(tmp_path, meets=meets, feature_mentions=feature_mentions), 3
+    )
+    out = capsys.readouterr().out
+    assert ("The Golden Gate moment: feature 7" in out) is moment
+    if not moment:
+        assert "no SAE feature reached the target yet" in out
+        assert (
+            f"Best SAE feature: 7 of the tiny SAE for sea, clamp at 40 on all positions: {feature_mentions:.0%}" in out
+        )
+        assert "a direction, not a feature: DiffMean add for sea" in out and "DiffMean add" in out
+    assert no_hooks_left(tiny_model)
+
+
+def test_demo_says_when_no_direction_works_either(tiny_model, sae, tmp_path, capsys):
+    from scope.cli.demo import _print_golden_gate
+
+    _print_golden_gate(
+        tiny_model, lambda spec: sae, _result(tmp_path, meets=False, feature_mentions=0.1, direction_mentions=0.3), 3
+    )
+    out = capsys.readouterr().out
+    assert "No DiffMean direction reached it either" in out and "moment" not in out
+
+
+def test_diffmean_add_at_the_shipped_fraction_equals_adding_the_vector_by_hand(tiny_model, gg):
+    """scope's Add(direction, v) against a plain transformer-lens hook adding v * u (BOS untouched),
+    with u computed here as the normalised difference of the two sets' mean activations."""
+    find = _script("find_concept_feature")
+    positive, negative = find.texts_of("sea")
+    direction = scope.diffmean(tiny_model, HOOK, positive[:4], negative[:4])
+
+    def mean(texts):
+        acts = [tiny_model.run_with_cache(t, names_filter=[HOOK])[1][HOOK][0, 1:] for t in texts]
+        return torch.cat(acts).double().mean(0)
+
+    u = mean(positive[:4]) - mean(negative[:4])
+    u = (u / u.norm()).float()
+    assert torch.allclose(direction.vector, u, atol=1e-5)
+    shipped = _shipped()
+    fraction = (shipped.get("diffmean_best") or {}).get("fraction_of_residual", 0.08)
+    tokens = tiny_model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        norm = tiny_model.run_with_cache(tokens, names_filter=[HOOK])[1][HOOK][0, 1:].norm(dim=-1).median()
+        value = float(fraction * norm)
+
+        def add(act, hook):
+            act[:, 1:] += value * u
+            return act
+
+        by_hand = tiny_model.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)])
+        with scope.steer(tiny_model, None, scope.Add(direction, value)):
+            steered = tiny_model(tokens)
+        plain = tiny_model(tokens)
+    assert torch.allclose(steered, by_hand, atol=1e-4)
+    assert not torch.allclose(steered, plain, atol=1e-3)  # the edit does something

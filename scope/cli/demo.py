@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,39 +46,93 @@ def demo(args: argparse.Namespace) -> None:
     shown = [c for c in columns if c in features]
     print(table(features[shown].round({"activation": 1, "relative": 2})))
     print(features.attrs["dense_note"])
-    _print_golden_gate(model, sae, folder / "golden_gate.json", args.max_new_tokens)
+    loaded = {"demo": sae}
+
+    def sae_for(spec: str) -> Any:
+        if spec not in loaded:
+            loaded[spec] = scope.load_sae(spec, device=model.cfg.device, dtype=model.cfg.dtype)
+        return loaded[spec]
+
+    _print_golden_gate(model, sae_for, folder / "golden_gate.json", args.max_new_tokens)
 
 
-def _print_golden_gate(model: Any, sae: Any, sweep_file: Path, max_new_tokens: int) -> None:
-    """The demo SAE's concept feature clamped on a neutral prompt, at the strength its Golden Gate
-    sweep (``scripts/golden_gate.py``, shipped as ``golden_gate.json``) picked."""
-    if not sweep_file.is_file():
+def _print_golden_gate(model: Any, sae_for: Callable[[str], Any], result_file: Path, max_new_tokens: int) -> None:
+    """What the Golden Gate search (``scripts/steering_benchmark.py``, shipped as ``golden_gate.json``)
+    found, as it is: the SAE feature as the Golden Gate moment only when its held-out figures reach
+    the target; otherwise the best SAE feature's figure beside the DiffMean result, labelled a
+    direction. ``sae_for(spec)`` gives the loaded SAE of a spec."""
+    if not result_file.is_file():
         return
-    sweep = json.loads(sweep_file.read_text())
-    chosen = sweep.get("pick")
-    if not chosen:
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    if "heldout" not in result:
+        return  # a file from before the search: nothing honest to show
+    target = result.get("target", {})
+    prompt = result["prompts"][0]
+    if result.get("meets_target") and reaches_target(result["heldout"], target):
+        sae = sae_for(result["sae"])
+        feature, value = result["feature"], result["value"]
+        steering = scope.Clamp(feature, value) if result["method"] == "clamp" else scope.Add(feature, value)
+        print(
+            f"\nThe Golden Gate moment: feature {feature} ({_label(sae, feature)}) of the {result['sae']} SAE, "
+            f"{_how(result)}: {_figure(result['heldout'])} ({result['concept']}; "
+            f"unsteered {result['heldout']['unsteered_mention_fraction']:.0%})."
+        )
+        _print_example(
+            model, prompt, max_new_tokens, "steered", sae=sae, steering=steering, positions=result["positions"]
+        )
         return
-    feature, value, prompt = sweep["feature"], chosen["value"], sweep["prompts"][0]
-    steering = scope.Clamp(feature, value) if sweep["method"] == "clamp" else scope.Add(feature, value)
-    plain = scope.generate(model, prompt, max_new_tokens=max_new_tokens)
-    steered = scope.generate(model, prompt, max_new_tokens=max_new_tokens, sae=sae, steering=steering)
     print(
-        f"\nGolden Gate: feature {feature} ({_label(sae, feature)}) {sweep['method']}ed at {value:.0f}. "
-        f"Over {len(sweep['prompts'])} neutral prompts "
-        f"it brought up the concept in {chosen['mention_fraction']:.0%} of greedy continuations "
-        f"(unsteered: {_unsteered_mentions(sweep):.0%}) at {chosen['perplexity_ratio']:.2f}x the perplexity."
+        f"\nGolden Gate: no SAE feature reached the target yet (the concept in >= "
+        f"{target.get('mention_fraction', 0.5):.0%} of held-out continuations at <= "
+        f"{target.get('max_perplexity_ratio', 2.0):g}x perplexity). Best SAE feature: {result['feature']} of the "
+        f"{result['sae']} SAE for {result['concept']}, {_how(result)}: {_figure(result['heldout'])}."
     )
-    print(table(pd.DataFrame({"": ["unsteered", "clamped"], "continuation": [prompt + plain, prompt + steered]})))
+    direction = result.get("diffmean_best")
+    if not direction or not reaches_target(direction["heldout"], target):
+        print("No DiffMean direction reached it either (data/README.md, 'The Golden Gate attempt').")
+        return
+    vector = scope.diffmean(model, direction["hook"], direction["positive"], direction["negative"])
+    print(
+        f"What does work is a direction, not a feature: DiffMean add for {direction['concept']} at "
+        f"{direction['hook']} ({direction['value']:.0f}, {direction['fraction_of_residual']:.0%} of the residual "
+        f"norm, {direction['positions']} positions): {_figure(direction['heldout'])}."
+    )
+    _print_example(
+        model, prompt, max_new_tokens, "DiffMean add", steering=scope.Add(vector, direction["value"]),
+        positions=direction["positions"],
+    )  # fmt: skip
+
+
+def reaches_target(figures: dict[str, Any], target: dict[str, Any]) -> bool:
+    """The target read off the held-out figures themselves (never a flag alone)."""
+    mention, ratio = figures.get("mention_fraction"), figures.get("perplexity_ratio")
+    if mention is None or ratio is None:
+        return False
+    return mention >= target.get("mention_fraction", 0.5) and ratio <= target.get("max_perplexity_ratio", 2.0)
+
+
+def _how(result: dict[str, Any]) -> str:
+    unit = f"{result['strength']:g} x its max activation" if result.get("unit") == "max" else f"{result['value']:.4g}"
+    return f"{result['method']} at {unit} on {result['positions']} positions"
+
+
+def _figure(figures: dict[str, Any]) -> str:
+    return (
+        f"{figures['mention_fraction']:.0%} of {figures.get('n_prompts', '?')} held-out continuations mention it at "
+        f"{figures['perplexity_ratio']:.2f}x the perplexity (distinct-word share {figures['distinct_words']:.2f})"
+    )
+
+
+def _print_example(model: Any, prompt: str, max_new_tokens: int, name: str, **steering: Any) -> None:
+    plain = scope.generate(model, prompt, max_new_tokens=max_new_tokens)
+    steered = scope.generate(model, prompt, max_new_tokens=max_new_tokens, **steering)
+    print(table(pd.DataFrame({"": ["unsteered", name], "continuation": [f"{prompt}{plain}", f"{prompt}{steered}"]})))
 
 
 def _label(sae: Any, feature: int) -> str:
     labels = feature_labels(sae)
     found = None if labels is None else labels.loc[labels["feature"] == feature, "label"]
     return "unlabelled" if found is None or found.empty else str(found.iloc[0])
-
-
-def _unsteered_mentions(sweep: dict[str, Any]) -> float:
-    return next(row["mention_fraction"] for row in sweep["sweep"] if row["strength"] == 0)
 
 
 def _print_residual_norms(model: Any) -> None:
