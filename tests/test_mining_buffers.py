@@ -67,19 +67,26 @@ def test_state_round_trip_and_merge_are_exact():
         assert torch.equal(merged[name], value) if isinstance(value, torch.Tensor) else merged[name] == value, name
 
 
+def _count(stats, rows):
+    """Feed ``rows`` [tokens, features] to ``stats`` as mining does: the fired entries, listed."""
+    row, feature = (rows > 0).nonzero(as_tuple=True)
+    stats.add(feature, rows[row, feature])
+    stats.n_tokens += len(rows)
+
+
 def test_activity_stats_equal_a_direct_histogram():
     g = torch.Generator().manual_seed(0)
     acts = torch.relu(torch.randn(300, 11, generator=g) * 50).pow(2) * (torch.rand(300, 11, generator=g) < 0.3)
     stats = ActivityStats(11)
     for rows in acts.split(70):
-        stats.update(rows, len(rows))
+        _count(stats, rows)
     bins = torch.bucketize(acts, HISTOGRAM_EDGES[1:-1])
     expected = torch.stack([torch.bincount(bins[:, f][acts[:, f] > 0], minlength=56) for f in range(11)])
     assert torch.equal(stats.histogram, expected)
     assert torch.equal(stats.active, (acts > 0).sum(0)) and stats.n_tokens == 300
     halves = [ActivityStats(11), ActivityStats(11)]
-    halves[0].update(acts[:100], 100)
-    halves[1].update(acts[100:], 200)
+    _count(halves[0], acts[:100])
+    _count(halves[1], acts[100:])
     merged = merge_stats(halves)
     assert torch.equal(merged.histogram, stats.histogram) and merged.n_tokens == stats.n_tokens
 

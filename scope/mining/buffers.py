@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 HISTOGRAM_EDGES = torch.logspace(-3, 4, 57)  # 8 bins per decade from 1e-3 to 1e4
-_CHUNK = 1 << 24  # entries of a batch's activations read at a time for the histogram
 
 
 class RunningTopK:
@@ -118,16 +117,6 @@ class ActivityStats:
     def __init__(self, n_features: int, device: torch.device | str | None = None):
         self.n_tokens = 0
         self.histogram = torch.zeros(n_features, len(HISTOGRAM_EDGES) - 1, dtype=torch.long, device=device)
-
-    def update(self, acts: torch.Tensor, n_tokens: int) -> None:
-        """``acts`` [rows, features] holding ``n_tokens`` text tokens (other rows all zero); read a
-        few million entries at a time, so the non-zero entries listed stay small even for a densely
-        firing SAE."""
-        n_features = self.histogram.shape[0]
-        self.n_tokens += n_tokens
-        for rows in acts.split(max(1, _CHUNK // n_features)):
-            row, feature = (rows > 0).nonzero(as_tuple=True)
-            self.add(feature, rows[row, feature])
 
     def add(self, feature: torch.Tensor, value: torch.Tensor) -> None:
         """Count fired entries, given as lists: ``feature`` [entries] and ``value`` [entries] > 0
