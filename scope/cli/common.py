@@ -4,6 +4,7 @@ loading the model and its SAE."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -48,15 +49,22 @@ def prompt(args: argparse.Namespace) -> Any:
     return [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
 
 
-def named(values: list[str], option: str, default_name: str | None = None) -> dict[str, str]:
-    """``name=value`` (or a bare value: named by itself, or ``default_name``) -> {name: value}."""
+def named(
+    values: list[str],
+    option: str,
+    default_name: str | None = None,
+    bare_name: Callable[[str], str] | None = None,
+    what: str = "SPEC",
+) -> dict[str, str]:
+    """``name=value`` (or a bare value: named ``bare_name(value)``, ``default_name`` or itself) ->
+    {name: value}; ``what`` is what a value is, in the error."""
     found: dict[str, str] = {}
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep:
-            name, rest = default_name or value, value
+            name, rest = (bare_name(value) if bare_name else default_name or value), value
         if not name or not rest:
-            raise ValueError(f"{option} {value!r}: expected SPEC or NAME=SPEC")
+            raise ValueError(f"{option} {value!r}: expected {what} or NAME={what}")
         if name in found:
             raise ValueError(f"{option}: the name {name!r} is given twice")
         found[name] = rest

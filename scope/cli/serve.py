@@ -86,17 +86,7 @@ def serve(args: argparse.Namespace) -> None:
 
 def graph_paths(values: list[str]) -> dict[str, str]:
     """``--graph`` values (``PATH`` or ``NAME=PATH``) -> {name: path}; a bare path is named by its stem."""
-    found: dict[str, str] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            name, path = Path(value).stem, value
-        if not name or not path:
-            raise ValueError(f"--graph {value!r}: expected PATH or NAME=PATH")
-        if name in found:
-            raise ValueError(f"--graph: the name {name!r} is given twice (name them: --graph NAME=PATH)")
-        found[name] = path
-    return found
+    return named(values, "--graph", bare_name=lambda path: Path(path).stem, what="PATH")
 
 
 def check_transcoders_spec(spec: str, model_name: str) -> None:
