@@ -416,9 +416,11 @@ def test_a_complete_cache_in_a_read_only_folder_loads(fake_cache, monkeypatch):
 
 @pytest.fixture
 def no_hub(monkeypatch):
-    """A hub that does not answer, without waiting for the probe's timeout."""
+    """A hub that does not answer, without waiting for the probe's timeout. Offline mode off: the
+    scripts some tests import set HF_HUB_OFFLINE in this process's environment."""
     import scope.models
 
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(scope.models, "_hub_reachable", lambda *args, **kwargs: False)
 
 
