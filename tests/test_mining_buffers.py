@@ -1,6 +1,7 @@
 """The running buffers against brute force: top-k with many exact ties, contexts that follow their
 entries, exact merges, histograms."""
 
+import pytest
 import torch
 
 from scope.mining.buffers import HISTOGRAM_EDGES, ActivityStats, RunningTopK, merge_stats, merge_top
@@ -91,18 +92,27 @@ def test_activity_stats_equal_a_direct_histogram():
     assert torch.equal(merged.histogram, stats.histogram) and merged.n_tokens == stats.n_tokens
 
 
-def test_fired_entries_give_each_windows_maximum_and_its_first_position():
+@pytest.mark.parametrize("thresholds", [False, True], ids=["activations", "jumprelu-scores"])
+def test_fired_entries_give_each_windows_maximum_and_its_first_position(thresholds):
     """The sparse pass (scope.mining.run.Fired) against dense reductions written here, with ties,
-    negative values (not firing) and context-only leading tokens that must not be scored."""
+    negative values (not firing) and context-only leading tokens that must not be scored; from
+    activations, and from scores with per-feature thresholds (a JumpReLU's pre-activations)."""
     from scope.mining.run import Fired
+    from scope.mining.scores import Scores
 
     g = torch.Generator().manual_seed(0)
-    acts = torch.randint(-2, 4, (5, 9, 7), generator=g).float()  # small integers: many exact ties
-    acts[acts < 1] = 0
-    acts[0, 2, 3] = -1.5  # negative: does not fire
-    first_scored = torch.tensor([1, 3, 1, 9, 2])  # row 3 is all context
+    score = torch.randint(-2, 4, (5, 9, 7), generator=g).float()  # small integers: many exact ties
+    score[0, 2, 3] = -1.5  # negative: does not fire
+    first_scored = [1, 3, 1, 9, 2]  # row 3 is all context
+    if thresholds:
+        threshold = torch.tensor([0.0, 0.5, 1.0, 1.0, 2.0, 2.5, 3.0])  # 3.0: feature 6 never fires
+        scores = Scores(score, threshold)
+        acts = torch.where(score > threshold, score, 0.0)
+    else:
+        score[score < 1] = 0
+        scores, acts = Scores(score, None), score
 
-    fired = Fired.of(acts, first_scored)
+    fired = Fired.of(scores, first_scored)
     best, peak = fired.maxima(5, 7)
 
     for row in range(5):

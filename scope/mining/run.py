@@ -13,6 +13,7 @@ from scope.features import check_feature
 from scope.hooks import activation_shape, check_width, run_to_hooks, sae_hook
 from scope.mining.buffers import HISTOGRAM_EDGES, ActivityStats, RunningTopK
 from scope.mining.results import Mined, frame_of
+from scope.mining.scores import Scores, scores_of
 from scope.mining.windows import Window, batch_tokens
 
 _CHUNK = 1 << 22  # activations listed at a time for the fired entries (bounds a dense SAE's list)
@@ -48,26 +49,26 @@ class Batch:
         return sum(self.lengths) - sum(self.context_only)
 
 
-def encode_batch(model, sae, act: torch.Tensor, batch: Batch, selected: torch.Tensor | None) -> torch.Tensor:
-    """``sae``'s features of ``act``, the activation at its hook, ``[batch, pos, features]``, zero on
-    BOS and padding (so that they never count or show up). Every position is encoded, in one
-    call with no host round trip; the rows are then zeroed in place."""
+def encode_batch(model, sae, act: torch.Tensor, batch: Batch, selected: torch.Tensor | None) -> Scores:
+    """``sae``'s scores of ``act``, the activation at its hook, ``[batch, pos, features]``
+    (:mod:`scope.mining.scores`), zero on BOS and padding (so that they never fire). Every
+    position is encoded, in one call with no host round trip; the rows are then zeroed in place."""
     hook = sae_hook(sae)
     if activation_shape(model, hook) is None:  # a hook the config does not describe
         check_width(model, sae, tuple(act.shape[2:]))
     n, pos = act.shape[:2]
-    with torch.no_grad():
-        acts = sae.encode(act.reshape(n * pos, *act.shape[2:])).reshape(n, pos, -1)
+    scores = scores_of(sae, act.reshape(n * pos, *act.shape[2:]))
+    scores = Scores(scores.score.reshape(n, pos, -1), scores.threshold)
     if selected is not None:
-        acts = acts[..., selected]
-    acts[:, 0] = 0  # BOS
+        scores = scores.select(selected)
+    scores.score[:, 0] = 0  # BOS
     for row, length in enumerate(batch.lengths):
-        acts[row, 1 + length :] = 0  # padding
-    return acts
+        scores.score[row, 1 + length :] = 0  # padding
+    return scores
 
 
 def _contexts(
-    acts: torch.Tensor, batch: Batch, row: torch.Tensor, feature: torch.Tensor, peak: torch.Tensor, context: int
+    scores: Scores, batch: Batch, row: torch.Tensor, feature: torch.Tensor, peak: torch.Tensor, context: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For entries (window ``row``, ``feature``) peaking at ``peak`` (BOS = 0): the token ids
     ``[entries, 2 * context + 1]`` around the peak (-1 outside the text: beyond the window, BOS,
@@ -76,9 +77,10 @@ def _contexts(
     lengths = torch.tensor(batch.lengths, device=peak.device)
     text = (where >= 1) & (where <= lengths[row][:, None])
     # Flat offsets read with one take each: cheaper than indexing by three broadcast tensors.
-    token_at = (row * acts.shape[1])[:, None] + where.clamp(0, acts.shape[1] - 1)  # into [batch, pos]
+    _, pos, n_features = scores.score.shape
+    token_at = (row * pos)[:, None] + where.clamp(0, pos - 1)  # into [batch, pos]
     ids = torch.where(text, batch.tokens.reshape(-1)[token_at], -1).to(torch.int32)
-    values = acts.reshape(-1)[token_at * acts.shape[2] + feature[:, None]].float().clamp_min(0)
+    values = scores.activation(scores.score.reshape(-1)[token_at * n_features + feature[:, None]], feature[:, None])
     return ids, torch.where(text, values, 0.0)
 
 
@@ -95,15 +97,23 @@ class Fired:
     value: torch.Tensor
 
     @classmethod
-    def of(cls, acts: torch.Tensor, first_scored: torch.Tensor) -> Fired:
-        """The entries of ``acts`` [rows, pos, features] above zero at or after each row's
-        ``first_scored`` position (the context-only tokens before it are read, never scored)."""
-        _, pos, n_features = acts.shape
-        flat = acts.reshape(-1).nonzero().squeeze(1)  # nonzero on the floats: no boolean copy
-        value = acts.reshape(-1)[flat]
+    def of(cls, scores: Scores, first_scored: list[int]) -> Fired:
+        """The entries of ``scores`` [rows, pos, features] that fire at or after each row's
+        ``first_scored`` position (the context-only tokens before it are read, never scored;
+        BOS, position 0, is zeroed by :func:`encode_batch`, so ``first_scored`` is at least 1)."""
+        _, pos, n_features = scores.score.shape
+        flat = scores.fires().reshape(-1).nonzero().squeeze(1)
+        value = scores.score.reshape(-1).index_select(0, flat)
         row, rest = flat.div(pos * n_features, rounding_mode="floor"), flat.remainder(pos * n_features)
         position, feature = rest.div(n_features, rounding_mode="floor"), rest.remainder(n_features)
-        keep = (value > 0) & (position >= first_scored[row])
+        # Filter only what can be there: scores at or below 0 (a threshold is never negative, so
+        # only without one) and context-only tokens (only in windows that have some).
+        keep = (value > 0) if scores.threshold is None else None
+        if max(first_scored) > 1:
+            scored = position >= torch.tensor(first_scored, device=flat.device)[row]
+            keep = scored if keep is None else keep & scored
+        if keep is None:
+            return cls(row, position, feature, value)
         return cls(row[keep], position[keep], feature[keep], value[keep])
 
     def maxima(self, rows: int, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,17 +129,17 @@ class Fired:
         return best.view(rows, n_features), peak.view(rows, n_features)
 
 
-def _maxima_and_peaks(acts: torch.Tensor, batch: Batch, stats: ActivityStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (window, feature) of ``acts`` [batch, pos, features], the largest scored activation
+def _maxima_and_peaks(scores: Scores, batch: Batch, stats: ActivityStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (window, feature) of ``scores`` [batch, pos, features], the largest scored activation
     and its first position (:meth:`Fired.maxima`); adds the fired entries to ``stats``. A few
     windows at a time (about ``_CHUNK`` activations), so that even a densely firing SAE's list
     of entries stays small."""
-    n, pos, n_features = acts.shape
-    first_scored = 1 + torch.tensor(batch.context_only, device=acts.device)
+    n, pos, n_features = scores.score.shape
+    first_scored = [1 + c for c in batch.context_only]
     maxima, peaks = [], []
     step = max(1, _CHUNK // (pos * n_features))
     for start in range(0, n, step):
-        fired = Fired.of(acts[start : start + step], first_scored[start : start + step])
+        fired = Fired.of(scores.rows(start, start + step), first_scored[start : start + step])
         stats.add(fired.feature, fired.value)
         best, peak = fired.maxima(min(step, n - start), n_features)
         maxima.append(best)
@@ -166,12 +176,12 @@ class SAERun:
     def update(self, model, act: torch.Tensor, batch: Batch) -> None:
         """Take in a batch, given the activation at this SAE's hook: all on the SAE's device."""
         selected = self.selected.to(act.device) if self.subset else None
-        acts = encode_batch(model, self.sae, act, batch, selected)
-        maxima, peaks = _maxima_and_peaks(acts, batch, self.stats)
+        scores = encode_batch(model, self.sae, act, batch, selected)
+        maxima, peaks = _maxima_and_peaks(scores, batch, self.stats)
         rank, feature, row = self.top.update(maxima, batch.text_id)
         peak = peaks[row, feature]  # among scored tokens; the context shown around it is all the window read
         position = batch.starts[row] + peak - 1
-        self.top.fill(rank, feature, position, *_contexts(acts, batch, row, feature, peak, self.top.context))
+        self.top.fill(rank, feature, position, *_contexts(scores, batch, row, feature, peak, self.top.context))
 
     def mined(self, model) -> Mined:
         frame, context_ids, context_acts, token_strings = frame_of(model, self.top.state(), self.selected)
