@@ -1,8 +1,10 @@
-"""Random Gemma Scope-format SAEs for tests, an independent JumpReLU, and a forward-call counter."""
+"""Random Gemma Scope-format SAEs for tests, an independent JumpReLU, a forward-call counter, and a
+stand-in for the hub's ``SAE.from_pretrained``."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,23 @@ def count_calls(module: torch.nn.Module):
         yield calls
     finally:
         handle.remove()
+
+
+class FakeFromPretrained:
+    """Stands in for the hub: records calls, returns a small SAE reading the id's layer."""
+
+    def __init__(self, make_sae, d_in=64):
+        self.calls = []
+        self.make_sae = make_sae
+        self.d_in = d_in
+
+    def __call__(self, release, sae_id, device="cpu", dtype="float32", **kwargs):
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        self.calls.append((release, sae_id, device, dtype))
+        layer = int(re.match(r"layer_(\d+)", sae_id)[1])
+        sae, _ = self.make_sae(
+            hook=f"blocks.{layer}.hook_resid_post", d_in=self.d_in, d_sae=16, seed=layer, device=device, dtype=dtype
+        )
+        sae.cfg.metadata.neuronpedia_id = get_pretrained_saes_directory()[release].neuronpedia_id.get(sae_id)
+        return sae

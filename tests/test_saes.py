@@ -16,15 +16,9 @@ import torch
 import scope
 from scope import saes as saes_module
 from scope.labels import feature_labels, save_labels
-from tests.sae_util import random_params, write_params
+from tests.sae_util import FakeFromPretrained, random_params, write_params
 
 HOOK = "blocks.1.hook_resid_post"
-
-
-def _registry():
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    return get_pretrained_saes_directory()
 
 
 # ----------------------------------------------------------------------------- params.npz
@@ -262,28 +256,10 @@ def test_feature_stats_must_have_one_value_per_feature(make_sae):
 # ----------------------------------------------------------------------------- registry specs
 
 
-class _FakeFromPretrained:
-    """Stands in for the hub: records calls, returns a small SAE reading the id's layer."""
-
-    def __init__(self, make_sae, d_in=64):
-        self.calls = []
-        self.make_sae = make_sae
-        self.d_in = d_in
-
-    def __call__(self, release, sae_id, device="cpu", dtype="float32", **kwargs):
-        self.calls.append((release, sae_id, device, dtype))
-        layer = int(re.match(r"layer_(\d+)", sae_id)[1])
-        sae, _ = self.make_sae(
-            hook=f"blocks.{layer}.hook_resid_post", d_in=self.d_in, d_sae=16, seed=layer, device=device, dtype=dtype
-        )
-        sae.cfg.metadata.neuronpedia_id = _registry()[release].neuronpedia_id.get(sae_id)
-        return sae
-
-
 def test_registry_spec_goes_through_sae_lens_from_pretrained(make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(make_sae)
+    fake = FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     sae = scope.load_sae(
         "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical", device="cpu", dtype=torch.bfloat16
@@ -299,7 +275,7 @@ def test_registry_spec_goes_through_sae_lens_from_pretrained(make_sae, monkeypat
 def test_registry_sae_keeps_its_recorded_hook(make_sae, monkeypatch):
     from sae_lens import SAE
 
-    monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(make_sae))
+    monkeypatch.setattr(SAE, "from_pretrained", FakeFromPretrained(make_sae))
     spec = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
     assert (
         scope.load_sae(spec, hook="blocks.20.hook_resid_post", device="cpu").cfg.metadata.hook_name
@@ -349,7 +325,7 @@ def test_a_spec_of_the_wrong_type_is_a_type_error(spec):
 def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(make_sae)
+    fake = FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     every = scope.load_saes(tiny_model)  # "all" for a 2B-shaped subject: 26 layers, nothing loaded
     assert list(every) == list(range(26)) and fake.calls == []
@@ -370,7 +346,7 @@ def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, make_sae, mo
 def test_load_saes_rejects_bad_layers_before_loading(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    fake = _FakeFromPretrained(make_sae)
+    fake = FakeFromPretrained(make_sae)
     monkeypatch.setattr(SAE, "from_pretrained", fake)
     with pytest.raises(ValueError, match=r"layer 40.*0-25"):
         scope.load_saes(tiny_model, layers=[1, 40])
@@ -385,7 +361,7 @@ def test_load_saes_rejects_bad_layers_before_loading(tiny_model, make_sae, monke
 def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, make_sae, monkeypatch):
     from sae_lens import SAE
 
-    monkeypatch.setattr(SAE, "from_pretrained", _FakeFromPretrained(make_sae, d_in=2304))
+    monkeypatch.setattr(SAE, "from_pretrained", FakeFromPretrained(make_sae, d_in=2304))
     saes = scope.load_saes(tiny_model, layers=[1])
     with pytest.raises(ValueError, match="SAE d_in is 2304 but"):
         saes[1]
