@@ -25,8 +25,8 @@ _EXPORTS = {
     "GemmaScopeId": "scope.gemma_scope",
     "gemma_scope_id": "scope.gemma_scope",
     "load_sae": "scope.saes",
-    "load_saes": "scope.saes",
-    "LazySAEs": "scope.saes",
+    "load_saes": "scope.lazy_layers",
+    "LazySAEs": "scope.lazy_layers",
     "load_transcoders": "scope.transcoders",
     "Transcoders": "scope.transcoders",
     "splice": "scope.splicing",
@@ -238,12 +238,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.inputs import to_tokens
     from scope.label_scores import score_labels
     from scope.labels import label_features
+    from scope.lazy_layers import LazySAEs, load_saes
     from scope.llm import LLM, Endpoint, LocalLLM, as_llm
     from scope.mining import Mined, mine, top_examples
     from scope.models import list_models, load_model
     from scope.neuronpedia import NeuronpediaUnavailableError, neuronpedia_explanations
     from scope.pages import dashboard
-    from scope.saes import LazySAEs, load_sae, load_saes
+    from scope.saes import load_sae
     from scope.search import search_features
     from scope.splicing import Splice, splice
     from scope.steering import (

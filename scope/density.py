@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 
 from scope import _checks
+from scope.feature_stats import feature_stats, set_feature_stats
 from scope.labels import feature_labels
-from scope.saes import feature_stats, set_feature_stats
 
 DENSE_THRESHOLD = 0.1  # Neuronpedia's dense-feature filter hides features above 10% of tokens
 SHOW_DENSE_HINT = (

@@ -18,6 +18,7 @@ from jaxtyping import Float
 
 from scope import _checks
 from scope.density import DENSE_THRESHOLD, DenseFilter, dense_filter
+from scope.feature_stats import feature_stats
 from scope.hooks import (
     activation_shape,
     check_compatible,
@@ -28,7 +29,6 @@ from scope.hooks import (
 )
 from scope.inputs import str_tokens, to_tokens
 from scope.labels import as_labels, feature_labels, with_labels
-from scope.saes import feature_stats
 
 if TYPE_CHECKING:
     from sae_lens import SAE, HookedSAETransformer

@@ -1,4 +1,4 @@
-"""Loading SAEs from anywhere, as sae-lens' own classes, and every layer's SAE lazily.
+"""Loading SAEs from anywhere, as sae-lens' own classes.
 
 Everything loads into sae-lens' classes (a Gemma Scope ``params.npz`` becomes a sae-lens
 ``JumpReLUSAE``), so an SAE from scope works with every sae-lens and ``HookedSAETransformer``
@@ -18,11 +18,9 @@ API. What sae-lens lacks and this module adds:
 
   Both are built by ``scripts/train_demo_sae.py`` (:attr:`DemoSAE.command`), and each ships
   its per-feature statistics and labels beside its weights.
-- Per-feature statistics (max activations, densities) kept in the SAE's ``cfg.metadata``, the
-  open bag sae-lens provides for such fields: ``Clamp(..., unit="max")`` reads them there, and
-  they are saved with the SAE. Feature labels (:mod:`scope.labels`) live there too; a demo
-  SAE loads with its shipped labels.
-- :func:`load_saes`: every layer's SAE, loaded only when first used.
+
+A demo SAE loads with its shipped per-feature statistics (:mod:`scope.feature_stats`) and labels
+(:mod:`scope.labels`). Every layer's SAE at once, loaded lazily: :mod:`scope.lazy_layers`.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import difflib
 import functools
 import os
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +37,11 @@ import numpy as np
 import torch
 
 from scope import _checks
-from scope.gemma_scope import GemmaScopeId, covered_layers, describe_layers, gemma_scope_id, registry, split_spec
-from scope.hooks import check_compatible
+from scope.feature_stats import STATS_TOKENS, set_feature_stats
+from scope.gemma_scope import GemmaScopeId, registry, split_spec
 from scope.labels import read_labels, set_labels
 from scope.sae_formats import is_gemma_scope_2_folder, load_gemma_scope_2, load_gemma_scope_2_from_hub
-from scope.subjects import ModelUnavailableError, model_name
+from scope.subjects import ModelUnavailableError
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -83,9 +80,6 @@ DEMO_SAES: dict[str, DemoSAE] = {
     ),
 }
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-MAX_ACTIVATIONS = "scope_max_activations"  # cfg.metadata keys scope adds
-FEATURE_STATS = "scope_feature_stats"
-STATS_TOKENS = "scope_feature_stats_tokens"  # how many tokens the feature statistics were measured on
 
 
 # ----------------------------------------------------------------------------- loading
@@ -220,50 +214,6 @@ def _load_demo(name: str, hook: str | None, device: str, dtype: str) -> SAE:
     if labels_file.is_file():
         set_labels(sae, read_labels(labels_file))
     return sae
-
-
-# ----------------------------------------------------------------------------- per-feature statistics
-
-
-def set_feature_stats(sae: SAE, stats: Mapping[str, Any]) -> None:
-    """Record per-feature statistics (``{"max_activation": [d_sae], "density": [d_sae], ...}``)
-    in ``sae.cfg.metadata``; ``max_activation`` serves ``Clamp(..., unit="max")``."""
-    values = {}
-    for name, column in stats.items():
-        tensor = torch.as_tensor(column, dtype=torch.float32).flatten()
-        if tensor.numel() != sae.cfg.d_sae:
-            raise ValueError(f"{name} must have one value per feature ({sae.cfg.d_sae}), got {tensor.numel()}.")
-        values[name] = tensor.tolist()  # plain lists: the metadata is saved as JSON with the SAE
-    sae.cfg.metadata[FEATURE_STATS] = {**(sae.cfg.metadata.get(FEATURE_STATS) or {}), **values}
-
-
-def set_max_activations(sae: SAE, values: torch.Tensor | Sequence[float]) -> None:
-    """Record each feature's max activation (used by ``Clamp(..., unit="max")``)."""
-    set_feature_stats(sae, {"max_activation": values})
-
-
-def feature_stats(sae: SAE) -> dict[str, torch.Tensor]:
-    """The per-feature statistics recorded for ``sae`` (empty when none are)."""
-    stats = sae.cfg.metadata.get(FEATURE_STATS) or {}
-    return {name: torch.tensor(values, dtype=torch.float32) for name, values in stats.items()}
-
-
-def max_activations(sae: SAE) -> torch.Tensor | None:
-    """Each feature's recorded max activation ``[d_sae]``, or None."""
-    values = (sae.cfg.metadata.get(FEATURE_STATS) or {}).get("max_activation")
-    return torch.tensor(values, dtype=torch.float32) if values is not None else None
-
-
-def max_activation(sae: SAE, feature: int) -> float:
-    """One feature's recorded max activation; ValueError naming the fix when none is recorded."""
-    values = (sae.cfg.metadata.get(FEATURE_STATS) or {}).get("max_activation")
-    if values is None:
-        raise ValueError(
-            f"Clamp(..., unit='max') on feature {feature} needs the SAE's per-feature max activations, "
-            "which this SAE does not carry. Record them with scope.saes.set_max_activations(sae, values) "
-            "(e.g. from scope.mine over a corpus), or clamp with unit='act'."
-        )
-    return float(values[feature])
 
 
 def _load_local(path: Path, hook: str | None, device: str, dtype: str) -> SAE:
@@ -519,102 +469,3 @@ def _npz_converter(path: str | Path, device: str, cfg_overrides: dict[str, Any] 
         for key, value in arrays.items()
     }
     return cfg, state
-
-
-# ----------------------------------------------------------------------------- every layer
-
-
-class LazyLayers(Mapping):
-    """layer -> a model part (SAE or transcoder) loaded on first access, then kept.
-
-    Iterating keys costs nothing; touching values loads them. ``loaded`` says which layers are
-    in memory; ``unload(layer)`` frees one. Subclasses say how one layer loads (:meth:`_load`).
-    """
-
-    _what = "SAE"
-
-    def __init__(self, sources: dict[int, str], model: Any, device: str, dtype: torch.dtype | str):
-        self._sources = sources
-        self._model = model
-        self._device = device
-        self._dtype = dtype
-        self._cache: dict[int, Any] = {}
-
-    def _load(self, layer: int) -> SAE:
-        raise NotImplementedError
-
-    def __getitem__(self, layer: int) -> SAE:
-        if layer not in self._sources:
-            raise KeyError(f"No {self._what} for layer {layer}; layers here: {describe_layers(sorted(self._sources))}.")
-        if layer not in self._cache:
-            self._cache[layer] = self._load(layer)
-        return self._cache[layer]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._sources)
-
-    def __len__(self) -> int:
-        return len(self._sources)
-
-    @property
-    def loaded(self) -> list[int]:
-        return sorted(self._cache)
-
-    def unload(self, layer: int) -> None:
-        self._cache.pop(layer, None)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(layers={describe_layers(sorted(self._sources))}, loaded={self.loaded})"
-
-
-class LazySAEs(LazyLayers):
-    """layer -> SAE, each loaded (and checked against the model) on first access, then kept."""
-
-    def __init__(self, model, specs: dict[int, str], device: str, dtype: torch.dtype | str):
-        super().__init__(specs, model, device, dtype)
-
-    def _load(self, layer: int) -> SAE:
-        sae = load_sae(self._sources[layer], device=self._device, dtype=self._dtype)
-        if not isinstance(self._model, str):
-            check_compatible(self._model, sae)
-        return sae
-
-    @property
-    def specs(self) -> dict[int, str]:
-        """layer -> the ``"RELEASE/SAE_ID"`` spec it loads."""
-        return dict(self._sources)
-
-
-def load_saes(
-    model,
-    layers: str | list[int] | range = "all",
-    site: str = "res",
-    width: str | int = "16k",
-    l0: str | float = "canonical",
-    *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-) -> LazySAEs:
-    """Gemma Scope SAEs for many layers of ``model``, as a lazy ``{layer: SAE}`` mapping.
-
-    Nothing downloads or loads until a layer is accessed, so ``layers="all"`` is cheap to ask
-    for; ids are resolved (and bad layers rejected) immediately. SAEs load in the model's dtype
-    and on its device: every 16k residual SAE of Gemma 2 2B (26 layers x 2 x 2304 x 16384
-    weights) is ~4 GB in bfloat16 (~8 GB in float32), so touch only the layers you need, or
-    ``unload`` them.
-
-    Args:
-        model: a model from :func:`scope.load_model` (a name is accepted too; then pass device/dtype).
-        layers: ``"all"`` (every layer Gemma Scope covers for this model and site) or a list.
-        site, width, l0: as in :func:`gemma_scope_id`.
-    """
-    name = model_name(model)
-    if layers == "all":
-        layers = covered_layers(name, site)
-    elif isinstance(layers, (str, int)):
-        raise TypeError(f"layers must be 'all' or a list of integers, got {layers!r}.")
-    specs = {_checks.integer(layer, "layer"): str(gemma_scope_id(name, layer, site, width, l0)) for layer in layers}
-    if not isinstance(model, str):
-        device = device if device is not None else str(model.cfg.device)
-        dtype = dtype if dtype is not None else model.cfg.dtype
-    return LazySAEs(model, specs, _checks.device(device), _checks.dtype(dtype) if dtype is not None else "float32")

@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 
 from scope import _checks
+from scope.feature_stats import feature_stats
 from scope.features import with_urls
 from scope.hooks import activation_shape, check_compatible, check_width, run_to_hooks, sae_hook
 from scope.inputs import pad, pad_id, to_tokens
 from scope.labels import PEAK_CLOSE, PEAK_OPEN, as_labels, feature_labels, label_of
-from scope.saes import feature_stats
 
 TOKEN_PATTERN = r"(?u)\w+|[^\w\s]"  # words, and punctuation as tokens of its own ("@", "'")
 

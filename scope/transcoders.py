@@ -23,6 +23,7 @@ import torch
 
 from scope import _checks
 from scope.gemma_scope import covered_layers, describe_layers, gemma_scope_id, registry, split_spec
+from scope.lazy_layers import LazyLayers
 from scope.sae_formats import (
     is_gemma_scope_2_folder,
     load_gemma_scope_2,
@@ -30,7 +31,7 @@ from scope.sae_formats import (
     read_config,
     tl_hook,
 )
-from scope.saes import DATA_DIR, LazyLayers, load_sae
+from scope.saes import DATA_DIR, load_sae
 from scope.subjects import SUBJECTS, model_name, subject_of
 
 if TYPE_CHECKING:

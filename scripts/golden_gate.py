@@ -61,10 +61,11 @@ from tqdm.auto import tqdm
 import scope
 from scope import _checks
 from scope._io import check_writable_dir, write_atomically
+from scope.feature_stats import max_activations
 from scope.hooks import check_compatible, run_to_hooks, sae_hook
 from scope.inputs import to_tokens
 from scope.labels import feature_labels, label_of
-from scope.saes import DEMO_SAES, max_activations
+from scope.saes import DEMO_SAES
 from scope.steering import Add, Clamp, generate_completions, reread
 
 REPO = Path(__file__).resolve().parent.parent

@@ -93,10 +93,11 @@ def show(model, sae, examples: pd.DataFrame, density: torch.Tensor, feature: int
 def main() -> None:
     args = parse_args()
     import scope
+    from scope.feature_stats import feature_stats
 
     model = scope.load_model("gemma-3-270m")
     sae = scope.load_sae(args.sae)
-    density = scope.saes.feature_stats(sae)["density"]  # from scripts/eval_demo_sae.py --save-stats
+    density = feature_stats(sae)["density"]  # from scripts/eval_demo_sae.py --save-stats
     examples = mine(model, sae, args)
     if args.features:
         chosen = [int(f) for f in args.features.split(",")]

@@ -112,15 +112,15 @@ def test_the_docs_sae_command_rebuilds_what_its_folder_records(monkeypatch):
 @pytest.mark.parametrize("name", list(DEMO_SAES))
 def test_the_shipped_demo_sae_loads_with_its_statistics_and_labels(name):
     # no model needed: this broke unnoticed once, behind the slow tests (n_tokens is not per feature)
-    from scope import saes
+    from scope.feature_stats import feature_stats, max_activations
     from scope.labels import feature_labels
 
     folder = _shipped(name)
     sae = scope.load_sae(name, device="cpu")
     stats = load_file(str(folder / "feature_stats.safetensors"))
     assert sae.cfg.metadata.hook_name == DEMO_SAES[name].hook
-    assert torch.equal(saes.max_activations(sae), stats["max_activation"])
-    assert set(saes.feature_stats(sae)) == set(stats) - {"n_tokens"}
+    assert torch.equal(max_activations(sae), stats["max_activation"])
+    assert set(feature_stats(sae)) == set(stats) - {"n_tokens"}
     assert sae.cfg.metadata.scope_feature_stats_tokens == int(stats["n_tokens"].sum()) > 0
     pd.testing.assert_frame_equal(feature_labels(sae), pd.read_parquet(folder / "labels.parquet"), check_dtype=False)
 

@@ -9,7 +9,7 @@ import torch
 import scope
 from scope.cli import main
 from scope.density import dense_filter, feature_densities, set_densities
-from scope.saes import set_feature_stats, set_max_activations
+from scope.feature_stats import set_feature_stats, set_max_activations
 from scope.serve.explorer import feature_data, token_features
 from scope.serve.state import Served
 from tests.sae_util import jumprelu

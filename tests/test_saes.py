@@ -1,5 +1,4 @@
-"""Loading SAEs (scope/saes.py): params.npz files, sae-lens folders, the bundled demo SAEs, registry specs,
-per-feature statistics and lazy per-layer sets.
+"""Loading SAEs (scope/saes.py): params.npz files, sae-lens folders, the bundled demo SAEs, registry specs.
 
 Gemma Scope ids are tested in test_gemma_scope.py, whether an SAE fits a model in test_hooks.py."""
 
@@ -15,6 +14,7 @@ import torch
 
 import scope
 from scope import saes as saes_module
+from scope.feature_stats import feature_stats, max_activation, max_activations
 from scope.labels import feature_labels, save_labels
 from tests.sae_util import FakeFromPretrained, random_params, write_params
 
@@ -178,8 +178,8 @@ def test_each_bundled_name_loads_its_own_folder(make_sae, tmp_path, monkeypatch)
         assert loaded.cfg.metadata.hook_name == saes_module.DEMO_SAES[name].hook == original.cfg.metadata.hook_name
         assert torch.equal(loaded.W_dec, original.W_dec)
         # no statistics or labels shipped in these folders
-        assert saes_module.max_activations(loaded) is None
-        assert saes_module.feature_stats(loaded) == {}
+        assert max_activations(loaded) is None
+        assert feature_stats(loaded) == {}
         assert feature_labels(loaded) is None
     assert not torch.equal(originals["demo"].W_dec, originals["demo-docs"].W_dec)  # two different SAEs
 
@@ -212,45 +212,15 @@ def test_a_bundled_sae_carries_its_shipped_statistics_and_labels(make_sae, tmp_p
     labels = pd.DataFrame({"feature": range(d_sae), "label": [f"label {i}" for i in range(d_sae)]})
     save_labels(labels, folder / "labels.parquet")  # as scripts/label_demo_sae.py writes it
     demo = scope.load_sae("demo-docs", device="cpu")
-    assert torch.equal(saes_module.max_activations(demo), max_acts)
-    stats = saes_module.feature_stats(demo)
+    assert torch.equal(max_activations(demo), max_acts)
+    stats = feature_stats(demo)
     assert set(stats) == {"max_activation", "density"}
     assert demo.cfg.metadata.scope_feature_stats_tokens == 12345
     assert torch.equal(stats["density"], density)
-    assert saes_module.max_activation(demo, 3) == pytest.approx(float(max_acts[3]))
+    assert max_activation(demo, 3) == pytest.approx(float(max_acts[3]))
     assert feature_labels(demo)["label"].tolist() == labels["label"].tolist()
     # the other name's folder has none of it
-    assert saes_module.max_activations(scope.load_sae("demo", device="cpu")) is None
-
-
-# ----------------------------------------------------------------------------- per-feature statistics
-
-
-def test_feature_stats_live_in_the_metadata_and_are_saved_with_the_sae(make_sae, tmp_path):
-    sae, _ = make_sae(d_sae=16)
-    values = torch.arange(16, dtype=torch.float32) / 4
-    saes_module.set_max_activations(sae, values)
-    saes_module.set_feature_stats(sae, {"density": np.linspace(0, 1, 16)})  # merged, not replaced
-    assert not hasattr(sae, "scope_max_activations")
-    assert set(sae.cfg.metadata.scope_feature_stats) == {"max_activation", "density"}
-    assert torch.equal(saes_module.max_activations(sae), values)
-    assert saes_module.max_activation(sae, np.int64(5)) == 1.25
-    sae.save_model(tmp_path / "saved")
-    reloaded = scope.load_sae(tmp_path / "saved", device="cpu")
-    assert torch.equal(saes_module.max_activations(reloaded), values)
-    torch.testing.assert_close(
-        saes_module.feature_stats(reloaded)["density"], torch.linspace(0, 1, 16), rtol=0, atol=1e-7
-    )
-
-
-def test_feature_stats_must_have_one_value_per_feature(make_sae):
-    sae, _ = make_sae(d_sae=16)
-    with pytest.raises(ValueError, match=r"max_activation must have one value per feature \(16\), got 15"):
-        saes_module.set_max_activations(sae, torch.ones(15))
-    with pytest.raises(
-        ValueError, match=r"needs the SAE's per-feature max activations.*set_max_activations.*unit='act'"
-    ):
-        saes_module.max_activation(sae, 3)
+    assert max_activations(scope.load_sae("demo", device="cpu")) is None
 
 
 # ----------------------------------------------------------------------------- registry specs
@@ -317,55 +287,6 @@ def test_registry_spec_errors(monkeypatch):
 def test_a_spec_of_the_wrong_type_is_a_type_error(spec):
     with pytest.raises(TypeError, match=r"spec must be a 'release/sae_id' string, a \(release, sae_id\) tuple"):
         scope.load_sae(spec)
-
-
-# ----------------------------------------------------------------------------- load_saes
-
-
-def test_load_saes_is_lazy_and_loads_in_the_model_dtype(tiny_model, make_sae, monkeypatch):
-    from sae_lens import SAE
-
-    fake = FakeFromPretrained(make_sae)
-    monkeypatch.setattr(SAE, "from_pretrained", fake)
-    every = scope.load_saes(tiny_model)  # "all" for a 2B-shaped subject: 26 layers, nothing loaded
-    assert list(every) == list(range(26)) and fake.calls == []
-    saes = scope.load_saes(tiny_model, layers=[0, 2])
-    assert len(saes) == 2 and saes.loaded == [] and fake.calls == []
-    assert saes.specs == {layer: str(scope.gemma_scope_id("gemma-2-2b", layer)) for layer in (0, 2)}
-    sae = saes[2]
-    assert saes[2] is sae and saes.loaded == [2] and len(fake.calls) == 1
-    assert fake.calls[0][:2] == scope.gemma_scope_id("gemma-2-2b", 2)
-    assert fake.calls[0][2:] == ("cpu", "float32")
-    assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
-    with pytest.raises(KeyError, match="layer 1"):
-        saes[1]
-    saes.unload(2)
-    assert saes.loaded == []
-
-
-def test_load_saes_rejects_bad_layers_before_loading(tiny_model, make_sae, monkeypatch):
-    from sae_lens import SAE
-
-    fake = FakeFromPretrained(make_sae)
-    monkeypatch.setattr(SAE, "from_pretrained", fake)
-    with pytest.raises(ValueError, match=r"layer 40.*0-25"):
-        scope.load_saes(tiny_model, layers=[1, 40])
-    # a wrong type is a TypeError now (it was a ValueError before the redesign)
-    with pytest.raises(TypeError, match="layers must be 'all' or a list"):
-        scope.load_saes(tiny_model, layers=3)
-    with pytest.raises(TypeError, match="layer must be an integer"):
-        scope.load_saes(tiny_model, layers=["1"])
-    assert fake.calls == []
-
-
-def test_load_saes_checks_each_sae_against_the_model_on_load(tiny_model, make_sae, monkeypatch):
-    from sae_lens import SAE
-
-    monkeypatch.setattr(SAE, "from_pretrained", FakeFromPretrained(make_sae, d_in=2304))
-    saes = scope.load_saes(tiny_model, layers=[1])
-    with pytest.raises(ValueError, match="SAE d_in is 2304 but"):
-        saes[1]
-    assert saes.loaded == []
 
 
 def test_unknown_specs_say_what_a_spec_can_be():

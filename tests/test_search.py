@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import scope
-from scope.saes import set_feature_stats
+from scope.feature_stats import set_feature_stats
 from scope.search import auroc, search_features
 from tests.concept_texts import IF_STATEMENTS, NO_IF
 from tests.sae_util import jumprelu

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import scope
+from scope.feature_stats import set_max_activations
 from scope.hooks import model_lock
-from scope.saes import set_max_activations
 from scope.serve import Limits, create_app, host_warning, serving
 from tests.sae_util import random_params, write_params
 

@@ -18,7 +18,7 @@ import torch
 
 import scope
 from scope.density import dense_filter
-from scope.saes import set_max_activations
+from scope.feature_stats import set_max_activations
 from scope.serve import create_app, serving
 from tests.sae_util import random_params, write_params
 

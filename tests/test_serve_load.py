@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import scope
-from scope.saes import set_max_activations
+from scope.feature_stats import set_max_activations
 from scope.serve import Limits, create_app, serving
 from tests.sae_util import random_params, write_params
 

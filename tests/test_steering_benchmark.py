@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scope
-from scope.saes import set_max_activations
+from scope.feature_stats import set_max_activations
 from tests.sae_util import count_calls
 from tests.test_golden_gate import _script
 

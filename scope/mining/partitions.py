@@ -14,8 +14,8 @@ import pandas as pd
 
 from scope._io import write_parquet
 from scope.hooks import sae_hook
+from scope.lazy_layers import LazySAEs
 from scope.mining.results import Mined
-from scope.saes import LazySAEs
 
 
 def is_one_sae(sae: Any) -> bool:

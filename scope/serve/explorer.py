@@ -33,11 +33,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from scope.density import dense_filter
+from scope.feature_stats import STATS_TOKENS, feature_stats
 from scope.features import TopView, check_feature, encode, feature_logits, neuronpedia_url
 from scope.hooks import sae_hook
 from scope.labels import CONCEPT
 from scope.mining import HISTOGRAM_EDGES, Mined
-from scope.saes import STATS_TOKENS, feature_stats
 from scope.serve.schemas import FeaturesRequest, SearchRequest
 from scope.serve.state import Served
 

@@ -9,7 +9,7 @@
 - :mod:`~scope.steering.sweeps`: ``sweep(...)``, strengths x texts with concept and fluency, batched.
 """
 
-from scope.saes import max_activation, max_activations, set_max_activations
+from scope.feature_stats import max_activation, max_activations, set_max_activations
 from scope.steering.context import Positions, SteeringState, steer, steered
 from scope.steering.directions import Direction, diffmean
 from scope.steering.interventions import Ablate, Add, Clamp, Intervention, Scale, as_list, describe

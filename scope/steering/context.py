@@ -35,9 +35,9 @@ from typing import Any, Literal, Union
 import torch
 
 from scope import _checks
+from scope.feature_stats import max_activation
 from scope.features import check_feature
 from scope.hooks import HookFn, model_lock
-from scope.saes import max_activation
 from scope.splicing import check_editable, check_fits, describe_site, edit_hooks
 from scope.steering.directions import Direction
 from scope.steering.interventions import Intervention, as_list, is_pair

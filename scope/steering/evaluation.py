@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 
 from scope import _checks
+from scope.feature_stats import max_activation
 from scope.hooks import run_to_hooks
 from scope.inputs import as_text, to_tokens
 from scope.llm import as_llm
-from scope.saes import max_activation
 from scope.steering.directions import Direction
 from scope.steering.interventions import Add, Clamp
 from scope.steering.steered_generation import generate
