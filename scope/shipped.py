@@ -37,10 +37,10 @@ from safetensors import safe_open
 
 from scope._io import write_atomically
 from scope.hooks import sae_hook
+from scope.interval_examples import Group
 from scope.labels import PEAK_CLOSE, PEAK_OPEN
 from scope.mining import COLUMNS, HISTOGRAM_EDGES, Mined
 from scope.mining.results import decode_many
-from scope.pages import Group
 from scope.saes import DATA_DIR, DEMO_SAES
 from scope.subjects import subject_of
 

@@ -143,7 +143,7 @@ def reuse(args: argparse.Namespace):
 
 def ship(args: argparse.Namespace, model, sae, mined, texts: list[str]) -> None:
     """The interval examples (one pass over every ``--interval-stride``-th document), then the files."""
-    from scope.pages import interval_examples
+    from scope.interval_examples import interval_examples
     from scope.shipped import corpus_label, file_sha256, write_shipped
 
     chosen = list(range(0, len(texts), args.interval_stride))

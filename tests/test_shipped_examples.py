@@ -19,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import scope
-from scope.pages import interval_examples
+from scope.interval_examples import interval_examples
 from scope.saes import DEMO_SAES
 from scope.serve import create_app
 from scope.shipped import (

@@ -1,4 +1,6 @@
-"""Feature pages: their content, and what a real browser (headless Chromium) shows of them."""
+"""Feature pages (scope/pages.py): their content, and what a real browser (headless Chromium) shows of them.
+
+How the interval groups below the top examples are sampled is tested in test_interval_examples.py."""
 
 import os
 import re
@@ -10,7 +12,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 import scope
-from scope.pages import dashboards, interval_examples, shown_token
+from scope.pages import dashboards, shown_token
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -80,45 +82,6 @@ def test_index_links_every_page_and_pages_share_plotly(tiny_model, sae, tmp_path
         "index.html",
         "plotly.min.js",
     ]
-
-
-def _windows_in(model, sae, feature, low, high):
-    """Independently: (text_id, position, activation) of every text whose maximum for the feature
-    lies in [low, high) (TEXTS are shorter than a window, so a text is one window)."""
-    found = set()
-    for text_id, text in enumerate(TEXTS):
-        values = scope.encode(model, sae, text).values[1:, feature]  # BOS left out
-        value, position = float(values.max()), int(values.argmax()) + 1
-        if value > 0 and low <= value < high:
-            found.add((text_id, position, round(value, 4)))
-    return found
-
-
-def test_interval_groups_hold_the_windows_of_each_interval(tiny_model, sae):
-    feature = _firing_feature(tiny_model, sae)
-    mined = scope.mine(tiny_model, sae, TEXTS, features=[feature], k=1, progress=False)
-    groups = interval_examples(tiny_model, sae, mined, [feature], TEXTS, 3, 100, 4, 128, 0)[feature]
-    assert len(groups) == 3 and groups[0].high == float("inf") and groups[-1].low == 0.0
-    assert [g.low for g in groups] == sorted((g.low for g in groups), reverse=True)  # highest first
-    top = {(int(r.text_id), int(r.position)) for r in mined.examples.itertuples()}
-    for group in groups:
-        expected = {w for w in _windows_in(tiny_model, sae, feature, group.low, group.high) if w[:2] not in top}
-        got = {(e.text_id, e.position, round(e.activation, 4)) for e in group.examples}
-        assert got == expected and group.seen == len(expected)
-        for e in group.examples:  # the context is centred on the peak, with its activation there
-            assert e.acts[e.peak] == pytest.approx(e.activation)
-
-
-def test_interval_sampling_keeps_per_group_and_is_seeded(tiny_model, sae):
-    feature = _firing_feature(tiny_model, sae)
-    mined = scope.mine(tiny_model, sae, TEXTS, features=[feature], k=1, progress=False)
-
-    def sample(seed):
-        groups = interval_examples(tiny_model, sae, mined, [feature], TEXTS, 1, 2, 4, 128, seed)[feature]
-        return [(e.text_id, e.position) for e in groups[0].examples], groups[0].seen
-
-    (first, seen), (again, _) = sample(0), sample(0)
-    assert first == again and len(first) == min(2, seen)
 
 
 def test_page_shows_label_explanation_and_detection_score(tiny_model, sae, tmp_path):
