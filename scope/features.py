@@ -177,7 +177,7 @@ def _relative_to(sae: SAE, rank_by: str) -> torch.Tensor | None:
         return maxima
     raise ValueError(
         "rank_by='relative' needs each feature's max activation, which this SAE does not carry. Record them "
-        "with scope.saes.set_max_activations(sae, values) (e.g. from scope.mine over a corpus), or use "
+        "with scope.feature_stats.set_max_activations(sae, values) (e.g. from scope.mine over a corpus), or use "
         "rank_by='activation'."
     )
 

@@ -41,7 +41,7 @@ user passes; :func:`as_labels` brings any of them to it). One row per feature:
 :func:`label_features` adds ``concept`` (str or None: the derived WordNet concept of step 5).
 
 **Where an SAE's labels live**: in ``sae.cfg.metadata["scope_labels"]`` (column -> list), beside
-the per-feature statistics :mod:`scope.saes` keeps there, so they travel and save with the SAE.
+the per-feature statistics :mod:`scope.feature_stats` keeps there, so they travel and save with the SAE.
 :func:`set_labels` attaches a table, :func:`feature_labels` reads it back;
 ``scope.load_sae("demo")`` (or ``"demo-docs"``) attaches the ``labels.parquet`` shipped in its folder, and
 :func:`scope.top_features` adds a ``label`` column whenever labels are attached (or passed).

@@ -6,7 +6,7 @@ context) and writes two files into the SAE's folder with :func:`write_shipped`:
 
 - ``examples.parquet``: per feature, its top examples (``group`` 0) and examples sampled from
   intervals between quantiles of its non-zero activations (``group`` 1, 2, ...: highest interval
-  first, as :func:`scope.pages.interval_examples` samples them), each with its document id and
+  first, as :func:`scope.interval_examples.interval_examples` samples them), each with its document id and
   token position and the context around its peak: token ids, token strings and the feature's
   activation on each. Its Parquet metadata records how it was mined (corpus file and sha256,
   window, overlap, the sha256 of the SAE's weights);

@@ -234,7 +234,7 @@ def measure(
     if unit == "max" and math.isnan(max_act):
         raise ValueError(
             f"unit='max' reads strengths as multiples of feature {feature}'s max activation, which this SAE "
-            "does not record (scope.saes.set_max_activations); use unit='act'."
+            "does not record (scope.feature_stats.set_max_activations); use unit='act'."
         )
     check_compatible(model, sae)
     prompt_tokens = [to_tokens(model, p, reserve=max_new_tokens, name=f"prompt {i}") for i, p in enumerate(prompts)]

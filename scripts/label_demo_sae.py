@@ -12,7 +12,7 @@
    the text its feature pages and ``scope demo`` are about; ``demo-docs`` (trained on the
    documentation corpus only) reads the documentation sample ``data/corpus_sample/heldout.jsonl``,
    its own distribution: on English prose most of its code features would stay silent.
-2. Sample examples further down each feature's distribution (:func:`scope.pages.interval_examples`:
+2. Sample examples further down each feature's distribution (:func:`scope.interval_examples.interval_examples`:
    ``--groups`` intervals between quantiles of its non-zero activations, ``--per-group`` examples
    each) from every ``--interval-stride``-th document (a uniform sample of the windows: one more
    pass over a part of the corpus), and write ``examples.parquet`` (the top ``--ship-k`` and the
