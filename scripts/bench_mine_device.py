@@ -7,6 +7,9 @@ Over the same windows (128 tokens) and batches (16):
 
 - **baseline**: tokenize, batch, run the model to layer 20 and ``sae.encode`` the batch's
   activations, nothing else;
+- **floor** (``--floor``): the same, but the SAE's pre-activations only (``scope.mining.scores``,
+  what mining reads of a JumpReLU SAE instead of ``encode``'s dense activations): the ratio to it
+  is what mining's own bookkeeping costs;
 - **now**: ``scope.mine`` (all features: top-k buffers, densities, histograms, contexts);
 - **before**: the same call on the code of main 7951ce6 (``git show 7951ce6:scope/examples.py``,
   imported as a module), unless ``--no-before``.
@@ -60,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-before", action="store_true", help="skip the code of main 7951ce6")
+    p.add_argument("--floor", action="store_true", help="also time forward + pre-activations (no dense activations)")
     return p.parse_args(argv)
 
 
@@ -127,17 +131,20 @@ def before_module():
     return module
 
 
-def forward_and_encode(model, sae, texts: list[str], batch_size: int) -> None:
-    """The baseline: the same windows and batches, forward to the hook and encode, nothing else."""
+def forward_and_encode(model, sae, texts: list[str], batch_size: int, scores: bool = False) -> None:
+    """The baseline: the same windows and batches, forward to the hook and encode, nothing else
+    (``scores``: the pre-activations mining reads instead of ``encode``)."""
     from scope._io import batched
     from scope.hooks import run_to_hooks, sae_hook
+    from scope.mining.scores import scores_of
     from scope.mining.windows import batch_tokens, iter_windows
 
     hook = sae_hook(sae)
     with torch.no_grad():
         for batch in batched(iter_windows(model, texts, WINDOW), batch_size):
             tokens, _ = batch_tokens(model, batch)
-            sae.encode(run_to_hooks(model, tokens, [hook])[hook])
+            act = run_to_hooks(model, tokens, [hook])[hook]
+            scores_of(sae, act.flatten(0, 1)) if scores else sae.encode(act)
 
 
 def timed(fn) -> float:
@@ -155,6 +162,8 @@ def measure(model, sae, texts, args, before) -> dict[str, float]:
         return lambda: module.mine(model, sae, texts, k=args.k, batch_size=args.batch, progress=False)
 
     runs = {"baseline": lambda: forward_and_encode(model, sae, texts, args.batch), "now": mine_with(scope)}
+    if args.floor:
+        runs["floor"] = lambda: forward_and_encode(model, sae, texts, args.batch, scores=True)
     if before is not None:
         runs["before"] = mine_with(before)
     for run in runs.values():  # warm-up
@@ -200,6 +209,9 @@ def main(argv=None) -> None:
                     f"width {width:>7,}, {batches:>3} batches: forward+encode {median['baseline']:.2f} s; "
                     f"mine now {median['now']:.2f} s = {median['baseline'] / median['now']:.2f}x"
                 )
+                if args.floor:
+                    floor = median["floor"]
+                    line += f"; forward+pre-activations {floor:.2f} s: mine = {floor / median['now']:.2f}x of it"
                 if before is not None:
                     line += (
                         f"; before ({BEFORE}) {median['before']:.2f} s = {median['baseline'] / median['before']:.2f}x"
