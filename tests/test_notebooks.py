@@ -7,7 +7,7 @@ import pytest
 from nbclient import NotebookClient
 
 # Over a minute each on 2 cores: run by `make test-all`, not by `make test` (CI).
-HEAVY = {"02_examples.ipynb", "03_steering.ipynb", "04_shieldgemma.ipynb"}
+HEAVY = {"02_examples.ipynb", "03_steering.ipynb", "04_shieldgemma.ipynb", "07_circuits.ipynb"}
 NOTEBOOKS = [
     pytest.param(path, id=path.name, marks=[pytest.mark.heavy] if path.name in HEAVY else [])
     for path in sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))

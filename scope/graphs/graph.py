@@ -146,7 +146,18 @@ class Graph:
         """The nodes by their influence on one logit node alone (the influence above with that
         logit weighted 1 and the others 0), most influential first, the logit itself left out:
         the node columns plus ``logit_influence``. ``token``: the logit's token id or string."""
+        index = self.logit_index(token)
+        weights = torch.zeros(len(self.nodes), dtype=torch.float64)
+        weights[index] = 1.0
+        found = influence(normalized(self.adjacency.double()), weights)
+        ranked = self.nodes.assign(logit_influence=found.numpy()).drop(index=index)
+        return ranked.sort_values("logit_influence", ascending=False, kind="stable")
+
+    def logit_index(self, token: int | str | None = None) -> int:
+        """The node index of a logit node, by token id or string; None: the most probable one."""
         logits = self.nodes[self.nodes["kind"] == "logit"]
+        if token is None:
+            return int(logits["probability"].idxmax())
         column = "feature" if isinstance(token, int) and not isinstance(token, bool) else "token"
         match = logits.index[logits[column] == token]
         if len(match) > 1:
@@ -157,11 +168,7 @@ class Graph:
                 f"{token!r} is not a logit node of this graph; its logits are token ids "
                 f"{logits['feature'].tolist()}, strings {logits['token'].tolist()}."
             )
-        weights = torch.zeros(len(self.nodes), dtype=torch.float64)
-        weights[int(match[0])] = 1.0
-        found = influence(normalized(self.adjacency.double()), weights)
-        ranked = self.nodes.assign(logit_influence=found.numpy()).drop(index=match)
-        return ranked.sort_values("logit_influence", ascending=False, kind="stable")
+        return int(match[0])
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
         """The same graph pruned with other thresholds."""
