@@ -30,9 +30,9 @@ Resumable: a checkpoint (weights, Adam, position in the corpus) is written atomi
 ``--checkpoint-every`` buffers to ``--checkpoint``; rerunning the same command continues from it.
 The shipped weights are float16 (computed in float32 after loading).
 
-Throughput on the shared 2-core machine (load average 10-14, ``nice -n 10``): ~10 tokens/s, the
-model's forward about half of it; the shipped set saw 23,712 tokens in 37 minutes (180 steps) and is
-undertrained (data/README.md). ``--max-minutes`` bounds a run; a rerun continues from the checkpoint.
+Throughput on the 2-core machine: ~200 tokens/s when quiet, ~10-20 under load average 5-14
+(the model's forward about half of it); the shipped set saw 644,349 tokens in 110 minutes (4,858
+steps; data/README.md). ``--max-minutes`` bounds a run; a rerun continues from the checkpoint.
 
 Usage (from the repository root)::
 
