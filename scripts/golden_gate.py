@@ -380,7 +380,7 @@ def report(
             for r in group.to_dict("records")
         ]  # fmt: skip
         sweep.append(record)
-    return _json_safe(
+    return json_safe(
         {
             "model": model_name,
             "sae": sae_spec,
@@ -409,11 +409,13 @@ def report(
     )
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars as Python ones, NaN and infinities as None, keys as strings:
+    what ``json.dumps(..., allow_nan=False)`` takes."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) or math.isinf(value) else float(value)
     if isinstance(value, np.integer):

@@ -71,6 +71,7 @@ from golden_gate import (
     decoder_norm,
     distinct_word_share,
     feature_max_activation,
+    json_safe,
     keyword_pattern,
     mentions,
     pick,
@@ -490,22 +491,8 @@ def load_target(model: Any, spec: str, concepts: Sequence[str], prompts: Sequenc
 
 
 def write_json(content: dict[str, Any], path: Path) -> Path:
-    text = json.dumps(_json_safe(content), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(content), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) or math.isinf(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 # ----------------------------------------------------------------------------- report
