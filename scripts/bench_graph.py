@@ -5,10 +5,14 @@ of the same prompt measured in the same run (median of ``--repeats`` alternating
 features, the feature rows computed, the completeness error, and the growth of peak RSS.
 
 Models: the tiny Gemma 3 of the tests (random, 6 layers, width 64) with random transcoders of width
-64, and (``--full``) the bundled Gemma 3 270M (real weights, 18 layers, width 640) with random
-transcoders of width 16384 whose thresholds give about ``--l0`` active features per token and layer.
+64, (``--full``) the bundled Gemma 3 270M (real weights, 18 layers, width 640) with random
+transcoders of width 16384 whose thresholds give about ``--l0`` active features per token and layer
+(Gemma Scope 2's 270M transcoder shape), and (``--gemma2-2b``) a full-size Gemma 2 2B with random
+bf16 weights (26 layers, width 2304) with 26 random bf16 transcoders of width 16384, the shape of
+``gemma-scope-2b-pt-transcoders``: the memory a graph needs at the size circuit-tracer users trace.
 
     PYTHONPATH=$PWD python scripts/bench_graph.py --lengths 8 16 32 --full --full-lengths 8 16
+    PYTHONPATH=$PWD python scripts/bench_graph.py --lengths 8 --gemma2-2b --2b-lengths 8 16 32 64
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import scope
 SENTENCE = "the capital of France is Paris and the capital of Italy is Rome while the river runs"
 
 
-def random_transcoders(model, d_sae: int, l0: float, seed: int = 0) -> dict:
+def random_transcoders(model, d_sae: int, l0: float, seed: int = 0, dtype: str = "float32") -> dict:
     """JumpReLU transcoders with N(0, 1) pre-activations on unit-RMS inputs and a threshold at the
     quantile that leaves ``l0`` of ``d_sae`` active per token."""
     from sae_lens import JumpReLUTranscoder
@@ -43,7 +47,7 @@ def random_transcoders(model, d_sae: int, l0: float, seed: int = 0) -> dict:
                 "d_in": d,
                 "d_sae": d_sae,
                 "d_out": d,
-                "dtype": "float32",
+                "dtype": dtype,
                 "device": "cpu",
                 "apply_b_dec_to_input": False,
                 "metadata": {
@@ -53,9 +57,9 @@ def random_transcoders(model, d_sae: int, l0: float, seed: int = 0) -> dict:
             }
         )
         with torch.no_grad():
-            transcoder.W_enc.copy_(torch.randn(d, d_sae, generator=g) / d**0.5)
+            transcoder.W_enc.copy_(torch.randn(d, d_sae, generator=g).div_(d**0.5))
             transcoder.b_enc.zero_()
-            transcoder.W_dec.copy_(torch.randn(d_sae, d, generator=g) * 0.05)
+            transcoder.W_dec.copy_(torch.randn(d_sae, d, generator=g).mul_(0.05))
             transcoder.b_dec.zero_()
             transcoder.threshold.fill_(threshold)
         out[layer] = transcoder
@@ -74,6 +78,25 @@ def prompt_of(model, length: int) -> str:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_gemma2_2b(dtype: torch.dtype = torch.bfloat16):
+    """A full-size Gemma 2 2B with random weights through ``scope.load_model`` (checkpoint made
+    once in bf16, ~5 GB, under the cache). Speed and memory do not depend on weight values."""
+    from transformers import AutoTokenizer, Gemma2ForCausalLM
+
+    from scope.bundled import cache_root, ensure_bundled_checkpoint
+    from scripts.bench_generate import gemma2_2b_hf_config
+
+    folder = cache_root() / "bench" / "gemma-2-2b-random-bf16"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        hf = Gemma2ForCausalLM._from_config(gemma2_2b_hf_config(), dtype=torch.bfloat16)
+        hf.save_pretrained(folder)
+        del hf
+        # Any Gemma tokenizer will do for timing: the bundled one (its ids overlap Gemma 2's).
+        AutoTokenizer.from_pretrained(str(ensure_bundled_checkpoint())).save_pretrained(folder)
+    return scope.load_model("gemma-2-2b", weights=folder, dtype=dtype)
 
 
 def bench(label: str, model, transcoders, lengths: list[int], repeats: int, max_feature_nodes, batch_size: int) -> None:
@@ -122,6 +145,9 @@ def main() -> None:
     parser.add_argument("--full-lengths", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--full-max-feature-nodes", type=int, default=256)
     parser.add_argument("--l0", type=float, default=40.0)
+    parser.add_argument("--gemma2-2b", action="store_true", help="also a full-size random Gemma 2 2B, bf16")
+    parser.add_argument("--2b-lengths", dest="lengths_2b", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--2b-batch-size", dest="batch_2b", type=int, default=32)
     args = parser.parse_args()
     print(f"load: {os.getloadavg()}, torch threads {torch.get_num_threads()}")
     from tests.tiny import save_tiny_gemma3
@@ -140,6 +166,19 @@ def main() -> None:
             1,
             args.full_max_feature_nodes,
             64,
+        )
+        del model, transcoders
+    if args.gemma2_2b:
+        model = random_gemma2_2b()
+        transcoders = random_transcoders(model, 16384, args.l0, dtype="bfloat16")
+        bench(
+            "Gemma 2 2B (random bf16) + random bf16 16k transcoders",
+            model,
+            transcoders,
+            args.lengths_2b,
+            1,
+            args.full_max_feature_nodes,
+            args.batch_2b,
         )
     print(f"load after: {os.getloadavg()}")
 

@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${SCOPE_CACHE:-$HOME/.cache/scope}"
 # The recipe (the same flags as the CPU background run in data/README.md, sized for a GPU).
-RECIPE=(--architecture matryoshka --width 16384 --k 60 --layer "${LAYER:-6}" --online --tokens "${TOKENS:-50000000}"
+RECIPE=(--bf16 --architecture matryoshka --width 16384 --k 50 --layer "${LAYER:-12}" --online --tokens "${TOKENS:-50000000}"
         --batch 4096 --lr 4e-4 --corpus-weights 2 2 1)
 
 case "${1:-}" in

@@ -173,6 +173,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the model and the SAE's matmuls in bfloat16 (torch.autocast; weights, optimiser and the cache "
+        "stay fp32): ~2.6x faster caching and ~3x faster training on a CPU with AMX (and on any recent GPU)",
+    )
+    p.add_argument(
         "--corpus",
         type=Path,
         nargs="+",
@@ -300,7 +306,8 @@ def cache_part(args: argparse.Namespace, model, dataset, tokens: int, target: Pa
         new_cached_activations_path=str(target) + ".partial",
         shuffle=True,
         seed=args.seed,
-        dtype="float32",
+        dtype="float32",  # the cache: bf16 is only the model's matmuls (sae-lens' autocast_lm)
+        autocast_lm=args.bf16,
         device=args.device,
         buffer_size_gb=min(0.5, tokens * model.cfg.d_model * 4 / 1e9),  # a small part is one small buffer
         prepend_bos=True,
@@ -396,6 +403,8 @@ def runner_config(args: argparse.Namespace, bos_id: int, out_dir: str):
         device=args.device,
         seed=args.seed,
         dtype="float32",
+        autocast=args.bf16,
+        autocast_lm=args.bf16,
         logger=LoggingConfig(log_to_wandb=False),
         n_checkpoints=args.checkpoints,
         dead_feature_window=args.dead_window,
@@ -636,6 +645,7 @@ def run_record(args: argparse.Namespace, seconds: float) -> dict:
         "scope_train_seconds": round(seconds, 1),
         "scope_tokens_per_second": round(args.tokens / seconds, 1),
         "scope_threads": args.threads,
+        "scope_bf16_autocast": args.bf16,
         "scope_torch": torch.__version__,
         "scope_command": " ".join(sys.argv),
         "scope_cache_dir": None if args.online else str(args.cache_dir),

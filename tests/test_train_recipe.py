@@ -178,3 +178,30 @@ def test_a_killed_run_resumes_its_cache_parts_and_its_training(recipe, tiny_mode
         == first["training_tokens"]
     )
     assert scope.load_sae(str(tmp_path / "out"), device="cpu").cfg.d_sae == 64
+
+
+@pytest.mark.slow
+def test_bf16_caches_the_models_bf16_activations_and_trains(recipe, tiny_model, tmp_path):
+    """--bf16 really runs the model's matmuls in bfloat16 (sae-lens' own autocast_lm: an outer
+    autocast would be switched off inside it) and trains under autocast, while the cache stays fp32."""
+    import datasets
+
+    words = ["the", "river", "ran", "past", "the", "old", "mill", "while", "rain", "fell", "on", "the", "quiet", "town"]
+    corpus = write_corpus(tmp_path / "train.jsonl", [" ".join(words[i % 5 :] + words) * 4 for i in range(24)])
+    common = ["--layer", "1", "--width", "64", "--context", "16", "--batch", "64", "--cache-tokens", "512"]
+    common += ["--corpus", str(corpus), "--device", "cpu", "--threads", "1", "--cache-only"]
+    recipe.main([*common, "--cache-dir", str(tmp_path / "fp32")], model=tiny_model)
+    recipe.main([*common, "--cache-dir", str(tmp_path / "bf16"), "--bf16"], model=tiny_model)
+    hook = "blocks.1.hook_resid_post"
+    fp32, bf16 = (datasets.load_from_disk(str(tmp_path / n)).with_format("torch")[:][hook] for n in ("fp32", "bf16"))
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    relative = (bf16 - fp32).norm(dim=-1) / fp32.norm(dim=-1)
+    assert relative.max() > 1e-4  # an fp32 forward would match to ~1e-7
+    assert relative.median() < 0.05  # bf16 rounding, not a different computation
+
+    out = tmp_path / "out"
+    argv = [a for a in common if a != "--cache-only"] + ["--cache-dir", str(tmp_path / "bf16"), "--bf16"]
+    recipe.main([*argv, "--epochs", "1", "--target-l0", "4", "--out", str(out)], model=tiny_model)
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["autocast"] is True and record["scope_bf16_autocast"] is True
+    assert scope.load_sae(str(out), device="cpu").W_dec.dtype == torch.float32
