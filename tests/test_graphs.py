@@ -270,6 +270,31 @@ def test_influence_matches_the_matrix_inverse_and_pruning_keeps_what_it_reports(
     assert (links["weight"].to_numpy() == graph.adjacency[links["target_index"], links["source_index"]].numpy()).all()
 
 
+def test_partial_influence_from_rows_equals_the_square_matrix_inverse():
+    """Ranking the features still to visit works from the rows computed so far, never the square
+    matrix over every active feature (quadratic in the prompt); the sum is the same."""
+    from scope.graphs.prune import partial_influence
+
+    g = torch.Generator().manual_seed(0)
+    n_sources, n_logits = 40, 3
+    n_nodes = n_sources + n_logits
+    # a DAG: node i reads only from nodes before it; logits read from every source
+    square = torch.randn(n_nodes, n_nodes, generator=g, dtype=torch.float64).tril(-1)
+    square[:, n_sources:] = 0
+    visited = torch.tensor([3, 17, 8, 25, 30, 11])  # features with rows so far, in visiting order
+    row_nodes = torch.cat([torch.arange(n_sources, n_nodes), visited])
+    rows = square[row_nodes, :n_sources]
+    square[[i for i in range(n_sources) if i not in visited.tolist()]] = 0  # unvisited: no rows yet
+    weights = torch.zeros(n_nodes, dtype=torch.float64)
+    weights[n_sources:] = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    A = square.abs() / square.abs().sum(1, keepdim=True).clamp(min=1e-10)
+    eye = torch.eye(n_nodes, dtype=torch.float64)
+    expected = weights @ (torch.linalg.inv(eye - A) - eye)
+    found = partial_influence(rows, row_nodes, n_nodes, weights[n_sources:], torch.arange(n_sources, n_nodes))
+    assert torch.allclose(found, expected, atol=1e-12)
+    assert found[visited].min() > 0 and found[20] > 0  # through a visited node, and read by a logit
+
+
 def test_max_feature_nodes_keeps_exact_edges_among_the_nodes_it_keeps(case):
     model, transcoders, full = case
     small = attribution_graph(model, transcoders, PROMPT, max_feature_nodes=12, batch_size=8)
