@@ -44,13 +44,13 @@ def forward_rates(args: argparse.Namespace) -> None:
 
     run(False), run(True)  # warm-up
     rates: dict[bool, list[float]] = {False: [], True: []}
+    outputs: dict[bool, torch.Tensor] = {}
     for _ in range(args.repeats):
         for bf16 in (False, True):
-            rate, out = run(bf16)
+            rate, outputs[bf16] = run(bf16)
             rates[bf16].append(rate)
-            if bf16:
-                reference = run(False)[1]
-                error = ((out - reference).norm(dim=-1) / reference.norm(dim=-1))[:, 1:]
+    reference = outputs[False]
+    error = ((outputs[True] - reference).norm(dim=-1) / reference.norm(dim=-1))[:, 1:]
     fp32, bf16 = statistics.median(rates[False]), statistics.median(rates[True])
     print(f"activation pass to {hook}, {args.batch}x{args.context} tokens:")
     print(f"  fp32 {fp32:,.0f} tokens/s, bf16 autocast {bf16:,.0f} tokens/s: {bf16 / fp32:.2f}x")

@@ -182,17 +182,19 @@ def gemma2_2b_hf_config():
     )
 
 
-def random_gemma2_2b_checkpoint() -> Path:
-    """A full-size Gemma 2 2B with random weights saved as a HF checkpoint (made once, ~10 GB)."""
+def random_gemma2_2b_checkpoint(dtype: torch.dtype = torch.float32) -> Path:
+    """A full-size Gemma 2 2B with random weights saved as a HF checkpoint (made once per dtype,
+    ~10 GB in fp32, ~5 GB in bf16)."""
     from transformers import AutoTokenizer, Gemma2ForCausalLM
 
     from scope.bundled import cache_root, ensure_bundled_checkpoint
 
-    folder = cache_root() / "bench" / "gemma-2-2b-random"
+    suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+    folder = cache_root() / "bench" / f"gemma-2-2b-random{suffix}"
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(0)
-    Gemma2ForCausalLM(gemma2_2b_hf_config()).save_pretrained(folder)
+    Gemma2ForCausalLM._from_config(gemma2_2b_hf_config(), dtype=dtype).save_pretrained(folder)
     # Any Gemma tokenizer will do for timing: the bundled one (its ids overlap Gemma 2's).
     AutoTokenizer.from_pretrained(str(ensure_bundled_checkpoint())).save_pretrained(folder)
     return folder

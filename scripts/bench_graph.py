@@ -81,22 +81,11 @@ def peak_rss_mb() -> float:
 
 
 def random_gemma2_2b(dtype: torch.dtype = torch.bfloat16):
-    """A full-size Gemma 2 2B with random weights through ``scope.load_model`` (checkpoint made
-    once in bf16, ~5 GB, under the cache). Speed and memory do not depend on weight values."""
-    from transformers import AutoTokenizer, Gemma2ForCausalLM
+    """A full-size Gemma 2 2B with random weights through ``scope.load_model`` (the checkpoint of
+    ``bench_generate.py``, in ``dtype``). Speed and memory do not depend on weight values."""
+    from scripts.bench_generate import random_gemma2_2b_checkpoint
 
-    from scope.bundled import cache_root, ensure_bundled_checkpoint
-    from scripts.bench_generate import gemma2_2b_hf_config
-
-    folder = cache_root() / "bench" / "gemma-2-2b-random-bf16"
-    if not (folder / "config.json").exists():
-        torch.manual_seed(0)
-        hf = Gemma2ForCausalLM._from_config(gemma2_2b_hf_config(), dtype=torch.bfloat16)
-        hf.save_pretrained(folder)
-        del hf
-        # Any Gemma tokenizer will do for timing: the bundled one (its ids overlap Gemma 2's).
-        AutoTokenizer.from_pretrained(str(ensure_bundled_checkpoint())).save_pretrained(folder)
-    return scope.load_model("gemma-2-2b", weights=folder, dtype=dtype)
+    return scope.load_model("gemma-2-2b", weights=random_gemma2_2b_checkpoint(dtype), dtype=dtype)
 
 
 def bench(label: str, model, transcoders, lengths: list[int], repeats: int, max_feature_nodes, batch_size: int) -> None:

@@ -203,5 +203,5 @@ def test_bf16_caches_the_models_bf16_activations_and_trains(recipe, tiny_model, 
     argv = [a for a in common if a != "--cache-only"] + ["--cache-dir", str(tmp_path / "bf16"), "--bf16"]
     recipe.main([*argv, "--epochs", "1", "--target-l0", "4", "--out", str(out)], model=tiny_model)
     record = json.loads((out / "training_config.json").read_text())
-    assert record["autocast"] is True and record["scope_bf16_autocast"] is True
+    assert record["autocast"] is True and record["autocast_lm"] is True
     assert scope.load_sae(str(out), device="cpu").W_dec.dtype == torch.float32
