@@ -32,6 +32,7 @@ _EXPORTS = {
     "splice": "scope.splicing",
     "Splice": "scope.splicing",
     "set_densities": "scope.density",
+    "antipodal_pairs": "scope.density",
     "score_labels": "scope.label_scores",
     "check_compatible": "scope.hooks",
     "to_tokens": "scope.inputs",
@@ -172,6 +173,7 @@ __all__ = [
     "shield",
     "splice",
     "set_densities",
+    "antipodal_pairs",
     "score_labels",
     "steer",
     "steering",
@@ -230,7 +232,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from scope.attribution import Attribution, attribute
     from scope.autointerp import explain, score_explanations
     from scope.bundled import CacheError
-    from scope.density import set_densities
+    from scope.density import antipodal_pairs, set_densities
     from scope.features import FeatureActs, encode, feature_logits, top_features, trace
     from scope.gemma_scope import GemmaScopeId, gemma_scope_id
     from scope.generation import Completion, generate_tokens

@@ -88,6 +88,55 @@ def dense_filter(sae: Any, *, threshold: float = DENSE_THRESHOLD, densities: Any
     return DenseFilter(frozenset(int(f) for f in dense), threshold, source)
 
 
+def antipodal_pairs(
+    sae: Any,
+    features: Any = None,
+    *,
+    max_cosine: float = -0.9,
+    threshold: float = DENSE_THRESHOLD,
+    densities: Any = None,
+) -> pd.DataFrame:
+    """Pairs among ``features`` whose decoder rows point in opposite directions.
+
+    Dense features of residual-stream SAEs mostly come in such pairs (Sun et al. 2025, "Dense
+    SAE latents are features, not bugs"): together a pair reconstructs one direction with either
+    sign, a signed linear coordinate of a dense subspace rather than a concept. ``features``
+    defaults to the SAE's dense features (:func:`dense_filter` at ``threshold``). Each feature is
+    matched with its most opposite partner among ``features``; pairs at or below ``max_cosine``
+    are returned once each (``feature < partner``), with columns feature, partner, cosine (of the
+    decoder rows), density, partner_density (NaN where unknown), most opposite first.
+    """
+    if not -1.0 <= _checks.finite(max_cosine, "max_cosine") < 0.0:
+        raise ValueError(f"max_cosine must be in [-1, 0) (opposite directions), got {max_cosine!r}.")
+    d_sae = int(sae.cfg.d_sae)
+    values, _ = feature_densities(sae, densities)
+    if features is None:
+        if values is None:
+            raise ValueError(
+                "No densities are known for this SAE, so its dense features are unknown: pass features=[...] "
+                "or densities= (a scope.Mined, a label table or one number per feature)."
+            )
+        features = sorted(dense_filter(sae, threshold=threshold, densities=densities).dense)
+    chosen = np.unique(np.asarray(list(features), dtype=np.int64))
+    _check_features(chosen, d_sae, "features")
+    columns = ["feature", "partner", "cosine", "density", "partner_density"]
+    if chosen.size < 2:
+        return pd.DataFrame(columns=columns)
+    rows = sae.W_dec.detach()[torch.from_numpy(chosen)].double()
+    unit = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cosines = unit @ unit.T
+    cosines.fill_diagonal_(math.inf)
+    best, partner = cosines.min(dim=1)
+    density = values if values is not None else np.full(d_sae, math.nan)
+    pairs = {
+        tuple(sorted((int(chosen[i]), int(chosen[j])))): float(c)
+        for i, (c, j) in enumerate(zip(best.tolist(), partner.tolist()))
+        if c <= max_cosine
+    }
+    table = pd.DataFrame([(a, b, c, density[a], density[b]) for (a, b), c in pairs.items()], columns=columns)
+    return table.sort_values(["cosine", "feature"], ignore_index=True)
+
+
 def check_threshold(threshold: Any) -> float:
     value = _checks.finite(threshold, "dense_threshold")
     if not 0.0 < value <= 1.0:

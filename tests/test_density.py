@@ -169,6 +169,53 @@ def test_cli_and_explorer_state_the_hidden_dense_features(
     ]
 
 
+@pytest.fixture
+def planted_pairs(tmp_path):
+    """An SAE whose dense features 3/7 and 10/20 have opposite decoder rows (the first pair
+    unequal in length, with noise), and a dense feature 30 with no opposite partner."""
+    from tests.sae_util import random_params, write_params
+
+    params = random_params(64, 48, seed=5)
+    half = 0.5 * params["W_dec"][7]  # noise of ~30% of its length: cosine about -0.96
+    params["W_dec"][3] = -half + np.random.default_rng(0).normal(scale=0.3 / 8, size=64) * np.linalg.norm(half)
+    params["W_dec"][10] = -params["W_dec"][20]
+    sae = scope.load_sae(write_params(tmp_path / "params.npz", params), hook="blocks.1.hook_resid_post")
+    density = np.full(48, 0.01)
+    density[[3, 7, 10, 20, 30]] = [0.3, 0.25, 0.4, 0.2, 0.5]
+    return sae, params, density
+
+
+def test_antipodal_pairs_are_the_planted_opposite_decoder_rows(planted_pairs):
+    sae, params, density = planted_pairs
+    pairs = scope.antipodal_pairs(sae, densities=density)
+    w = torch.from_numpy(params["W_dec"]).double()
+    cos = {p: float(torch.nn.functional.cosine_similarity(w[p[0]], w[p[1]], dim=0)) for p in [(3, 7), (10, 20)]}
+    assert cos[(10, 20)] == pytest.approx(-1.0) and -0.99 < cos[(3, 7)] < -0.9  # the noise is really there
+    assert list(zip(pairs["feature"], pairs["partner"])) == [(10, 20), (3, 7)]  # most opposite first
+    np.testing.assert_allclose(pairs["cosine"], [cos[(10, 20)], cos[(3, 7)]], atol=1e-9)
+    np.testing.assert_allclose(pairs["density"], [0.4, 0.3])
+    np.testing.assert_allclose(pairs["partner_density"], [0.2, 0.25])
+    # a stricter cosine keeps the exact pair only; named features need no densities
+    strict = scope.antipodal_pairs(sae, [3, 7, 10, 20, 30], max_cosine=-0.999)
+    assert list(zip(strict["feature"], strict["partner"])) == [(10, 20)] and strict["density"].isna().all()
+    # the pair is found only among the features asked about
+    assert scope.antipodal_pairs(sae, [3, 10, 30]).empty
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "No densities are known"),
+        ({"features": [3, 48]}, r"\[48\] outside this SAE's features 0..47"),
+        ({"features": [3, 7], "max_cosine": 0.5}, r"\[-1, 0\)"),
+    ],
+)
+def test_antipodal_pairs_name_what_is_wrong(planted_pairs, kwargs, message):
+    sae, _, _ = planted_pairs
+    with pytest.raises(ValueError, match=message):
+        scope.antipodal_pairs(sae, **kwargs)
+
+
 @pytest.mark.slow
 def test_the_demo_view_hides_the_demo_sae_s_dense_features(bundled_model):
     from safetensors.torch import load_file
