@@ -16,8 +16,9 @@ concrete concepts, each with its keyword list):
 2. Lines: each candidate feature x {clamp, add} x units {act (raw), max} x positions
    {all, generated}; DiffMean add x positions {all, generated}. Each line is a coarse ascending
    grid of strengths: raw values whose contribution ``value * ||W_dec[f]||`` is
-   :data:`RAW_FRACTIONS` of the median residual norm at the hook, :data:`MAX_MULTIPLES` of the
-   feature's max activation, DiffMean coefficients of :data:`DIFFMEAN_FRACTIONS` of the norm.
+   :data:`RAW_FRACTIONS` (``--raw-fractions``) of the median residual norm at the hook,
+   :data:`MAX_MULTIPLES` of the feature's max activation, DiffMean coefficients of
+   :data:`DIFFMEAN_FRACTIONS` (``--diffmean-fractions``) of the norm.
    A line stops climbing once a strength pushes perplexity past 2x (stronger only breaks more)
    or mentions the concept in every continuation. Prompting (AxBench's reference: "Talk about
    X." before the prompt, no steering) and the unsteered model are measured once.
@@ -141,6 +142,7 @@ class Target:
 def feature_lines(
     target: Target, concept: str, split: str = "choose", *, families: Sequence[str] = (CLAMP, ADD),
     units: Sequence[str] = ("act", "max"), positions_: Sequence[str] = POSITIONS,
+    raw_fractions: Sequence[float] = RAW_FRACTIONS,
 ) -> list[list[Cell]]:  # fmt: skip
     """Each candidate feature x {clamp, add} x {act, max} x positions: an ascending strength grid."""
     lines = []
@@ -153,7 +155,7 @@ def feature_lines(
                     continue  # the SAE records no max activation for it
                 for positions in positions_:
                     cells = []
-                    for step in RAW_FRACTIONS if unit == "act" else MAX_MULTIPLES:
+                    for step in raw_fractions if unit == "act" else MAX_MULTIPLES:
                         value = step * target.residual / norm if unit == "act" else step * peak
                         cells.append(
                             Cell(split, family, concept, target.spec, feature, unit, positions,
@@ -402,7 +404,8 @@ class Search:
         lines = {
             c: feature_lines(target, c, families=restrict.get("families", (CLAMP, ADD)),
                              units=restrict.get("units", ("act", "max")),
-                             positions_=restrict.get("positions", POSITIONS))
+                             positions_=restrict.get("positions", POSITIONS),
+                             raw_fractions=restrict.get("raw_fractions", RAW_FRACTIONS))
             + diffmean_lines(target, c, positions_=restrict.get("diffmean_positions", POSITIONS),
                              fractions=restrict.get("diffmean_fractions", DIFFMEAN_FRACTIONS))
             for c in self.concepts
@@ -693,6 +696,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--diffmean-positions", nargs="+", choices=POSITIONS, default=list(POSITIONS))
     parser.add_argument("--heldout-limit", type=int, default=None, help="held-out prompts used (all by default)")
     parser.add_argument("--diffmean-fractions", nargs="+", type=float, default=list(DIFFMEAN_FRACTIONS))
+    parser.add_argument(
+        "--raw-fractions", nargs="+", type=float, default=list(RAW_FRACTIONS),
+        help="feature strengths in raw units, as fractions of the median residual norm at the hook",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="no model: tables from the rows measured so far")
     parser.add_argument("--tokens", type=int, default=24, help="greedy new tokens per continuation")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -719,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    grid = {"raw_fractions": RAW_FRACTIONS, "max_multiples": MAX_MULTIPLES, "diffmean_fractions": DIFFMEAN_FRACTIONS}
+    grid = {"raw_fractions": args.raw_fractions, "max_multiples": MAX_MULTIPLES,
+            "diffmean_fractions": args.diffmean_fractions}  # fmt: skip
     if not args.report_only:
         state.update(model=args.model, concepts=args.concepts, prompts=prompts, tokens=args.tokens, **grid)
     timings = state.setdefault("seconds", {})
@@ -731,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         targets[spec] = load_target(model, spec, args.concepts, prompts["choose"], args.candidates, state)
         write_json(state, state_path)
     restrict: dict[str, Any] = {"families": [CLAMP if m == "clamp" else ADD for m in args.methods], "units": args.units,
-                "positions": args.positions, "diffmean_fractions": args.diffmean_fractions,
+                "positions": args.positions, "raw_fractions": args.raw_fractions,
+                "diffmean_fractions": args.diffmean_fractions,
                 "diffmean_positions": args.diffmean_positions}  # fmt: skip
     if not args.report_only:
         state.setdefault("runs", []).append({"argv": sys.argv[1:], **restrict})
