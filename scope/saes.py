@@ -14,9 +14,14 @@ API. What sae-lens lacks and this module adds:
     English and Debian documentation/code in equal characters;
   - ``"demo-docs"`` (``data/demo_sae_docs``): the first demo SAE, 4,096 JumpReLU features on
     ``blocks.6.hook_resid_post``, trained on Debian documentation and code only (decoder rows
-    not unit-norm); feature 141 is ``if`` opening a Python statement.
+    not unit-norm); feature 141 is ``if`` opening a Python statement;
+  - ``"demo-modern"`` (``data/demo_sae_modern``): 4,096 BatchTopK features (k = 50, saved as
+    JumpReLU) on ``blocks.12.hook_resid_post``, the layer that separates concepts best, trained
+    on general, modern (Debian FAQs, manuals, handbooks) and documentation English; its features
+    include concept features that steer (its ``golden_gate.json``), and ~190 dense features
+    that are antipodal pairs (:func:`scope.density.antipodal_pairs`), hidden by the views.
 
-  Both are built by ``scripts/train_demo_sae.py`` (:attr:`DemoSAE.command`), and each ships
+  All are built by ``scripts/train_demo_sae.py`` (:attr:`DemoSAE.command`), and each ships
   its per-feature statistics and labels beside its weights.
 
 A demo SAE loads with its shipped per-feature statistics (:mod:`scope.feature_stats`) and labels
@@ -78,6 +83,18 @@ DEMO_SAES: dict[str, DemoSAE] = {
             "--no-fold-decoder-norm --frequency-coeff 0 --out data/demo_sae_docs"
         ),
     ),
+    "demo-modern": DemoSAE(
+        folder=DATA_DIR / "demo_sae_modern",
+        hook="blocks.12.hook_resid_post",
+        width=4096,
+        corpus="general English, modern English (Debian FAQs, manuals, handbooks) and documentation/code, 2 : 2 : 1",
+        command=(
+            "scripts/train_demo_sae.py --bf16 --architecture batchtopk --width 4096 --k 50 --layer 12 "
+            "--corpus ~/.cache/scope/corpus-english/train.jsonl ~/.cache/scope/corpus-modern/train.jsonl "
+            "data/corpus_sample/train.jsonl --corpus-weights 2 2 1 --cache-tokens 3000000 --cache-shards 30 "
+            "--epochs 1 --out data/demo_sae_modern"
+        ),
+    ),
 }
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -106,8 +123,10 @@ def load_sae(
             - a bundled SAE for the bundled ``gemma-3-270m``, by its name in :data:`DEMO_SAES`:
               ``"demo"``, the general demo SAE (``data/demo_sae``: 8,192 features on
               ``blocks.9.hook_resid_post``, general English + documentation/code, unit-norm
-              decoder rows), or ``"demo-docs"``, the documentation SAE (``data/demo_sae_docs``:
-              4,096 features on ``blocks.6.hook_resid_post``, Debian documentation/code only).
+              decoder rows), ``"demo-docs"``, the documentation SAE (``data/demo_sae_docs``:
+              4,096 features on ``blocks.6.hook_resid_post``, Debian documentation/code only),
+              or ``"demo-modern"`` (``data/demo_sae_modern``: 4,096 BatchTopK features on
+              ``blocks.12.hook_resid_post``, general and modern English + documentation).
               Each loads with its shipped per-feature statistics and labels.
         hook: the hook the SAE reads, e.g. ``"blocks.20.hook_resid_post"``. Required for
             ``params.npz``; for a sae-lens folder it overrides the recorded hook at load time;

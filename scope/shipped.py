@@ -108,7 +108,7 @@ def bundled_name(sae: Any) -> str | None:
 
 
 def shipped_examples(sae: Any, model: Any = None) -> ShippedExamples | None:
-    """The examples shipped with a bundled SAE: ``sae`` is its name (``"demo"``, ``"demo-docs"``)
+    """The examples shipped with a bundled SAE: ``sae`` is its name (``"demo"``, ``"demo-docs"``, ``"demo-modern"``)
     or an SAE (recognised by :func:`bundled_name`). None when ``sae`` is not a bundled SAE, when
     ``model`` is given and is not the bundled ``gemma-3-270m``, or when its folder ships no
     examples (or examples mined with other weights: a warning says so). ValueError for a name

@@ -91,7 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=PATH",
         help="held-out splits, each measured on its own (default: english and docs under $SCOPE_CACHE)",
     )
-    p.add_argument("--sae", default="demo", help="'demo', 'demo-docs' or an SAE folder (default: %(default)s)")
+    p.add_argument(
+        "--sae",
+        default="demo",
+        help="a bundled SAE's name (scope.saes.DEMO_SAES) or an SAE folder (default: %(default)s)",
+    )
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--batch", type=int, default=16, help="sequences per forward")
     p.add_argument("--tokens", type=int, default=100_000, help="held-out tokens per split for EV, L0, dead, stats")

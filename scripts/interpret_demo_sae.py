@@ -42,7 +42,11 @@ def sae_folder(spec: str) -> Path:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", default="demo", help="'demo', 'demo-docs' or an SAE folder (default: %(default)s)")
+    p.add_argument(
+        "--sae",
+        default="demo",
+        help="a bundled SAE's name (scope.saes.DEMO_SAES) or an SAE folder (default: %(default)s)",
+    )
     p.add_argument("--heldout", type=Path, nargs="+", help="held-out corpus files (default: see above)")
     p.add_argument("--out", type=Path, help="the mined table (default: under $SCOPE_CACHE, one per SAE)")
     p.add_argument("--k", type=int, default=10)

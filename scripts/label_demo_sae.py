@@ -79,7 +79,11 @@ def default_examples(spec: str) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", default="demo", help="'demo', 'demo-docs' or an SAE folder (default: %(default)s)")
+    p.add_argument(
+        "--sae",
+        default="demo",
+        help="a bundled SAE's name (scope.saes.DEMO_SAES) or an SAE folder (default: %(default)s)",
+    )
     p.add_argument("--corpus", type=Path, help="the held-out corpus file to mine (default: the sample above)")
     p.add_argument("--examples", type=Path, help="the mined table (default: under $SCOPE_CACHE, one per SAE)")
     p.add_argument("--out", type=Path, help="the label table (default: labels.parquet next to the SAE)")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from scope.cli import build_parser, main
+from scope.cli.demo import golden_gate_file
 from scope.saes import DEMO_SAES
 
 HOOK = "blocks.1.hook_resid_post"
@@ -47,11 +48,32 @@ def test_demo_runs_on_the_bundled_model(capsys):
     assert "Greedy continuation" in out
     # the general demo SAE: labelled features per token, then what the Golden Gate search found
     assert "Top demo-SAE features per token (blocks.9.hook_resid_post)" in out
-    result = json.loads((DEMO_SAES["demo"].folder / "golden_gate.json").read_text())
+    result = json.loads(golden_gate_file().read_text())
     if result["meets_target"]:
         assert f"The Golden Gate moment: feature {result['feature']} (" in out
     else:  # never a missed pick presented as the moment
         assert "Golden Gate: no SAE feature reached the target yet" in out and "moment" not in out
+
+
+def _gate(folder, meets: bool, mention: float):
+    folder.mkdir(parents=True)
+    result = {"meets_target": meets, "target": {"mention_fraction": 0.5, "max_perplexity_ratio": 2.0}}
+    result["heldout"] = {"mention_fraction": mention, "perplexity_ratio": 1.5}
+    (folder / "golden_gate.json").write_text(json.dumps(result))
+
+
+def test_demo_shows_the_first_bundled_sae_whose_feature_reaches_the_golden_gate_target(tmp_path, monkeypatch):
+    import dataclasses
+
+    names = ["demo", "demo-docs", "demo-modern"]
+    entries = {n: dataclasses.replace(DEMO_SAES[n], folder=tmp_path / n) for n in names}
+    monkeypatch.setattr("scope.cli.demo.DEMO_SAES", entries)
+    _gate(tmp_path / "demo", meets=False, mention=0.0)
+    _gate(tmp_path / "demo-docs", meets=True, mention=0.4)  # claims the target, its figures do not reach it
+    _gate(tmp_path / "demo-modern", meets=True, mention=0.6)
+    assert golden_gate_file() == tmp_path / "demo-modern" / "golden_gate.json"
+    (tmp_path / "demo-modern" / "golden_gate.json").unlink()  # none reaches it: the general SAE's honest figure
+    assert golden_gate_file() == tmp_path / "demo" / "golden_gate.json"
 
 
 def test_steer_prints_unsteered_and_steered(capsys, tmp_path, tiny_dir, monkeypatch):

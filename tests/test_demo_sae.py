@@ -109,6 +109,30 @@ def test_the_docs_sae_command_rebuilds_what_its_folder_records(monkeypatch):
     assert args.epochs == training["scope_epochs"]
 
 
+def test_the_modern_sae_command_rebuilds_what_its_folder_records(monkeypatch):
+    """DEMO_SAES["demo-modern"].command asks for the recipe its training_config.json records: the
+    BatchTopK SAE at layer 12 on the 2 : 2 : 1 mix, one epoch over the cache, bf16."""
+    entry = DEMO_SAES["demo-modern"]
+    training = json.loads((entry.folder / "training_config.json").read_text())
+    monkeypatch.setattr(sys, "argv", [os.path.expanduser(arg) for arg in shlex.split(entry.command)])
+    args = _train_script().parse_args()
+    sae = training["sae"]
+    assert args.hook == training["hook_name"] == entry.hook
+    assert args.width == sae["d_sae"] == entry.width and args.k == sae["k"]
+    assert sae["metadata"]["training_architecture"] == "batchtopk" == args.architecture
+    assert [p.parts[-2:] for p in args.corpus] == [Path(c).parts[-2:] for c in training["scope_corpus"]]
+    assert f"shares {[float(w) for w in args.corpus_weights]}" in training["scope_corpus_mix"]
+    assert args.bf16 is training["autocast"] is training["autocast_lm"] is True
+    assert (args.lr, args.batch, args.context, args.seed, args.epochs) == (
+        training["lr"],
+        training["train_batch_size_tokens"],
+        training["context_size"],
+        training["seed"],
+        training["scope_epochs"],
+    )
+    assert args.out == Path("data/demo_sae_modern") and ROOT / args.out == entry.folder
+
+
 @pytest.mark.parametrize("name", list(DEMO_SAES))
 def test_the_shipped_demo_sae_loads_with_its_statistics_and_labels(name):
     # no model needed: this broke unnoticed once, behind the slow tests (n_tokens is not per feature)

@@ -53,7 +53,20 @@ def demo(args: argparse.Namespace) -> None:
             loaded[spec] = scope.load_sae(spec, device=model.cfg.device, dtype=model.cfg.dtype)
         return loaded[spec]
 
-    _print_golden_gate(model, sae_for, folder / "golden_gate.json", args.max_new_tokens)
+    _print_golden_gate(model, sae_for, golden_gate_file(), args.max_new_tokens)
+
+
+def golden_gate_file() -> Path:
+    """The Golden Gate search result ``scope demo`` shows: the first bundled SAE's (in
+    :data:`DEMO_SAES` order) whose SAE feature reaches the target on the held-out prompts; when
+    none does, the general demo SAE's (its best feature's honest figure beside the DiffMean
+    direction)."""
+    files = [demo.folder / "golden_gate.json" for demo in DEMO_SAES.values()]
+    for path in files:
+        result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if result.get("meets_target") and "heldout" in result and reaches_target(result["heldout"], result["target"]):
+            return path
+    return files[0]
 
 
 def _print_golden_gate(model: Any, sae_for: Callable[[str], Any], result_file: Path, max_new_tokens: int) -> None:
@@ -73,8 +86,9 @@ def _print_golden_gate(model: Any, sae_for: Callable[[str], Any], result_file: P
         feature, value = result["feature"], result["value"]
         steering = scope.Clamp(feature, value) if result["method"] == "clamp" else scope.Add(feature, value)
         print(
-            f"\nThe Golden Gate moment: feature {feature} ({_label(sae, feature)}) of the {result['sae']} SAE, "
-            f"{_how(result)}: {_figure(result['heldout'])} ({result['concept']}; "
+            f"\nThe Golden Gate moment: feature {feature} ({_label(sae, feature)}; "
+            f"promotes {_promoted(model, sae, feature)}) of the {result['sae']} SAE, {_how(result)}: "
+            f"{_figure(result['heldout'])} ({result['concept']}; "
             f"unsteered {result['heldout']['unsteered_mention_fraction']:.0%})."
         )
         _print_example(
@@ -127,6 +141,14 @@ def _print_example(model: Any, prompt: str, max_new_tokens: int, name: str, **st
     plain = scope.generate(model, prompt, max_new_tokens=max_new_tokens)
     steered = scope.generate(model, prompt, max_new_tokens=max_new_tokens, **steering)
     print(table(pd.DataFrame({"": ["unsteered", name], "continuation": [f"{prompt}{plain}", f"{prompt}{steered}"]})))
+
+
+def _promoted(model: Any, sae: Any, feature: int, k: int = 5) -> str:
+    """The tokens the feature's decoder direction promotes most (logit lens): an output feature's
+    token label names its context ("red ⟦to⟧ pink"), what it promotes names its concept."""
+    logits = scope.feature_logits(model, sae, feature, k=k)
+    promoted = logits.loc[logits["direction"] == "promoted", "token"]
+    return ", ".join(repr(t) for t in dict.fromkeys(t.strip() for t in promoted))  # " Color" and "Color": once
 
 
 def _label(sae: Any, feature: int) -> str:

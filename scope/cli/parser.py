@@ -113,7 +113,7 @@ def _add_mining_arguments(parser: argparse.ArgumentParser, *, many: bool = False
         action="append" if many else "store",
         default=None if many else "demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)"
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' / 'demo-modern' (the bundled demo SAEs)"
         + ("; repeat it to mine several SAEs in one pass (default: demo)" if many else ""),
     )
     parser.add_argument(
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sae",
         default="demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)",
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' / 'demo-modern' (the bundled demo SAEs)",
     )
     features.add_argument(
         "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--model", default="gemma-3-270m", help="a model of `scope models`")
     search.add_argument(
-        "--sae", default="demo", help="any scope.load_sae spec, or 'demo' / 'demo-docs' (the bundled demo SAEs)"
+        "--sae",
+        default="demo",
+        help="any scope.load_sae spec, or 'demo' / 'demo-docs' / 'demo-modern' (the bundled demo SAEs)",
     )
     search.add_argument("--hook", default=None, help="the SAE's hook, required for a params.npz")
     search.add_argument("--labels", default=None, help="a label table (.parquet/.csv/.jsonl; default: the SAE's own)")
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sae",
         default="demo",
         help="any scope.load_sae spec: a registry 'RELEASE/SAE_ID', "
-        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' (the bundled demo SAEs)",
+        "a params.npz, a sae-lens folder, or 'demo' / 'demo-docs' / 'demo-modern' (the bundled demo SAEs)",
     )
     steer.add_argument(
         "--hook", default=None, help="the SAE's hook, required for a params.npz (default: the hook the SAE records)"
