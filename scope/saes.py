@@ -204,7 +204,8 @@ def _spec_text(spec: Any) -> str:
 
 
 def _demo_names() -> str:
-    return " or ".join(map(repr, DEMO_SAES))
+    *rest, last = map(repr, DEMO_SAES)
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def _demo_missing(name: str) -> str:

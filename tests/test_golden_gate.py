@@ -304,10 +304,20 @@ def test_command_line_checks_before_loading_anything(gg, tmp_path):
 # ----------------------------------------------------------------------------- the shipped result
 
 
-def _shipped():
+def _with_golden_gate() -> list[str]:
     from scope.saes import DEMO_SAES
 
-    return json.loads((DEMO_SAES["demo"].folder / "golden_gate.json").read_text(encoding="utf-8"))
+    return [name for name, demo in DEMO_SAES.items() if (demo.folder / "golden_gate.json").is_file()]
+
+
+def _shipped(name: str = "demo"):
+    from scope.saes import DEMO_SAES
+
+    return json.loads((DEMO_SAES[name].folder / "golden_gate.json").read_text(encoding="utf-8"))
+
+
+def test_the_general_and_the_modern_sae_ship_a_golden_gate_result():
+    assert {"demo", "demo-modern"} <= set(_with_golden_gate())
 
 
 def _check_figures(gg, figures, keywords, base_median=None):
@@ -324,11 +334,13 @@ def _check_figures(gg, figures, keywords, base_median=None):
         assert figures["perplexity_ratio"] == pytest.approx(median / base_median)
 
 
-def test_the_shipped_result_keys_types_and_figures(gg):
-    """data/demo_sae/golden_gate.json: the keys scope demo reads, their types, every held-out
+@pytest.mark.parametrize("name", _with_golden_gate())
+def test_the_shipped_result_keys_types_and_figures(gg, name):
+    """Each bundled SAE's golden_gate.json: the keys scope demo reads, their types, every held-out
     figure recomputed from the stored texts, and meets_target read off the figures."""
     bench = _script("steering_benchmark")
-    result = _shipped()
+    result = _shipped(name)
+    assert result["sae"] == name
     types = {"sae": str, "feature": int, "method": str, "value": float, "unit": str, "keywords": list, "pick": dict,
              "meets_target": bool, "positions": str, "concept": str, "heldout": dict, "choosing": dict,
              "prompts": list, "target": dict}  # fmt: skip
@@ -361,9 +373,10 @@ def test_the_shipped_result_keys_types_and_figures(gg):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_the_shipped_result_regenerates_on_the_bundled_model(bundled_model, gg):
+@pytest.mark.parametrize("name", _with_golden_gate())
+def test_the_shipped_result_regenerates_on_the_bundled_model(bundled_model, gg, name):
     """The first held-out prompts at the shipped setting, regenerated greedily: the same texts."""
-    result = _shipped()
+    result = _shipped(name)
     sae = scope.load_sae(result["sae"])
     value = result["value"]
     steering = (

@@ -147,15 +147,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_bundled_sae_names_resolve_to_their_folders_and_hooks():
-    demo, docs = saes_module.DEMO_SAES["demo"], saes_module.DEMO_SAES["demo-docs"]
-    assert list(saes_module.DEMO_SAES) == ["demo", "demo-docs"]
+    demo, docs, modern = (saes_module.DEMO_SAES[n] for n in ("demo", "demo-docs", "demo-modern"))
+    assert list(saes_module.DEMO_SAES) == ["demo", "demo-docs", "demo-modern"]
     assert demo.folder == ROOT / "data" / "demo_sae" and docs.folder == ROOT / "data" / "demo_sae_docs"
+    assert modern.folder == ROOT / "data" / "demo_sae_modern"
     assert (demo.hook, demo.width) == ("blocks.9.hook_resid_post", 8192)
     assert (docs.hook, docs.width) == ("blocks.6.hook_resid_post", 4096)
-    for entry in (demo, docs):
+    assert (modern.hook, modern.width) == ("blocks.12.hook_resid_post", 4096)
+    for entry in (demo, docs, modern):
         assert entry.command.startswith("scripts/train_demo_sae.py")
         assert (ROOT / entry.command.split()[0]).is_file()
     assert "--out data/demo_sae_docs" in docs.command  # the script's default --out is the general SAE's
+    assert "--out data/demo_sae_modern" in modern.command
 
 
 def _demo_folders(make_sae, tmp_path, monkeypatch) -> dict:
@@ -294,12 +297,14 @@ def test_unknown_specs_say_what_a_spec_can_be():
         scope.load_sae("./saes/params.npz", hook=HOOK)
     with pytest.raises(
         ValueError,
-        match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo' or 'demo-docs'",
+        match=r"'my-release/blocks\.8' is neither an existing local path nor 'RELEASE/SAE_ID'.*'demo', 'demo-docs' or 'demo-modern'",
     ):
         scope.load_sae("my-release/blocks.8")
-    with pytest.raises(ValueError, match=r"'demo_docs' is neither.*did you mean the bundled 'demo-docs'\?.*'demo' or"):
+    with pytest.raises(
+        ValueError, match=r"'demo_docs' is neither.*did you mean the bundled 'demo-docs'\?.*'demo', 'demo-docs' or"
+    ):
         scope.load_sae("demo_docs")
-    with pytest.raises(TypeError, match=r"a path or one of 'demo' or 'demo-docs', got int"):
+    with pytest.raises(TypeError, match=r"a path or one of 'demo', 'demo-docs' or 'demo-modern', got int"):
         scope.load_sae(6)
 
 
