@@ -62,10 +62,9 @@ def residuals(model, hook: str, seqs: torch.Tensor, batch: int = 8) -> torch.Ten
     return torch.cat(rows)
 
 
-def pca_share(x: torch.Tensor, dims: int) -> float:
-    """Share of the centred variance of ``x`` in its top ``dims`` principal components."""
-    energy = torch.linalg.svdvals((x - x.mean(0)).double()) ** 2
-    return float(energy[:dims].sum() / energy.sum())
+def principal_energy(x: torch.Tensor) -> torch.Tensor:
+    """The centred variance of ``x`` along each principal component, largest first."""
+    return torch.linalg.svdvals((x - x.mean(0)).double()) ** 2
 
 
 def spanned_dims(rows: torch.Tensor, share: float = 0.9) -> int:
@@ -78,7 +77,10 @@ def spanned_dims(rows: torch.Tensor, share: float = 0.9) -> int:
 
 
 @torch.no_grad()
-def measure(sae, x: torch.Tensor, threshold: float) -> dict:
+def measure(sae, x: torch.Tensor, threshold: float, energy: torch.Tensor | None = None) -> dict:
+    """One row of the table; ``energy`` is :func:`principal_energy` of ``x`` (computed when not
+    given: it is the same for every SAE on the same residuals)."""
+    energy = principal_energy(x) if energy is None else energy
     acts = torch.cat([sae.encode(chunk) for chunk in x.split(4096)])
     density = (acts > 0).double().mean(0)
     dense = torch.nonzero(density > threshold).flatten()
@@ -96,7 +98,7 @@ def measure(sae, x: torch.Tensor, threshold: float) -> dict:
         "dense_ev": float(1 - (x - dense_part).pow(2).sum() / total),
         "paired": 2 * len(pairs),
         "dims_90": dims,
-        "pca_share": pca_share(x, dims) if dims else 0.0,
+        "pca_share": float(energy[:dims].sum() / energy.sum()),
     }
 
 
@@ -117,8 +119,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for name, path in dict(args.heldout).items():
         x = residuals(model, hook, heldout_sequences(model, Path(path), args.context, args.tokens))
+        energy = principal_energy(x)
         for spec, sae in saes.items():
-            rows.append({"split": name, "sae": short_name(spec), "tokens": len(x), **measure(sae, x, args.threshold)})
+            figures = measure(sae, x, args.threshold, energy)
+            rows.append({"split": name, "sae": short_name(spec), "tokens": len(x), **figures})
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
         print(table.to_string(index=False))

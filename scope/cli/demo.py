@@ -64,7 +64,8 @@ def golden_gate_file() -> Path:
     files = [demo.folder / "golden_gate.json" for demo in DEMO_SAES.values()]
     for path in files:
         result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        if result.get("meets_target") and "heldout" in result and reaches_target(result["heldout"], result["target"]):
+        heldout, target = result.get("heldout"), result.get("target", {})
+        if result.get("meets_target") and heldout is not None and reaches_target(heldout, target):
             return path
     return files[0]
 
